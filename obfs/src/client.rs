@@ -1,0 +1,341 @@
+//! The client side: dial a relay over HTTP/2-on-TLS or HTTP/3-on-QUIC and
+//! open a tunnel, trying the other carrier when one fails.
+//!
+//! The request looks like a current browser's `fetch()` POST with a
+//! streaming body; the gate value rides in a cookie. The tunnel is returned
+//! as soon as the request is sent, so the first tunnel bytes travel with it;
+//! the relay's answer is checked on the first read (or by
+//! [`Tunnel::established`]).
+//!
+//! This crate opens no sockets of its own accord: the caller passes a
+//! [`Sockets`] that decides how (and whether) to reach an address.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use rand::RngCore;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::error::Error;
+use crate::front::{self, Limits, GATE_COOKIE};
+use crate::gate::{self, Binding, EXPORTER_LABEL, EXPORTER_LEN};
+use crate::relay_line::{Carrier, RelayLine};
+use crate::tls::{self, Trust, ALPN_QUIC, ALPN_TCP};
+use crate::tunnel::{self, Tunnel};
+
+/// The `User-Agent` of the browser the client imitates.
+pub const USER_AGENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36";
+
+/// Chrome's HTTP/2 SETTINGS values.
+const CHROME_HEADER_TABLE: u32 = 65_536;
+const CHROME_STREAM_WINDOW: u32 = 6_291_456;
+const CHROME_MAX_HEADER_LIST: u32 = 262_144;
+/// Chrome's connection WINDOW_UPDATE (15663105) plus the initial 65535.
+const CHROME_CONNECTION_WINDOW: u32 = 15_663_105 + 65_535;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the client gets its sockets. The node passes the firewall's guarded
+/// dialer here; tests and the demo use [`DirectSockets`] on loopback.
+pub trait Sockets: Send + Sync + std::fmt::Debug {
+    /// A connected TCP stream to exactly `addr`.
+    fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
+    /// A UDP socket that will send to exactly `addr`.
+    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
+}
+
+/// Unguarded sockets, for loopback tests and the demo. The messaging node
+/// must use the firewall's dialer instead.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectSockets;
+
+impl Sockets for DirectSockets {
+    fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        Box::pin(TcpStream::connect(addr))
+    }
+
+    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (IpAddr::from([0u8, 0, 0, 0]), 0).into()
+        } else {
+            (IpAddr::from([0u16; 8]), 0).into()
+        };
+        std::net::UdpSocket::bind(local)
+    }
+}
+
+/// Dials one relay.
+#[derive(Clone)]
+pub struct Client {
+    line: RelayLine,
+    sockets: Arc<dyn Sockets>,
+    tcp_tls: Arc<rustls::ClientConfig>,
+    quic_tls: Arc<quinn::crypto::rustls::QuicClientConfig>,
+    limits: Limits,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("host", &self.line.host)
+            .field("port", &self.line.port)
+            .field("carriers", &self.line.carriers)
+            .finish()
+    }
+}
+
+impl Client {
+    pub fn new(line: RelayLine, sockets: Arc<dyn Sockets>) -> Result<Self, Error> {
+        let trust = match line.pin {
+            Some(pin) => Trust::Pinned(pin),
+            None => Trust::WebRoots,
+        };
+        let tcp_tls = tls::client_config(&trust, &ALPN_TCP)?;
+        let quic_rustls = tls::client_config(&trust, &[ALPN_QUIC])?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(quic_rustls).map_err(Error::tls_setup)?;
+        Ok(Self {
+            line,
+            sockets,
+            tcp_tls,
+            quic_tls: Arc::new(quic_tls),
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Time allowed for reaching the relay and finishing TLS, per carrier.
+    pub fn with_connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    pub fn line(&self) -> &RelayLine {
+        &self.line
+    }
+
+    /// Opens a tunnel over the relay's carriers in the line's order; if one
+    /// fails to connect or is refused, the next is tried.
+    pub async fn connect(&self) -> Result<Tunnel, Error> {
+        self.connect_carriers(&self.line.carriers).await
+    }
+
+    /// Like [`Client::connect`], but waits for the relay's acceptance so a
+    /// refused carrier (e.g. a middlebox answering in its place) also falls
+    /// back.
+    pub async fn connect_established(&self) -> Result<Tunnel, Error> {
+        let mut errors = Vec::new();
+        for &carrier in &self.line.carriers {
+            match self.connect_via(carrier).await {
+                Ok(mut t) => match t.established().await {
+                    Ok(()) => return Ok(t),
+                    Err(e) => errors.push(Error::dial(carrier.name(), e)),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(Error::AllCarriersFailed(errors))
+    }
+
+    async fn connect_carriers(&self, carriers: &[Carrier]) -> Result<Tunnel, Error> {
+        let mut errors = Vec::new();
+        for &carrier in carriers {
+            match self.connect_via(carrier).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    debug!("{carrier} carrier failed: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(Error::AllCarriersFailed(errors))
+    }
+
+    /// Opens a tunnel over one carrier.
+    pub async fn connect_via(&self, carrier: Carrier) -> Result<Tunnel, Error> {
+        let addr = self.target()?;
+        let fut = async {
+            match carrier {
+                Carrier::H2 => self.connect_h2(addr).await,
+                Carrier::H3 => self.connect_h3(addr).await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::dial(carrier.name(), "timed out")),
+        }
+    }
+
+    fn target(&self) -> Result<SocketAddr, Error> {
+        let ip = match (self.line.ip, self.line.host.parse::<IpAddr>()) {
+            (Some(ip), _) | (None, Ok(ip)) => ip,
+            (None, Err(_)) => {
+                return Err(Error::dial(
+                    "any",
+                    format!(
+                        "{} is a name and this build has no encrypted resolver yet; add ip=ADDRESS to the relay line",
+                        self.line.host
+                    ),
+                ))
+            }
+        };
+        Ok(SocketAddr::new(ip, self.line.port))
+    }
+
+    fn server_name(&self) -> Result<ServerName<'static>, Error> {
+        ServerName::try_from(self.line.host.clone()).map_err(|e| Error::dial("any", e))
+    }
+
+    fn request(&self, binding: &Binding) -> Result<Request<()>, Error> {
+        let mut rng = rand::thread_rng();
+        let mut ephemeral = [0u8; 32];
+        rng.fill_bytes(&mut ephemeral);
+        let gate = gate::build(&self.line.key, binding, front::unix_now(), ephemeral, &mut rng);
+        let authority = if self.line.port == 443 {
+            self.line.host.clone()
+        } else {
+            format!("{}:{}", self.line.host, self.line.port)
+        };
+        let origin = format!("https://{authority}");
+        let uri = format!("{origin}{}", self.line.path);
+        let bad = |e: http::Error| Error::dial("any", e);
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(())
+            .map_err(bad)?;
+        let h = req.headers_mut();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.append(name, v);
+            }
+        };
+        put("sec-ch-ua-platform", "\"Linux\"");
+        put("user-agent", USER_AGENT);
+        put("sec-ch-ua", "\"Chromium\";v=\"142\", \"Google Chrome\";v=\"142\", \"Not_A Brand\";v=\"99\"");
+        put("content-type", "application/octet-stream");
+        put("sec-ch-ua-mobile", "?0");
+        put("accept", "*/*");
+        put("origin", &origin);
+        put("sec-fetch-site", "same-origin");
+        put("sec-fetch-mode", "cors");
+        put("sec-fetch-dest", "empty");
+        put("referer", &format!("{origin}/"));
+        put("accept-encoding", "gzip, deflate, br, zstd");
+        put("accept-language", "en-US,en;q=0.9");
+        put("cookie", &format!("{GATE_COOKIE}={gate}"));
+        put("priority", "u=1, i");
+        Ok(req)
+    }
+
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+        const C: &str = "h2";
+        let tcp = self.sockets.tcp(addr).await.map_err(|e| Error::dial(C, e))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(self.tcp_tls.clone());
+        let tls = connector
+            .connect(self.server_name()?, tcp)
+            .await
+            .map_err(|e| Error::dial(C, format!("TLS: {e}")))?;
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(b"h2") {
+            return Err(Error::dial(C, "server did not offer HTTP/2"));
+        }
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+            .map_err(|e| Error::dial(C, e))?;
+        let (send_request, connection) = h2::client::Builder::new()
+            .header_table_size(CHROME_HEADER_TABLE)
+            .enable_push(false)
+            .initial_window_size(CHROME_STREAM_WINDOW)
+            .initial_connection_window_size(CHROME_CONNECTION_WINDOW)
+            .max_header_list_size(CHROME_MAX_HEADER_LIST)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| Error::dial(C, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("h2 client connection ended: {e}");
+            }
+        });
+        let req = self.request(&Binding::Exporter(exporter))?;
+        let mut send_request = send_request.ready().await.map_err(|e| Error::dial(C, e))?;
+        let (response, send) = send_request
+            .send_request(req, false)
+            .map_err(|e| Error::dial(C, e))?;
+        let recv = tunnel::awaiting(async move {
+            let resp = response.await.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
+            check_status(C, &resp)?;
+            Ok(resp.into_body())
+        });
+        Ok(Tunnel::h2(send, recv, None))
+    }
+
+    async fn connect_h3(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+        const C: &str = "h3";
+        let socket = self.sockets.udp(addr).map_err(|e| Error::dial(C, e))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| Error::dial(C, e))?;
+        let mut cfg = quinn::ClientConfig::new(self.quic_tls.clone());
+        cfg.transport_config(Arc::new(front::quic_transport(&self.limits)));
+        endpoint.set_default_client_config(cfg);
+        let conn = endpoint
+            .connect(addr, &self.line.host)
+            .map_err(|e| Error::dial(C, e))?
+            .await
+            .map_err(|e| Error::dial(C, format!("QUIC: {e}")))?;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| Error::dial(C, "no TLS exporter"))?;
+        let (mut driver, mut send_request) = h3::client::builder()
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|e| Error::dial(C, e))?;
+        tokio::spawn(async move {
+            let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            debug!("h3 client connection ended: {e}");
+        });
+        let req = self.request(&Binding::Exporter(exporter))?;
+        let stream = send_request.send_request(req).await.map_err(|e| Error::dial(C, e))?;
+        let (send, mut recv) = stream.split();
+        let recv = tunnel::awaiting(async move {
+            let resp = recv.recv_response().await.map_err(tunnel::h3_io_error)?;
+            check_status(C, &resp)?;
+            Ok(Box::new(recv) as Box<dyn tunnel::H3Recv>)
+        });
+        // The endpoint and request handle must outlive the stream.
+        let keep: Box<dyn Send + Sync> = Box::new((endpoint, send_request));
+        Ok(Tunnel::h3(Box::new(send), recv, Some(keep)))
+    }
+}
+
+fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> {
+    let status = resp.status();
+    if status == StatusCode::OK
+        && resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()) == Some(b"application/octet-stream")
+    {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            Error::NotARelay {
+                carrier,
+                status: status.as_u16(),
+            },
+        ))
+    }
+}

@@ -1,0 +1,378 @@
+//! The relay's web front: one TCP port (TLS 1.3; HTTP/1.1 and HTTP/2) and
+//! the same UDP port (QUIC; HTTP/3), serving the decoy site to everyone and
+//! handing tunnels to the application for requests that pass the gate.
+//!
+//! The decision is made in exactly one place, [`Front::classify`]: a request
+//! is a tunnel only if it is a POST to the tunnel path over HTTP/2 or HTTP/3
+//! and carries a gate value that passes. Anything else, including every
+//! failed gate, goes to the site, which answers it as it answers any other
+//! request to that path. HTTP/1.1 never carries tunnels.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, warn};
+
+use crate::error::Error;
+use crate::gate::{Binding, Gate, Refusal, EXPORTER_LABEL, EXPORTER_LEN};
+use crate::site::{Site, SiteRequest, SiteResponse};
+use crate::tls::Identity;
+use crate::tunnel::{self, Tunnel};
+
+/// Name of the cookie that carries the gate value.
+pub const GATE_COOKIE: &str = "sid";
+
+/// Bounds on what one front accepts. Every limit has a default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open TCP connections plus QUIC connections.
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake (nginx: 60 s).
+    pub handshake_timeout: Duration,
+    /// Tunnels accepted but not yet taken by the application.
+    pub tunnel_backlog: usize,
+    /// HTTP/2 and HTTP/3 streams per connection (nginx: 128).
+    pub max_streams: u32,
+    /// Receive window of a tunnel stream once the gate has passed.
+    pub tunnel_window: u32,
+    /// QUIC connection-level receive window.
+    pub quic_conn_window: u32,
+    /// Idle time after which a QUIC connection is closed.
+    pub quic_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(60),
+            tunnel_backlog: 128,
+            max_streams: 128,
+            tunnel_window: 8 * 1024 * 1024,
+            quic_conn_window: 16 * 1024 * 1024,
+            quic_idle_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+/// Everything a front needs.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    pub identity: Identity,
+    pub gate: Gate,
+    /// Path that carries tunnels (also an ordinary path of the site).
+    pub tunnel_path: String,
+    pub site: Site,
+    pub limits: Limits,
+}
+
+/// Why a request did not become a tunnel; for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTunnel {
+    /// An ordinary site request.
+    Site,
+    /// Aimed at the tunnel but refused by the gate.
+    Refused(Refusal),
+}
+
+pub(crate) struct Shared {
+    gate: Gate,
+    tunnel_path: String,
+    site: Site,
+    limits: Limits,
+    tunnels: mpsc::Sender<Tunnel>,
+    connections: Arc<Semaphore>,
+}
+
+/// A bound, not yet running front.
+#[derive(Debug)]
+pub struct Front {
+    tcp: TcpListener,
+    quic: quinn::Endpoint,
+    shared: Arc<Shared>,
+    tcp_tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("tunnel_path", &self.tunnel_path).finish()
+    }
+}
+
+/// Where accepted tunnels arrive.
+#[derive(Debug)]
+pub struct Tunnels(mpsc::Receiver<Tunnel>);
+
+impl Tunnels {
+    /// The next tunnel, or `None` once the front has stopped.
+    pub async fn accept(&mut self) -> Option<Tunnel> {
+        self.0.recv().await
+    }
+}
+
+impl Front {
+    /// Binds TCP and UDP on `addr` (the same port for both; with port 0 the
+    /// UDP socket takes the port the TCP listener got).
+    pub async fn bind(addr: SocketAddr, config: FrontConfig) -> Result<(Self, Tunnels), Error> {
+        let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+            addr,
+            proto: "tcp",
+            source,
+        })?;
+        let tcp_addr = tcp.local_addr().map_err(|source| Error::Bind {
+            addr,
+            proto: "tcp",
+            source,
+        })?;
+        let tcp_tls = config.identity.server_config_tcp()?;
+        let quic = bind_quic(tcp_addr, &config)?;
+        let (tx, rx) = mpsc::channel(config.limits.tunnel_backlog);
+        let shared = Arc::new(Shared {
+            gate: config.gate,
+            tunnel_path: config.tunnel_path,
+            site: config.site,
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            limits: config.limits,
+            tunnels: tx,
+        });
+        Ok((Self { tcp, quic, shared, tcp_tls }, Tunnels(rx)))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // Bound successfully above, so the address is known.
+        self.tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` becomes true; then stops accepting and
+    /// returns (open connections finish on their own tasks).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Front { tcp, quic, shared, tcp_tls } = self;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
+        let tcp_loop = accept_tcp(tcp, acceptor, shared.clone());
+        let quic_loop = accept_quic(quic.clone(), shared);
+        tokio::select! {
+            _ = tcp_loop => {}
+            _ = quic_loop => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        quic.close(0u32.into(), b"");
+    }
+}
+
+fn bind_quic(addr: SocketAddr, config: &FrontConfig) -> Result<quinn::Endpoint, Error> {
+    let tls = config.identity.server_config_quic()?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(quic_transport(&config.limits)));
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
+        addr,
+        proto: "udp",
+        source,
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| Error::Bind {
+        addr,
+        proto: "udp",
+        source,
+    })
+}
+
+/// Transport parameters shared by both QUIC ends: windows large enough that
+/// one stream is not capped by flow control on a fast path.
+pub(crate) fn quic_transport(limits: &Limits) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(limits.tunnel_window.into());
+    t.receive_window(limits.quic_conn_window.into());
+    t.send_window(u64::from(limits.quic_conn_window));
+    t.max_concurrent_bidi_streams(limits.max_streams.into());
+    t.max_concurrent_uni_streams(3u32.into());
+    if let Ok(idle) = limits.quic_idle_timeout.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+async fn accept_tcp(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = match shared.connections.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => {
+                backoff = Duration::from_millis(5);
+                s
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: wait instead of spinning.
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_tcp(stream, peer, acceptor, shared).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!("TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (_, conn) = tls.get_ref();
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+        .is_err()
+    {
+        return;
+    }
+    let binding = Binding::Exporter(exporter);
+    if conn.alpn_protocol() == Some(b"h2") {
+        crate::h2_server::serve(tls, binding, shared).await;
+    } else {
+        crate::h1_server::serve(tls, peer, shared).await;
+    }
+}
+
+async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let timeout = shared.limits.handshake_timeout;
+            if let Ok(Ok(conn)) = tokio::time::timeout(timeout, incoming).await {
+                crate::h3_server::serve(conn, shared).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Shared {
+    /// The one place that decides tunnel or site.
+    pub(crate) fn classify(&self, binding: &Binding, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), NotTunnel> {
+        if method != Method::POST || path != self.tunnel_path {
+            return Err(NotTunnel::Site);
+        }
+        let value = gate_cookie(headers);
+        match self.gate.check(binding, value) {
+            Ok(_) => Ok(()),
+            Err(r) => {
+                debug!(reason = r.label(), "gate refused a tunnel request");
+                Err(NotTunnel::Refused(r))
+            }
+        }
+    }
+
+    pub(crate) async fn site_response<B>(&self, req: &Request<B>) -> SiteResponse {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        self.site
+            .respond(SiteRequest {
+                method: req.method(),
+                target,
+                headers: req.headers(),
+                host,
+            })
+            .await
+    }
+
+    pub(crate) async fn hand_over(&self, tunnel: Tunnel) {
+        if self.tunnels.send(tunnel).await.is_err() {
+            debug!("tunnel dropped: the application stopped accepting");
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// The gate value from the request's cookies, if any.
+fn gate_cookie(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|c| c.trim_ascii())
+        .find_map(|c| c.strip_prefix(GATE_COOKIE.as_bytes())?.strip_prefix(b"="))
+}
+
+/// Response head for an accepted tunnel: an ordinary streaming API answer.
+pub(crate) fn tunnel_response() -> Response<()> {
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    h.insert(header::SERVER, header::HeaderValue::from_static("nginx"));
+    if let Ok(v) = header::HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert(header::DATE, v);
+    }
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A site response's head for HTTP/2 and HTTP/3: no connection-specific
+/// headers (nginx drops them there too).
+pub(crate) fn multiplexed_head(resp: &SiteResponse) -> Response<()> {
+    let mut head = Response::new(());
+    *head.status_mut() = resp.status();
+    let h = head.headers_mut();
+    for (name, value) in resp.headers() {
+        if name != header::CONNECTION {
+            h.append(name, value.clone());
+        }
+    }
+    head
+}
+
+/// Seconds since the epoch, for the client's gate message.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) use tunnel::open;
+
+pub(crate) type SharedRef = Arc<Shared>;
+
+pub(crate) fn response_body_for(method: &Method, resp: &SiteResponse) -> Option<Bytes> {
+    if method == Method::HEAD || resp.body().is_empty() {
+        None
+    } else {
+        Some(resp.body().clone())
+    }
+}

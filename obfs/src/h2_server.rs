@@ -1,0 +1,133 @@
+//! HTTP/2 on TLS: the site and the tunnels.
+//!
+//! The connection opens with nginx's SETTINGS (128 streams, 64 KiB stream
+//! window, 16 MiB - 1 frame size) and its connection WINDOW_UPDATE to
+//! 2^31 - 1. Only after a request has passed the gate does this connection
+//! raise its stream window (a new SETTINGS frame) so a tunnel is not capped
+//! by 64 KiB per round trip; a prober never sees that.
+
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::Request;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+use crate::front::{multiplexed_head, open, response_body_for, tunnel_response, SharedRef};
+use crate::gate::Binding;
+use crate::tunnel::Tunnel;
+
+/// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
+const SITE_STREAM_WINDOW: u32 = 65_536;
+/// nginx's SETTINGS_MAX_FRAME_SIZE.
+const MAX_FRAME_SIZE: u32 = 16_777_215;
+/// nginx raises the connection window to the maximum at once.
+const CONNECTION_WINDOW: u32 = i32::MAX as u32;
+
+pub(crate) async fn serve(tls: TlsStream<TcpStream>, binding: Binding, shared: SharedRef) {
+    let limits = shared.limits().clone();
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(limits.max_streams)
+        .initial_window_size(SITE_STREAM_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(tls);
+    let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!("h2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (raise_tx, mut raise_rx) = mpsc::channel::<()>(1);
+    let mut raised = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let shared = shared.clone();
+                    let raise = raise_tx.clone();
+                    tokio::spawn(async move { handle(req, respond, binding, shared, raise).await });
+                }
+                Some(Err(e)) => {
+                    debug!("h2 connection ended: {e}");
+                    break;
+                }
+                None => break,
+            },
+            Some(()) = raise_rx.recv(), if !raised => {
+                raised = true;
+                if let Err(e) = conn.set_initial_window_size(limits.tunnel_window) {
+                    debug!("could not raise the stream window: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    binding: Binding,
+    shared: SharedRef,
+    raise: mpsc::Sender<()>,
+) {
+    let (parts, body) = req.into_parts();
+    if shared
+        .classify(&binding, &parts.method, parts.uri.path(), &parts.headers)
+        .is_ok()
+    {
+        let _ = raise.try_send(());
+        match respond.send_response(tunnel_response(), false) {
+            Ok(send) => shared.hand_over(Tunnel::h2(send, open(body), None)).await,
+            Err(e) => debug!("tunnel response failed: {e}"),
+        }
+        return;
+    }
+    let req = Request::from_parts(parts, ());
+    let resp = shared.site_response(&req).await;
+    let payload = response_body_for(req.method(), &resp);
+    match respond.send_response(multiplexed_head(&resp), payload.is_none()) {
+        Ok(mut send) => {
+            if let Some(payload) = payload {
+                if let Err(e) = send_all(&mut send, payload).await {
+                    debug!("h2 response body failed: {e}");
+                }
+            }
+        }
+        Err(e) => debug!("h2 response failed: {e}"),
+    }
+    // The request body, if any, is discarded with `body`, as nginx does for
+    // static files.
+    drop(body);
+}
+
+/// Sends a whole body, respecting the peer's flow control, and ends the stream.
+pub(crate) async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let cap = std::future::poll_fn(|cx| match send.capacity() {
+            0 => match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(n))) => Poll::Ready(Ok(n)),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
+                Poll::Ready(None) => Poll::Ready(Ok(0)),
+                Poll::Pending => Poll::Pending,
+            },
+            n => Poll::Ready(Ok(n)),
+        })
+        .await?;
+        if cap == 0 {
+            if send.capacity() == 0 {
+                // The stream was closed under us.
+                return Ok(());
+            }
+            continue;
+        }
+        let chunk = data.split_to(cap.min(data.len()));
+        send.send_data(chunk, data.is_empty())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! HTTP/3 on QUIC: the site and the tunnels.
+
+use bytes::Bytes;
+use http::Request;
+use tracing::debug;
+
+use crate::front::{multiplexed_head, open, response_body_for, tunnel_response, SharedRef};
+use crate::gate::{Binding, EXPORTER_LABEL, EXPORTER_LEN};
+use crate::tunnel::Tunnel;
+
+/// Largest request header section accepted (nginx's default buffers are 4 x 8 KiB).
+const MAX_FIELD_SECTION: u64 = 32 * 1024;
+
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+pub(crate) async fn serve(conn: quinn::Connection, shared: SharedRef) {
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        return;
+    }
+    let binding = Binding::Exporter(exporter);
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(MAX_FIELD_SECTION)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            debug!("h3 set-up failed: {e}");
+            return;
+        }
+    };
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => handle(req, stream, binding, shared).await,
+                        Err(e) => debug!("h3 request failed: {e}"),
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!("h3 connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: SharedRef) {
+    if shared
+        .classify(&binding, req.method(), req.uri().path(), req.headers())
+        .is_ok()
+    {
+        if let Err(e) = stream.send_response(tunnel_response()).await {
+            debug!("tunnel response failed: {e}");
+            return;
+        }
+        let (send, recv) = stream.split();
+        shared
+            .hand_over(Tunnel::h3(Box::new(send), open(Box::new(recv)), None))
+            .await;
+        return;
+    }
+    let resp = shared.site_response(&req).await;
+    let result = async {
+        stream.send_response(multiplexed_head(&resp)).await?;
+        if let Some(payload) = response_body_for(req.method(), &resp) {
+            stream.send_data(payload).await?;
+        }
+        stream.finish().await
+    }
+    .await;
+    if let Err(e) = result {
+        debug!("h3 response failed: {e}");
+    }
+}

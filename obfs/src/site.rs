@@ -1,0 +1,531 @@
+//! The decoy site: answers every request that is not a tunnel exactly as a
+//! stock nginx serving static files would (the "nginx" profile).
+//!
+//! Status codes, error pages, header names, values and their order, ETag
+//! format, conditional and range requests follow nginx 1.22 with
+//! `server_tokens off`, `default_type application/octet-stream` and an
+//! `add_header Alt-Svc` line; the tests compare against a real nginx.
+//!
+//! Responses carry a `connection: keep-alive` header in nginx's position;
+//! the HTTP/1.1 layer keeps it (or turns it into `close`) and the HTTP/2 and
+//! HTTP/3 layers drop it, as nginx does.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+/// A finished answer to one request: status, ordered headers, whole body.
+pub type SiteResponse = Response<Bytes>;
+
+/// Largest file served from a site directory. Bigger files get 403, as a
+/// server with a size-limited location would answer; keeps memory bounded.
+pub const MAX_FILE_SIZE: u64 = 32 * 1024 * 1024;
+
+/// What the site needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteRequest<'a> {
+    pub method: &'a Method,
+    /// Path and query as sent (`/a/b?x=1`).
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Host the client named (`Host` or `:authority`), for redirects.
+    pub host: Option<&'a str>,
+}
+
+/// Where the site's files come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The small site compiled into the binary.
+    Builtin,
+    /// A directory on disk.
+    Dir(PathBuf),
+}
+
+#[derive(Debug)]
+enum Found {
+    File { body: Bytes, mtime: SystemTime },
+    Dir,
+    NotFound,
+    Forbidden,
+}
+
+/// The decoy site for one listener.
+#[derive(Debug, Clone)]
+pub struct Site {
+    source: Source,
+    builtin: HashMap<&'static str, &'static [u8]>,
+    builtin_mtime: SystemTime,
+    /// `Alt-Svc` value added to successful responses, as `add_header` does.
+    alt_svc: Option<HeaderValue>,
+    /// Scheme and port for absolute redirects (`Location`).
+    scheme: &'static str,
+    port: u16,
+}
+
+macro_rules! builtin_files {
+    ($($path:literal),* $(,)?) => {
+        [$(($path, include_bytes!(concat!("../site", $path)) as &'static [u8])),*]
+    };
+}
+
+impl Site {
+    /// A site from `source`, served on `port` over https; `alt_svc_port`
+    /// advertises HTTP/3 on that UDP port.
+    pub fn new(source: Source, port: u16, alt_svc_port: Option<u16>) -> Self {
+        let builtin = builtin_files!(
+            "/index.html",
+            "/about.html",
+            "/visit.html",
+            "/style.css",
+            "/robots.txt",
+            "/favicon.ico",
+            "/posts/celadon-crawling.html",
+            "/posts/firing-log-winter.html",
+            "/posts/reclaiming-clay.html",
+        )
+        .into_iter()
+        .collect();
+        let alt_svc = alt_svc_port.and_then(|p| {
+            HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()
+        });
+        Self {
+            source,
+            builtin,
+            // A fixed, plausible publication time for the built-in pages.
+            builtin_mtime: UNIX_EPOCH + Duration::from_secs(1_773_482_112),
+            alt_svc,
+            scheme: "https",
+            port,
+        }
+    }
+
+    /// Answers one request. Never fails: every problem is an HTTP status.
+    pub async fn respond(&self, req: SiteRequest<'_>) -> SiteResponse {
+        let path = req.target.split(['?', '#']).next().unwrap_or("/");
+        let Some(rel) = normalize(path) else {
+            return self.error(StatusCode::BAD_REQUEST);
+        };
+        // nginx's static handler refuses these methods before looking.
+        let method = req.method;
+        let get_like = method == Method::GET || method == Method::HEAD;
+        if !get_like && method != Method::POST {
+            return self.error(StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let lookup_rel = if rel.ends_with('/') {
+            format!("{rel}index.html")
+        } else {
+            rel.clone()
+        };
+        match self.find(&lookup_rel).await {
+            Found::File { body, mtime } => {
+                if !get_like {
+                    return self.error(StatusCode::METHOD_NOT_ALLOWED);
+                }
+                self.file(req, &lookup_rel, body, mtime)
+            }
+            Found::Dir if !rel.ends_with('/') => self.redirect_to_dir(req, path),
+            Found::Dir | Found::Forbidden => self.error(StatusCode::FORBIDDEN),
+            Found::NotFound if rel.ends_with('/') => {
+                // A directory without an index is forbidden; a missing one is not found.
+                match self.find(&rel).await {
+                    Found::Dir => self.error(StatusCode::FORBIDDEN),
+                    _ => self.error(StatusCode::NOT_FOUND),
+                }
+            }
+            Found::NotFound => self.error(StatusCode::NOT_FOUND),
+        }
+    }
+
+    async fn find(&self, rel: &str) -> Found {
+        match &self.source {
+            Source::Builtin => {
+                if let Some(body) = self.builtin.get(rel) {
+                    return Found::File {
+                        body: Bytes::from_static(body),
+                        mtime: self.builtin_mtime,
+                    };
+                }
+                let dir = if rel.ends_with('/') { rel.to_string() } else { format!("{rel}/") };
+                if rel == "/" || self.builtin.keys().any(|k| k.starts_with(&dir)) {
+                    Found::Dir
+                } else {
+                    Found::NotFound
+                }
+            }
+            Source::Dir(root) => {
+                let full = root.join(rel.trim_start_matches('/'));
+                let meta = match tokio::fs::metadata(&full).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Found::Forbidden
+                    }
+                    Err(_) => return Found::NotFound,
+                };
+                if meta.is_dir() {
+                    return Found::Dir;
+                }
+                if !meta.is_file() || meta.len() > MAX_FILE_SIZE {
+                    return Found::Forbidden;
+                }
+                match tokio::fs::read(&full).await {
+                    Ok(body) => Found::File {
+                        body: Bytes::from(body),
+                        mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+                    },
+                    Err(_) => Found::Forbidden,
+                }
+            }
+        }
+    }
+
+    fn file(&self, req: SiteRequest<'_>, rel: &str, body: Bytes, mtime: SystemTime) -> SiteResponse {
+        let secs = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let etag = format!("\"{:x}-{:x}\"", secs, body.len());
+        let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+        let len = body.len() as u64;
+
+        if not_modified(req.headers, &etag, &last_modified) {
+            let mut h = base_headers();
+            put(&mut h, header::LAST_MODIFIED, &last_modified);
+            put_connection(&mut h);
+            put(&mut h, header::ETAG, &etag);
+            self.put_alt_svc(&mut h);
+            return build(StatusCode::NOT_MODIFIED, h, Bytes::new());
+        }
+
+        let range = match req.headers.get(header::RANGE) {
+            Some(v) if if_range_ok(req.headers, &etag, &last_modified) => parse_range(v, len),
+            _ => RangeAnswer::Full,
+        };
+        let (status, body, content_range) = match range {
+            RangeAnswer::Full => (StatusCode::OK, body, None),
+            RangeAnswer::Part(start, end) => (
+                StatusCode::PARTIAL_CONTENT,
+                body.slice(start as usize..=end as usize),
+                Some(format!("bytes {start}-{end}/{len}")),
+            ),
+            RangeAnswer::Unsatisfiable => {
+                let mut r = self.error(StatusCode::RANGE_NOT_SATISFIABLE);
+                let h = r.headers_mut();
+                self.put_alt_svc(h);
+                put(h, header::CONTENT_RANGE, &format!("bytes */{len}"));
+                return r;
+            }
+        };
+        let mut h = base_headers();
+        put(&mut h, header::CONTENT_TYPE, content_type(rel));
+        put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+        put(&mut h, header::LAST_MODIFIED, &last_modified);
+        put_connection(&mut h);
+        put(&mut h, header::ETAG, &etag);
+        self.put_alt_svc(&mut h);
+        match content_range {
+            Some(cr) => put(&mut h, header::CONTENT_RANGE, &cr),
+            None => put(&mut h, header::ACCEPT_RANGES, "bytes"),
+        }
+        build(status, h, body)
+    }
+
+    fn redirect_to_dir(&self, req: SiteRequest<'_>, path: &str) -> SiteResponse {
+        let host = req
+            .host
+            .map(|h| h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h))
+            .filter(|h| !h.is_empty())
+            .unwrap_or("localhost");
+        let port = if self.port == 443 { String::new() } else { format!(":{}", self.port) };
+        let mut location = format!("{}://{}{}{}/", self.scheme, host, port, path);
+        if let Some((_, q)) = req.target.split_once('?') {
+            location.push('?');
+            location.push_str(q);
+        }
+        let body = error_body(StatusCode::MOVED_PERMANENTLY);
+        let mut h = base_headers();
+        put(&mut h, header::CONTENT_TYPE, "text/html");
+        put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+        put(&mut h, header::LOCATION, &location);
+        put_connection(&mut h);
+        self.put_alt_svc(&mut h);
+        build(StatusCode::MOVED_PERMANENTLY, h, body)
+    }
+
+    /// nginx's built-in error page for `status`.
+    pub fn error(&self, status: StatusCode) -> SiteResponse {
+        error_response(status)
+    }
+
+    fn put_alt_svc(&self, h: &mut HeaderMap) {
+        if let Some(v) = &self.alt_svc {
+            h.append(HeaderName::from_static("alt-svc"), v.clone());
+        }
+    }
+}
+
+/// nginx's error page for `status`, without a site (used for protocol errors).
+pub fn error_response(status: StatusCode) -> SiteResponse {
+    let body = error_body(status);
+    let mut h = base_headers();
+    put(&mut h, header::CONTENT_TYPE, "text/html");
+    put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+    put_connection(&mut h);
+    build(status, h, body)
+}
+
+/// The reason phrase nginx uses (some differ from the RFC's).
+pub fn reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        405 => "Not Allowed",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        416 => "Requested Range Not Satisfiable",
+        _ => status.canonical_reason().unwrap_or("Unknown"),
+    }
+}
+
+fn error_body(status: StatusCode) -> Bytes {
+    let title = format!("{} {}", status.as_u16(), reason(status));
+    Bytes::from(format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    ))
+}
+
+fn base_headers() -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(10);
+    h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+    put(&mut h, header::DATE, &httpdate::fmt_http_date(SystemTime::now()));
+    h
+}
+
+fn put_connection(h: &mut HeaderMap) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+}
+
+fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.append(name, v);
+    }
+}
+
+fn build(status: StatusCode, headers: HeaderMap, body: Bytes) -> SiteResponse {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Percent-decodes and normalises a request path the way nginx does:
+/// `None` (400) when it is not absolute or climbs above the root.
+fn normalize(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let decoded = percent_decode(path)?;
+    if decoded.contains('\0') {
+        return None;
+    }
+    let trailing = decoded.ends_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in Path::new(&decoded).components() {
+        match comp {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::Normal(s) => parts.push(s.to_str()?),
+            Component::Prefix(_) => return None,
+        }
+    }
+    let mut out = String::from("/");
+    out.push_str(&parts.join("/"));
+    if trailing && !parts.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn not_modified(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag));
+    }
+    // nginx's default `if_modified_since exact`.
+    h.get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ims| ims == last_modified)
+}
+
+fn if_range_ok(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v == etag || v == last_modified,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range. Several ranges are answered with the whole file
+/// (nginx would send multipart/byteranges; see the README's limitations).
+fn parse_range(v: &HeaderValue, len: u64) -> RangeAnswer {
+    let Some(spec) = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")) else {
+        return RangeAnswer::Full;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (false, _) => {
+            let Ok(start) = a.parse::<u64>() else { return RangeAnswer::Full };
+            let end = if b.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                match b.parse::<u64>() {
+                    Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+                    _ => return RangeAnswer::Full,
+                }
+            };
+            if start >= len {
+                return RangeAnswer::Unsatisfiable;
+            }
+            (start, end)
+        }
+        (true, false) => {
+            let Ok(n) = b.parse::<u64>() else { return RangeAnswer::Full };
+            if n == 0 || len == 0 {
+                return RangeAnswer::Unsatisfiable;
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (true, true) => return RangeAnswer::Full,
+    };
+    RangeAnswer::Part(parsed.0, parsed.1)
+}
+
+/// nginx's mime.types for the extensions a small site uses.
+fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" | "shtml" => "text/html",
+        "css" => "text/css",
+        "xml" => "text/xml",
+        "txt" => "text/plain",
+        "js" => "application/javascript",
+        "json" => "application/json",
+        "gif" => "image/gif",
+        "jpeg" | "jpg" => "image/jpeg",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "svg" | "svgz" => "image/svg+xml",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "wasm" => "application/wasm",
+        "mp3" => "audio/mpeg",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "rss" => "application/rss+xml",
+        "atom" => "application/atom+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(site: &Site, target: &str, headers: HeaderMap) -> SiteResponse {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(site.respond(SiteRequest {
+            method: &Method::GET,
+            target,
+            headers: &headers,
+            host: Some("example.org:8443"),
+        }))
+    }
+
+    fn names(r: &SiteResponse) -> Vec<&str> {
+        r.headers().keys().map(|k| k.as_str()).collect()
+    }
+
+    #[test]
+    fn headers_come_in_nginx_order() {
+        let site = Site::new(Source::Builtin, 8443, Some(8443));
+        let r = get(&site, "/", HeaderMap::new());
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            names(&r),
+            ["server", "date", "content-type", "content-length", "last-modified", "connection", "etag", "alt-svc", "accept-ranges"]
+        );
+        let r = get(&site, "/missing", HeaderMap::new());
+        assert_eq!(r.status(), 404);
+        assert_eq!(names(&r), ["server", "date", "content-type", "content-length", "connection"]);
+        assert_eq!(r.body().len(), 146);
+    }
+
+    #[test]
+    fn conditional_range_and_redirect() {
+        let site = Site::new(Source::Builtin, 8443, None);
+        let etag = get(&site, "/style.css", HeaderMap::new()).headers()[header::ETAG].clone();
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, etag);
+        assert_eq!(get(&site, "/style.css", h).status(), 304);
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-9"));
+        let r = get(&site, "/style.css", h);
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.body().len(), 10);
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=99999-"));
+        assert_eq!(get(&site, "/style.css", h).status(), 416);
+        let r = get(&site, "/posts", HeaderMap::new());
+        assert_eq!(r.status(), 301);
+        assert_eq!(r.headers()[header::LOCATION], "https://example.org:8443/posts/");
+        assert_eq!(get(&site, "/posts/", HeaderMap::new()).status(), 403);
+        assert_eq!(get(&site, "/../etc/passwd", HeaderMap::new()).status(), 400);
+        assert_eq!(get(&site, "/%zz", HeaderMap::new()).status(), 400);
+    }
+
+    #[test]
+    fn ranges_parse_like_nginx() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_range(&v("bytes=0-0"), 10), RangeAnswer::Part(0, 0));
+        assert_eq!(parse_range(&v("bytes=-3"), 10), RangeAnswer::Part(7, 9));
+        assert_eq!(parse_range(&v("bytes=5-100"), 10), RangeAnswer::Part(5, 9));
+        assert_eq!(parse_range(&v("bytes=10-"), 10), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range(&v("bytes=5-2"), 10), RangeAnswer::Full);
+        assert_eq!(parse_range(&v("items=1-2"), 10), RangeAnswer::Full);
+    }
+}

@@ -1,0 +1,251 @@
+//! TLS set-up for both carriers: the relay's certificate (PEM files or a
+//! self-signed one), and the client's verification (a pinned certificate or
+//! the usual web roots — never no verification at all).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring as provider, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ConfigError, Error};
+
+/// ALPN protocols a browser offers over TCP, in its order.
+pub const ALPN_TCP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN for QUIC.
+pub const ALPN_QUIC: &[u8] = b"h3";
+
+/// SHA-256 of a certificate (DER), as carried in a relay line.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertPin(pub [u8; 32]);
+
+impl CertPin {
+    pub fn of(cert: &CertificateDer<'_>) -> Self {
+        Self(Sha256::digest(cert.as_ref()).into())
+    }
+}
+
+impl std::fmt::Debug for CertPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertPin({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// A certificate chain and its private key, as the relay serves them.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, Error> {
+        let cert_pem = read_file(cert)?;
+        let key_pem = read_file(key)?;
+        Self::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
+            Error::Config(ConfigError::BadCertificate { reason, .. }) => {
+                Error::Config(ConfigError::BadCertificate {
+                    path: format!("{} / {}", cert.display(), key.display()),
+                    reason,
+                })
+            }
+            other => other,
+        })
+    }
+
+    /// Parses PEM text; also checks the key matches the certificate.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let bad = |reason: String| {
+            Error::Config(ConfigError::BadCertificate {
+                path: "<pem>".into(),
+                reason,
+            })
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("certificate PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(bad("no CERTIFICATE block found".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| bad(format!("private key PEM: {e}")))?;
+        let identity = Self { chain, key };
+        // Building a config checks the key parses and matches the leaf.
+        let certified = provider::default_provider()
+            .key_provider
+            .load_private_key(identity.key.clone_key())
+            .map_err(|e| bad(format!("private key: {e}")))?;
+        let ck = rustls::sign::CertifiedKey::new(identity.chain.clone(), certified);
+        ck.keys_match()
+            .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+        Ok(identity)
+    }
+
+    /// A fresh self-signed certificate for `name` (ECDSA P-256).
+    /// Returns the identity and its PEM forms (certificate, key) for saving.
+    pub fn self_signed(name: &str) -> Result<(Self, String, String), Error> {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).map_err(|e| {
+            Error::Config(ConfigError::Invalid {
+                key: "self-signed name".into(),
+                reason: e.to_string(),
+            })
+        })?;
+        let cert_pem = ck.cert.pem();
+        let key_pem = ck.signing_key.serialize_pem();
+        let identity = Self::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
+        Ok((identity, cert_pem, key_pem))
+    }
+
+    /// Pin of the leaf certificate.
+    pub fn pin(&self) -> Option<CertPin> {
+        self.chain.first().map(CertPin::of)
+    }
+
+    /// A server config for the TCP carrier (ALPN h2, http/1.1).
+    pub fn server_config_tcp(&self) -> Result<Arc<ServerConfig>, Error> {
+        self.server_config(ALPN_TCP.iter().map(|p| p.to_vec()).collect())
+    }
+
+    /// A server config for the QUIC carrier (ALPN h3, TLS 1.3 only).
+    pub fn server_config_quic(&self) -> Result<Arc<ServerConfig>, Error> {
+        self.server_config(vec![ALPN_QUIC.to_vec()])
+    }
+
+    fn server_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, Error> {
+        let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(Error::tls_setup)?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| {
+                Error::Config(ConfigError::BadCertificate {
+                    path: "<certificate>".into(),
+                    reason: e.to_string(),
+                })
+            })?;
+        cfg.alpn_protocols = alpn;
+        Ok(Arc::new(cfg))
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// How a client decides the relay's certificate is the right one.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The leaf certificate must have exactly this SHA-256.
+    Pinned(CertPin),
+    /// The chain must verify against the bundled web roots for the name.
+    WebRoots,
+}
+
+/// The cipher-suite order a current Chrome offers (TLS 1.3 first, AES-128 first).
+fn browser_provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = provider::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    p
+}
+
+/// A client config for one carrier: `alpn` is [`ALPN_TCP`] or [`ALPN_QUIC`].
+pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, Error> {
+    let provider = Arc::new(browser_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::tls_setup)?;
+    let mut cfg = match trust {
+        Trust::WebRoots => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Pinned(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: *pin,
+                algorithms: provider.signature_verification_algorithms,
+            }))
+            .with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts exactly one certificate (by SHA-256) and still verifies the
+/// handshake signatures with it, so the peer must hold the matching key.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: CertPin,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if CertPin::of(end_entity) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,388 @@
+//! A tunnel: one HTTP request stream (HTTP/2 or HTTP/3) presented as a
+//! plain bidirectional byte stream (`AsyncRead + AsyncWrite`).
+//!
+//! The request body carries client-to-relay bytes, the response body
+//! relay-to-client bytes. `shutdown` ends our direction with END_STREAM (a
+//! FIN on QUIC); the other side then reads EOF and can still send. Dropping
+//! a tunnel resets the stream.
+//!
+//! A client may write before the relay's response has arrived (the first
+//! inner handshake message rides with the request); the response is checked
+//! on the first read, and a relay that answered like a website turns into a
+//! clear `NotARelay` error there.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::relay_line::Carrier;
+
+/// Largest single write handed to the HTTP layer.
+const MAX_WRITE_CHUNK: usize = 256 * 1024;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A gated byte stream through a relay's web front.
+pub struct Tunnel {
+    carrier: Carrier,
+    io: Io,
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel").field("carrier", &self.carrier).finish()
+    }
+}
+
+enum Io {
+    H2(H2Io),
+    H3(H3Io),
+}
+
+/// The receive side before and after the response head is known.
+pub(crate) enum RecvState<R> {
+    /// Client side: the relay's answer has not arrived yet.
+    Awaiting(BoxFuture<io::Result<R>>),
+    Open(R),
+    Failed(io::ErrorKind, String),
+}
+
+impl<R> RecvState<R> {
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut R>> {
+        if let RecvState::Awaiting(fut) = self {
+            match ready!(fut.as_mut().poll(cx)) {
+                Ok(r) => *self = RecvState::Open(r),
+                Err(e) => *self = RecvState::Failed(e.kind(), e.to_string()),
+            }
+        }
+        match self {
+            RecvState::Open(r) => Poll::Ready(Ok(r)),
+            RecvState::Failed(kind, msg) => Poll::Ready(Err(io::Error::new(*kind, msg.clone()))),
+            RecvState::Awaiting(_) => Poll::Pending,
+        }
+    }
+}
+
+impl Tunnel {
+    pub fn carrier(&self) -> Carrier {
+        self.carrier
+    }
+
+    /// Waits until the relay has accepted the tunnel (client side); returns
+    /// at once on the relay side.
+    pub async fn established(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| match &mut self.io {
+            Io::H2(h) => h.recv.poll_open(cx).map_ok(|_| ()),
+            Io::H3(h) => h.recv.poll_open(cx).map_ok(|_| ()),
+        })
+        .await
+    }
+
+    pub(crate) fn h2(
+        send: h2::SendStream<Bytes>,
+        recv: RecvState<h2::RecvStream>,
+        keep: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        Self {
+            carrier: Carrier::H2,
+            io: Io::H2(H2Io {
+                send,
+                recv,
+                read_buf: Bytes::new(),
+                shut: false,
+                _keep: keep,
+            }),
+        }
+    }
+
+    pub(crate) fn h3(
+        send: Box<dyn H3Send>,
+        recv: RecvState<Box<dyn H3Recv>>,
+        keep: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        Self {
+            carrier: Carrier::H3,
+            io: Io::H3(H3Io {
+                send: SendState::Idle(send),
+                recv,
+                read_buf: Bytes::new(),
+                _keep: keep,
+            }),
+        }
+    }
+}
+
+pub(crate) fn awaiting<R>(fut: impl Future<Output = io::Result<R>> + Send + 'static) -> RecvState<R> {
+    RecvState::Awaiting(Box::pin(fut))
+}
+
+pub(crate) fn open<R>(r: R) -> RecvState<R> {
+    RecvState::Open(r)
+}
+
+fn copy_out(read_buf: &mut Bytes, out: &mut ReadBuf<'_>) {
+    let n = read_buf.len().min(out.remaining());
+    out.put_slice(&read_buf[..n]);
+    read_buf.advance(n);
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::H2(h) => h.poll_read(cx, out),
+            Io::H3(h) => h.poll_read(cx, out),
+        }
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::H2(h) => h.poll_write(cx, buf),
+            Io::H3(h) => h.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            // h2 writes frames from its connection task; nothing is held here.
+            Io::H2(_) => Poll::Ready(Ok(())),
+            Io::H3(h) => h.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::H2(h) => h.poll_shutdown(),
+            Io::H3(h) => h.poll_shutdown(cx),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP/2
+
+struct H2Io {
+    send: h2::SendStream<Bytes>,
+    recv: RecvState<h2::RecvStream>,
+    read_buf: Bytes,
+    shut: bool,
+    /// Whatever must live as long as the stream (e.g. the client connection's handle).
+    _keep: Option<Box<dyn Send + Sync>>,
+}
+
+fn h2_io_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    let kind = match e.reason() {
+        Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL) => io::ErrorKind::ConnectionReset,
+        _ => io::ErrorKind::ConnectionAborted,
+    };
+    io::Error::new(kind, e)
+}
+
+impl H2Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.read_buf.is_empty() {
+            let recv = ready!(self.recv.poll_open(cx))?;
+            match ready!(recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The chunk is held here only until copied out; give the
+                    // window back at once so the sender never stalls on it.
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    self.read_buf = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        copy_out(&mut self.read_buf, out);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.shut {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let want = buf.len().min(MAX_WRITE_CHUNK);
+        self.send.reserve_capacity(want);
+        loop {
+            let cap = self.send.capacity();
+            if cap > 0 {
+                let n = cap.min(want);
+                self.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_io_error)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_shutdown(&mut self) -> Poll<io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            self.send.reserve_capacity(0);
+            self.send.send_data(Bytes::new(), true).map_err(h2_io_error)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ---------------------------------------------------------------- HTTP/3
+
+/// The send half of an HTTP/3 request stream, client or server side.
+pub(crate) trait H3Send: Send + 'static {
+    fn send(self: Box<Self>, data: Bytes) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)>;
+    fn finish(self: Box<Self>) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)>;
+}
+
+/// The receive half of an HTTP/3 request stream, client or server side.
+pub(crate) trait H3Recv: Send + 'static {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+}
+
+pub(crate) fn h3_io_error(e: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, e.to_string())
+}
+
+macro_rules! impl_h3_halves {
+    ($side:ident) => {
+        impl H3Send for h3::$side::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> {
+            fn send(mut self: Box<Self>, data: Bytes) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)> {
+                Box::pin(async move {
+                    let r = self.send_data(data).await.map_err(h3_io_error);
+                    (self as Box<dyn H3Send>, r)
+                })
+            }
+            fn finish(mut self: Box<Self>) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)> {
+                Box::pin(async move {
+                    let r = h3::$side::RequestStream::finish(&mut self).await.map_err(h3_io_error);
+                    (self as Box<dyn H3Send>, r)
+                })
+            }
+        }
+
+        impl H3Recv for h3::$side::RequestStream<h3_quinn::RecvStream, Bytes> {
+            fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+                match ready!(self.poll_recv_data(cx)) {
+                    Ok(Some(mut b)) => Poll::Ready(Ok(Some(b.copy_to_bytes(b.remaining())))),
+                    Ok(None) => Poll::Ready(Ok(None)),
+                    Err(e) => Poll::Ready(Err(h3_io_error(e))),
+                }
+            }
+        }
+    };
+}
+
+impl_h3_halves!(server);
+impl_h3_halves!(client);
+
+enum SendState {
+    Idle(Box<dyn H3Send>),
+    /// A send (or, with `finishing`, the FIN) is in flight.
+    Busy {
+        fut: BoxFuture<(Box<dyn H3Send>, io::Result<()>)>,
+        finishing: bool,
+    },
+    Finished,
+    Broken(io::ErrorKind),
+}
+
+struct H3Io {
+    send: SendState,
+    recv: RecvState<Box<dyn H3Recv>>,
+    read_buf: Bytes,
+    _keep: Option<Box<dyn Send + Sync>>,
+}
+
+impl H3Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        while self.read_buf.is_empty() {
+            let recv = ready!(self.recv.poll_open(cx))?;
+            match ready!(recv.poll_data(cx))? {
+                Some(data) => self.read_buf = data,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        copy_out(&mut self.read_buf, out);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drives an in-flight send or FIN to completion.
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let SendState::Busy { fut, finishing } = &mut self.send {
+            let finishing = *finishing;
+            let (stream, result) = ready!(fut.as_mut().poll(cx));
+            self.send = match result {
+                Ok(()) if finishing => SendState::Finished,
+                Ok(()) => SendState::Idle(stream),
+                Err(e) => {
+                    self.send = SendState::Broken(e.kind());
+                    return Poll::Ready(Err(e));
+                }
+            };
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_idle(&mut self) -> io::Result<Box<dyn H3Send>> {
+        match std::mem::replace(&mut self.send, SendState::Finished) {
+            SendState::Idle(stream) => Ok(stream),
+            SendState::Broken(kind) => {
+                self.send = SendState::Broken(kind);
+                Err(kind.into())
+            }
+            other => {
+                self.send = other;
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_settle(cx))?;
+        let stream = self.take_idle()?;
+        if buf.is_empty() {
+            self.send = SendState::Idle(stream);
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.len().min(MAX_WRITE_CHUNK);
+        // The write is accepted now and completes in the background; the
+        // next write, flush or shutdown waits for it (one chunk in flight).
+        self.send = SendState::Busy {
+            fut: stream.send(Bytes::copy_from_slice(&buf[..n])),
+            finishing: false,
+        };
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_settle(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_settle(cx))?;
+        if matches!(self.send, SendState::Finished) {
+            return Poll::Ready(Ok(()));
+        }
+        let stream = self.take_idle()?;
+        self.send = SendState::Busy {
+            fut: stream.finish(),
+            finishing: true,
+        };
+        self.poll_settle(cx)
+    }
+}
