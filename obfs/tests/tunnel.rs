@@ -1,0 +1,214 @@
+//! Tunnels over both carriers, in one process on loopback: data both ways,
+//! byte-exact; many at once; clean close from either side; wrong key refused.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_obfs::{
+    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Sockets,
+    Source, Tunnel, Tunnels,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+struct Relay {
+    line: RelayLine,
+    tunnels: Tunnels,
+    _stop: watch::Sender<bool>,
+}
+
+async fn relay() -> Relay {
+    let (identity, _, _) = Identity::self_signed("example.org").expect("self-signed");
+    let secret = GateSecret::generate(&mut rand::thread_rng());
+    let pin = identity.pin();
+    let config = FrontConfig {
+        identity,
+        gate: Gate::new(secret.clone()),
+        tunnel_path: "/api/v2/events".into(),
+        site: Site::new(Source::Builtin, 0, None),
+        limits: Limits::default(),
+    };
+    let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let addr = front.local_addr();
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(front.run(stop_rx));
+    let line = RelayLine {
+        host: "example.org".into(),
+        port: addr.port(),
+        path: "/api/v2/events".into(),
+        key: secret.public(),
+        carriers: vec![Carrier::H2, Carrier::H3],
+        pin,
+        ip: Some(addr.ip()),
+    };
+    Relay { line, tunnels, _stop: stop }
+}
+
+fn client(line: &RelayLine) -> Client {
+    Client::new(line.clone(), Arc::new(DirectSockets)).expect("client")
+}
+
+/// Echoes every tunnel until its client half-closes, then closes too.
+fn spawn_echo(mut tunnels: Tunnels) {
+    tokio::spawn(async move {
+        while let Some(mut t) = tunnels.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match t.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if t.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = t.shutdown().await;
+            });
+        }
+    });
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8).collect()
+}
+
+async fn echo_roundtrip(mut t: Tunnel, len: usize, seed: u8) {
+    let data = pattern(len, seed);
+    let (mut r, mut w) = tokio::io::split(&mut t);
+    let writer = async {
+        for chunk in data.chunks(100_000) {
+            w.write_all(chunk).await.expect("write");
+        }
+        w.shutdown().await.expect("shutdown");
+    };
+    let reader = async {
+        let mut got = Vec::with_capacity(len);
+        r.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    assert_eq!(got.len(), data.len(), "length");
+    assert!(got == data, "bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_both_ways_over_each_carrier() {
+    let r = relay().await;
+    let line = r.line.clone();
+    spawn_echo(r.tunnels);
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let t = client(&line).connect_via(carrier).await.expect("connect");
+        assert_eq!(t.carrier(), carrier);
+        echo_roundtrip(t, 8 * 1024 * 1024 + 17, 3).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tunnels_at_once() {
+    let r = relay().await;
+    let line = r.line.clone();
+    spawn_echo(r.tunnels);
+    let mut tasks = Vec::new();
+    for i in 0..40u8 {
+        let line = line.clone();
+        tasks.push(tokio::spawn(async move {
+            let carrier = if i % 2 == 0 { Carrier::H2 } else { Carrier::H3 };
+            let t = client(&line).connect_via(carrier).await.expect("connect");
+            echo_roundtrip(t, 200_000 + usize::from(i), i).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_side_close_reaches_client_cleanly() {
+    let mut r = relay().await;
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
+        t.write_all(b"hello").await.expect("write");
+        t.flush().await.expect("flush");
+        let mut server = r.tunnels.accept().await.expect("tunnel");
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).await.expect("server read");
+        assert_eq!(&buf, b"hello");
+        server.write_all(b"bye").await.expect("server write");
+        server.shutdown().await.expect("server shutdown");
+        let mut got = Vec::new();
+        t.read_to_end(&mut got).await.expect("client reads to a clean EOF");
+        assert_eq!(got, b"bye");
+        // The client's direction is still open after the relay closed its own.
+        t.write_all(b"late").await.expect("late write");
+        t.shutdown().await.expect("client shutdown");
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("server EOF");
+        assert_eq!(rest, b"late");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_gets_the_site_not_a_tunnel() {
+    let r = relay().await;
+    let mut line = r.line.clone();
+    line.key = GateSecret::generate(&mut rand::thread_rng()).public();
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let mut t = client(&line).connect_via(carrier).await.expect("carrier connects");
+        let err = t.established().await.expect_err("must be refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(err.to_string().contains("HTTP 404"), "{err}");
+    }
+}
+
+/// A network where a censor blocks UDP outright and, optionally, black-holes TCP.
+#[derive(Debug)]
+struct Censored {
+    drop_tcp: bool,
+}
+
+impl Sockets for Censored {
+    fn tcp(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
+        let drop_tcp = self.drop_tcp;
+        Box::pin(async move {
+            if drop_tcp {
+                // SYNs vanish: the connect never completes.
+                std::future::pending::<()>().await;
+            }
+            TcpStream::connect(addr).await
+        })
+    }
+
+    fn udp(&self, _addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "UDP blocked"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_the_other_carrier() {
+    let r = relay().await;
+    let mut line = r.line.clone();
+    spawn_echo(r.tunnels);
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let udp_blocked = Client::new(line.clone(), Arc::new(Censored { drop_tcp: false })).expect("client");
+    let t = udp_blocked.connect_established().await.expect("falls back to h2");
+    assert_eq!(t.carrier(), Carrier::H2);
+    echo_roundtrip(t, 100_000, 1).await;
+
+    let all_blocked = Client::new(line, Arc::new(Censored { drop_tcp: true }))
+        .expect("client")
+        .with_connect_timeout(Duration::from_millis(300));
+    let err = all_blocked.connect_established().await.expect_err("nothing gets through");
+    let text = err.to_string();
+    assert!(text.contains("h3 carrier") && text.contains("UDP blocked"), "{text}");
+    assert!(text.contains("h2 carrier") && text.contains("timed out"), "{text}");
+}
