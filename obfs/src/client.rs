@@ -195,49 +195,73 @@ impl Client {
         ServerName::try_from(self.line.host.clone()).map_err(|e| Error::dial("any", e))
     }
 
-    fn request(&self, binding: &Binding) -> Result<Request<()>, Error> {
-        let mut rng = rand::thread_rng();
-        let mut ephemeral = [0u8; 32];
-        rng.fill_bytes(&mut ephemeral);
-        let gate = gate::build(&self.line.key, binding, front::unix_now(), ephemeral, &mut rng);
+    /// Headers a current Chrome sends, in its order, for `dest` (`document`
+    /// for a navigation, `empty` for a `fetch()`).
+    fn browser_request(&self, method: Method, path: &str, dest: &str) -> Result<Request<()>, Error> {
         let authority = if self.line.port == 443 {
             self.line.host.clone()
         } else {
             format!("{}:{}", self.line.host, self.line.port)
         };
         let origin = format!("https://{authority}");
-        let uri = format!("{origin}{}", self.line.path);
-        let bad = |e: http::Error| Error::dial("any", e);
+        let fetch = dest == "empty";
         let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
+            .method(method)
+            .uri(format!("{origin}{path}"))
             .body(())
-            .map_err(bad)?;
+            .map_err(|e| Error::dial("any", e))?;
         let h = req.headers_mut();
         let mut put = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.append(name, v);
             }
         };
-        put("sec-ch-ua-platform", "\"Linux\"");
-        put("user-agent", USER_AGENT);
         put("sec-ch-ua", "\"Chromium\";v=\"142\", \"Google Chrome\";v=\"142\", \"Not_A Brand\";v=\"99\"");
-        put("content-type", "application/octet-stream");
         put("sec-ch-ua-mobile", "?0");
-        put("accept", "*/*");
-        put("origin", &origin);
-        put("sec-fetch-site", "same-origin");
-        put("sec-fetch-mode", "cors");
-        put("sec-fetch-dest", "empty");
-        put("referer", &format!("{origin}/"));
+        put("sec-ch-ua-platform", "\"Linux\"");
+        if fetch {
+            put("user-agent", USER_AGENT);
+            put("content-type", "application/octet-stream");
+            put("accept", "*/*");
+            put("origin", &origin);
+            put("sec-fetch-site", "same-origin");
+            put("sec-fetch-mode", "cors");
+            put("sec-fetch-dest", "empty");
+            put("referer", &format!("{origin}/"));
+        } else {
+            put("upgrade-insecure-requests", "1");
+            put("user-agent", USER_AGENT);
+            put("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8");
+            put("sec-fetch-site", "none");
+            put("sec-fetch-mode", "navigate");
+            put("sec-fetch-user", "?1");
+            put("sec-fetch-dest", "document");
+        }
         put("accept-encoding", "gzip, deflate, br, zstd");
         put("accept-language", "en-US,en;q=0.9");
-        put("cookie", &format!("{GATE_COOKIE}={gate}"));
-        put("priority", "u=1, i");
+        put("priority", if fetch { "u=1, i" } else { "u=0, i" });
         Ok(req)
     }
 
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+    /// The tunnel request: a streaming `fetch()` POST whose cookie carries
+    /// a fresh gate message bound to this connection.
+    fn tunnel_request(&self, binding: &Binding) -> Result<Request<()>, Error> {
+        let mut rng = rand::thread_rng();
+        let mut ephemeral = [0u8; 32];
+        rng.fill_bytes(&mut ephemeral);
+        let gate = gate::build(&self.line.key, binding, front::unix_now(), ephemeral, &mut rng);
+        let mut req = self.browser_request(Method::POST, &self.line.path.clone(), "empty")?;
+        let cookie = HeaderValue::from_str(&format!("{GATE_COOKIE}={gate}")).map_err(|e| Error::dial("any", e))?;
+        // Chrome sends cookies just before `priority`.
+        let priority = req.headers_mut().remove("priority");
+        req.headers_mut().append(header::COOKIE, cookie);
+        if let Some(p) = priority {
+            req.headers_mut().append("priority", p);
+        }
+        Ok(req)
+    }
+
+    async fn open_h2(&self, addr: SocketAddr) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
         const C: &str = "h2";
         let tcp = self.sockets.tcp(addr).await.map_err(|e| Error::dial(C, e))?;
         let _ = tcp.set_nodelay(true);
@@ -267,20 +291,11 @@ impl Client {
                 debug!("h2 client connection ended: {e}");
             }
         });
-        let req = self.request(&Binding::Exporter(exporter))?;
-        let mut send_request = send_request.ready().await.map_err(|e| Error::dial(C, e))?;
-        let (response, send) = send_request
-            .send_request(req, false)
-            .map_err(|e| Error::dial(C, e))?;
-        let recv = tunnel::awaiting(async move {
-            let resp = response.await.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
-            check_status(C, &resp)?;
-            Ok(resp.into_body())
-        });
-        Ok(Tunnel::h2(send, recv, None))
+        let send_request = send_request.ready().await.map_err(|e| Error::dial(C, e))?;
+        Ok((send_request, Binding::Exporter(exporter)))
     }
 
-    async fn connect_h3(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+    async fn open_h3(&self, addr: SocketAddr) -> Result<(H3Handle, Binding), Error> {
         const C: &str = "h3";
         let socket = self.sockets.udp(addr).map_err(|e| Error::dial(C, e))?;
         let mut endpoint = quinn::Endpoint::new(
@@ -301,7 +316,7 @@ impl Client {
         let mut exporter = [0u8; EXPORTER_LEN];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
             .map_err(|_| Error::dial(C, "no TLS exporter"))?;
-        let (mut driver, mut send_request) = h3::client::builder()
+        let (mut driver, send_request) = h3::client::builder()
             .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
             .await
             .map_err(|e| Error::dial(C, e))?;
@@ -309,8 +324,29 @@ impl Client {
             let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
             debug!("h3 client connection ended: {e}");
         });
-        let req = self.request(&Binding::Exporter(exporter))?;
-        let stream = send_request.send_request(req).await.map_err(|e| Error::dial(C, e))?;
+        Ok((H3Handle { endpoint, send_request }, Binding::Exporter(exporter)))
+    }
+
+    async fn connect_h2(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+        const C: &str = "h2";
+        let (mut send_request, binding) = self.open_h2(addr).await?;
+        let req = self.tunnel_request(&binding)?;
+        let (response, send) = send_request
+            .send_request(req, false)
+            .map_err(|e| Error::dial(C, e))?;
+        let recv = tunnel::awaiting(async move {
+            let resp = response.await.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
+            check_status(C, &resp)?;
+            Ok(resp.into_body())
+        });
+        Ok(Tunnel::h2(send, recv, None))
+    }
+
+    async fn connect_h3(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+        const C: &str = "h3";
+        let (mut handle, binding) = self.open_h3(addr).await?;
+        let req = self.tunnel_request(&binding)?;
+        let stream = handle.send_request.send_request(req).await.map_err(|e| Error::dial(C, e))?;
         let (send, mut recv) = stream.split();
         let recv = tunnel::awaiting(async move {
             let resp = recv.recv_response().await.map_err(tunnel::h3_io_error)?;
@@ -318,9 +354,58 @@ impl Client {
             Ok(Box::new(recv) as Box<dyn tunnel::H3Recv>)
         });
         // The endpoint and request handle must outlive the stream.
-        let keep: Box<dyn Send + Sync> = Box::new((endpoint, send_request));
+        let keep: Box<dyn Send + Sync> = Box::new(handle);
         Ok(Tunnel::h3(Box::new(send), recv, Some(keep)))
     }
+
+    /// Fetches a page of the relay's site the way a browser navigation
+    /// would, over one carrier; returns the whole response.
+    pub async fn fetch(&self, carrier: Carrier, method: Method, path: &str) -> Result<Response<Bytes>, Error> {
+        let addr = self.target()?;
+        let mut req = self.browser_request(method, path, "document")?;
+        match carrier {
+            Carrier::H2 => {
+                let (mut send_request, _) = self.open_h2(addr).await?;
+                *req.version_mut() = http::Version::HTTP_2;
+                let (response, _) = send_request
+                    .send_request(req, true)
+                    .map_err(|e| Error::dial("h2", e))?;
+                let resp = response.await.map_err(|e| Error::dial("h2", e))?;
+                let (parts, mut body) = resp.into_parts();
+                let mut out = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.map_err(|e| Error::dial("h2", e))?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(Response::from_parts(parts, Bytes::from(out)))
+            }
+            Carrier::H3 => {
+                let (mut handle, _) = self.open_h3(addr).await?;
+                let mut stream = handle
+                    .send_request
+                    .send_request(req)
+                    .await
+                    .map_err(|e| Error::dial("h3", e))?;
+                stream.finish().await.map_err(|e| Error::dial("h3", e))?;
+                let resp = stream.recv_response().await.map_err(|e| Error::dial("h3", e))?;
+                let mut out = Vec::new();
+                while let Some(mut chunk) = stream.recv_data().await.map_err(|e| Error::dial("h3", e))? {
+                    use bytes::Buf;
+                    out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+                }
+                let (parts, ()) = resp.into_parts();
+                Ok(Response::from_parts(parts, Bytes::from(out)))
+            }
+        }
+    }
+}
+
+/// An HTTP/3 client connection's handles; the endpoint must outlive its streams.
+struct H3Handle {
+    #[allow(dead_code)]
+    endpoint: quinn::Endpoint,
+    send_request: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
 }
 
 fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> {

@@ -131,11 +131,15 @@ impl Front {
         })?;
         let tcp_tls = config.identity.server_config_tcp()?;
         let quic = bind_quic(tcp_addr, &config)?;
+        let mut site = config.site;
+        if site.port() == 0 {
+            site.set_port(tcp_addr.port());
+        }
         let (tx, rx) = mpsc::channel(config.limits.tunnel_backlog);
         let shared = Arc::new(Shared {
             gate: config.gate,
             tunnel_path: config.tunnel_path,
-            site: config.site,
+            site,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             limits: config.limits,
             tunnels: tx,

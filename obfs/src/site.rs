@@ -61,6 +61,7 @@ pub struct Site {
     builtin_mtime: SystemTime,
     /// `Alt-Svc` value added to successful responses, as `add_header` does.
     alt_svc: Option<HeaderValue>,
+    advertise_h3: bool,
     /// Scheme and port for absolute redirects (`Location`).
     scheme: &'static str,
     port: u16,
@@ -73,9 +74,10 @@ macro_rules! builtin_files {
 }
 
 impl Site {
-    /// A site from `source`, served on `port` over https; `alt_svc_port`
-    /// advertises HTTP/3 on that UDP port.
-    pub fn new(source: Source, port: u16, alt_svc_port: Option<u16>) -> Self {
+    /// A site from `source`, served on `port` over https; `advertise_h3`
+    /// adds an `Alt-Svc` for HTTP/3 on the same port. Port 0 means "the
+    /// port the listener gets", filled in by [`Site::set_port`].
+    pub fn new(source: Source, port: u16, advertise_h3: bool) -> Self {
         let builtin = builtin_files!(
             "/index.html",
             "/about.html",
@@ -89,18 +91,32 @@ impl Site {
         )
         .into_iter()
         .collect();
-        let alt_svc = alt_svc_port.and_then(|p| {
-            HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()
-        });
-        Self {
+        let mut site = Self {
             source,
             builtin,
             // A fixed, plausible publication time for the built-in pages.
             builtin_mtime: UNIX_EPOCH + Duration::from_secs(1_773_482_112),
-            alt_svc,
+            alt_svc: None,
+            advertise_h3,
             scheme: "https",
-            port,
-        }
+            port: 0,
+        };
+        site.set_port(port);
+        site
+    }
+
+    /// The port the site is served on (for redirects and `Alt-Svc`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn set_port(&mut self, port: u16) {
+        self.port = port;
+        self.alt_svc = if self.advertise_h3 && port != 0 {
+            HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+        } else {
+            None
+        };
     }
 
     /// Answers one request. Never fails: every problem is an HTTP status.
@@ -482,7 +498,7 @@ mod tests {
 
     #[test]
     fn headers_come_in_nginx_order() {
-        let site = Site::new(Source::Builtin, 8443, Some(8443));
+        let site = Site::new(Source::Builtin, 8443, true);
         let r = get(&site, "/", HeaderMap::new());
         assert_eq!(r.status(), 200);
         assert_eq!(
@@ -497,7 +513,7 @@ mod tests {
 
     #[test]
     fn conditional_range_and_redirect() {
-        let site = Site::new(Source::Builtin, 8443, None);
+        let site = Site::new(Source::Builtin, 8443, false);
         let etag = get(&site, "/style.css", HeaderMap::new()).headers()[header::ETAG].clone();
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, etag);

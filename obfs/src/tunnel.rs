@@ -310,6 +310,10 @@ struct H3Io {
 
 impl H3Io {
     fn poll_read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // A send still in flight must progress even while its owner only
+        // reads (an echo loop writes, then waits for the next request); its
+        // error, if any, is reported by the next write.
+        let _ = self.poll_settle(cx);
         while self.read_buf.is_empty() {
             let recv = ready!(self.recv.poll_open(cx))?;
             match ready!(recv.poll_data(cx))? {
@@ -366,6 +370,10 @@ impl H3Io {
             fut: stream.send(Bytes::copy_from_slice(&buf[..n])),
             finishing: false,
         };
+        // Usually QUIC's send buffer takes the chunk at once; poll now so it
+        // is on its way without waiting for the next call. The bytes are
+        // accepted either way; an error shows on the next call.
+        let _ = self.poll_settle(cx);
         Poll::Ready(Ok(n))
     }
 

@@ -30,7 +30,7 @@ async fn relay() -> Relay {
         identity,
         gate: Gate::new(secret.clone()),
         tunnel_path: "/api/v2/events".into(),
-        site: Site::new(Source::Builtin, 0, None),
+        site: Site::new(Source::Builtin, 0, true),
         limits: Limits::default(),
     };
     let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
@@ -211,4 +211,25 @@ async fn falls_back_to_the_other_carrier() {
     let text = err.to_string();
     assert!(text.contains("h3 carrier") && text.contains("UDP blocked"), "{text}");
     assert!(text.contains("h2 carrier") && text.contains("timed out"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_pong_when_the_writer_never_flushes() {
+    // The echo side writes and then only reads: its write must still leave.
+    let r = relay().await;
+    let line = r.line.clone();
+    spawn_echo(r.tunnels);
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let mut t = client(&line).connect_via(carrier).await.expect("connect");
+        let mut back = [0u8; 64];
+        for i in 0..50u8 {
+            t.write_all(&[i; 64]).await.expect("write");
+            t.flush().await.expect("flush");
+            tokio::time::timeout(Duration::from_secs(10), t.read_exact(&mut back))
+                .await
+                .expect("echo arrives without a flush on the relay side")
+                .expect("read");
+            assert_eq!(back, [i; 64]);
+        }
+    }
 }

@@ -1,0 +1,131 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{datadir, demo, relay_cmd};
+
+#[derive(Debug, Parser)]
+#[command(name = "burrow", version, about = "Censorship-resistant transport node")]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace), or a tracing filter.
+    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a relay: a website to the world, a tunnel endpoint to Burrow users.
+    Relay(RelayCommand),
+    /// Start a relay on loopback and show what a browser and a Burrow client see.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RelayCommand {
+    #[command(subcommand)]
+    sub: Option<RelaySub>,
+    #[command(flatten)]
+    run: RelayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum RelaySub {
+    /// Print the relay line users need to reach this relay.
+    Address(AddressArgs),
+}
+
+/// Options of `burrow relay`.
+#[derive(Debug, Args, Clone)]
+pub struct RelayArgs {
+    /// Address for TCP (TLS) and UDP (QUIC), same port for both.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub listen: SocketAddr,
+    /// Serve this directory as the website (default: a small built-in site).
+    #[arg(long, value_name = "DIR", conflicts_with = "upstream")]
+    pub site: Option<PathBuf>,
+    /// Reverse-proxy the website to this origin (http://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "key", conflicts_with = "self_signed")]
+    pub cert: Option<PathBuf>,
+    /// Private key for --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Generate (once, then reuse) a self-signed certificate for NAME.
+    #[arg(long, value_name = "NAME")]
+    pub self_signed: Option<String>,
+    /// The relay's domain name as users reach it (needed with --cert).
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
+    /// Site path that carries tunnels (default: chosen at random on first run).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Where the relay keeps its key, certificate and settings.
+    #[arg(long, value_name = "DIR", env = "BURROW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AddressArgs {
+    /// The relay's data directory.
+    #[arg(long, value_name = "DIR", env = "BURROW_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// IP address users should dial (added to the line as ip=).
+    #[arg(long, value_name = "IP")]
+    ip: Option<std::net::IpAddr>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Bytes sent each way through each tunnel.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    bytes: usize,
+}
+
+/// Entry point: returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("burrow: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Relay(RelayCommand { sub: Some(RelaySub::Address(a)), .. }) => {
+                let dir = datadir::resolve(a.data_dir)?;
+                relay_cmd::print_address(&dir, a.ip)
+            }
+            Command::Relay(RelayCommand { sub: None, run }) => relay_cmd::run(run).await,
+            Command::Demo(d) => demo::run(d.bytes).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("burrow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,8 @@
+//! burrow-node: the `burrow` command — relay mode and the loopback demo at
+//! this stage; identities, contacts and messaging come next.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod datadir;
+pub mod demo;
+pub mod relay_cmd;

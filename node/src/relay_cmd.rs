@@ -1,0 +1,332 @@
+//! `burrow relay` and `burrow relay address`.
+//!
+//! The relay keeps only its own material in `DATA_DIR/relay/`: the gate key,
+//! a self-signed certificate if it made one, and `relay.toml` with what
+//! `burrow relay address` needs. Nothing about users is ever written there.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use burrow_obfs::relay_line::validate_path;
+use burrow_obfs::{
+    Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
+    Source, Tunnel,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cli::RelayArgs;
+use crate::datadir;
+
+const STATE_FILE: &str = "relay.toml";
+const GATE_KEY_FILE: &str = "gate.key";
+const SELF_SIGNED_CERT: &str = "self-signed.crt";
+const SELF_SIGNED_KEY: &str = "self-signed.key";
+
+/// What `burrow relay` last ran with; enough to print the relay line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RelayState {
+    /// The name users' TLS checks against.
+    host: String,
+    /// The port actually bound.
+    port: u16,
+    /// The tunnel path.
+    path: String,
+    /// Listen address, to suggest `ip=` when it is a specific address.
+    listen: SocketAddr,
+    /// The self-signed certificate's name, when the relay made one.
+    self_signed: Option<String>,
+}
+
+fn relay_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("relay")
+}
+
+fn load_state(dir: &Path) -> Result<Option<RelayState>> {
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = String::from_utf8(datadir::read(&path)?).context("relay.toml is not UTF-8")?;
+    let state = toml::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+    Ok(Some(state))
+}
+
+fn save_state(dir: &Path, state: &RelayState) -> Result<()> {
+    let text = toml::to_string(state).context("cannot encode relay state")?;
+    datadir::write_private(&dir.join(STATE_FILE), text.as_bytes())
+}
+
+/// The relay's gate key: loaded, or created on first run.
+fn gate_secret(dir: &Path) -> Result<GateSecret> {
+    let path = dir.join(GATE_KEY_FILE);
+    if path.exists() {
+        let text = datadir::read(&path)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(text.trim_ascii())
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .with_context(|| format!("{} is damaged (expected 32 bytes, base64url)", path.display()))?;
+        return Ok(GateSecret::from_bytes(raw));
+    }
+    let secret = GateSecret::generate(&mut rand::rngs::OsRng);
+    let mut text = URL_SAFE_NO_PAD.encode(secret.to_bytes());
+    text.push('\n');
+    datadir::write_private(&path, text.as_bytes())?;
+    info!("created a new relay key in {}", path.display());
+    Ok(secret)
+}
+
+/// A self-signed certificate for `name`: reused while the name stays the same.
+fn self_signed(dir: &Path, name: &str, previous: Option<&RelayState>) -> Result<Identity> {
+    let cert = dir.join(SELF_SIGNED_CERT);
+    let key = dir.join(SELF_SIGNED_KEY);
+    let same_name = previous.and_then(|s| s.self_signed.as_deref()) == Some(name);
+    if same_name && cert.exists() && key.exists() {
+        return Ok(Identity::from_pem_files(&cert, &key)?);
+    }
+    let (identity, cert_pem, key_pem) = Identity::self_signed(name)?;
+    datadir::write_private(&key, key_pem.as_bytes())?;
+    datadir::write_private(&cert, cert_pem.as_bytes())?;
+    info!("created a self-signed certificate for {name}");
+    Ok(identity)
+}
+
+/// A plausible, per-relay tunnel path.
+fn random_path() -> String {
+    const PREFIXES: [&str; 5] = ["/api/v1/sync", "/api/v2/events", "/assets/upload", "/cdn/stream", "/static/feed"];
+    let mut rng = rand::thread_rng();
+    let prefix = PREFIXES[rng.gen_range(0..PREFIXES.len())];
+    format!("{prefix}/{:08x}", rng.gen::<u32>())
+}
+
+/// The relay line for the stored state.
+fn line_for(state: &RelayState, key: &GateSecret, pin: Option<CertPin>, ip: Option<IpAddr>) -> RelayLine {
+    let ip = ip.or_else(|| {
+        let l = state.listen.ip();
+        (!l.is_unspecified() && state.host.parse::<IpAddr>().is_err()).then_some(l)
+    });
+    RelayLine {
+        host: state.host.clone(),
+        port: state.port,
+        path: state.path.clone(),
+        key: key.public(),
+        carriers: vec![Carrier::H2, Carrier::H3],
+        pin,
+        ip,
+    }
+}
+
+fn pin_of(dir: &Path, state: &RelayState) -> Result<Option<CertPin>> {
+    if state.self_signed.is_none() {
+        return Ok(None);
+    }
+    let identity = Identity::from_pem_files(&dir.join(SELF_SIGNED_CERT), &dir.join(SELF_SIGNED_KEY))?;
+    Ok(identity.pin())
+}
+
+/// `burrow relay address`.
+pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
+    let dir = relay_dir(data_dir);
+    let Some(state) = load_state(&dir)? else {
+        bail!(
+            "no relay has run with data directory {} yet; start `burrow relay` first",
+            data_dir.display()
+        );
+    };
+    let key = gate_secret(&dir)?;
+    let pin = pin_of(&dir, &state)?;
+    println!("{}", line_for(&state, &key, pin, ip));
+    Ok(())
+}
+
+/// `burrow relay`: serves until SIGINT or SIGTERM.
+pub async fn run(args: RelayArgs) -> Result<()> {
+    if args.upstream.is_some() {
+        bail!("--upstream (reverse proxy to an origin) is not available in this version; serve a directory with --site");
+    }
+    let data_dir = datadir::resolve(args.data_dir.clone())?;
+    let dir = relay_dir(&data_dir);
+    datadir::ensure_dir(&dir)?;
+    let previous = load_state(&dir)?;
+    let secret = gate_secret(&dir)?;
+
+    let (identity, host, self_signed_name) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let identity = Identity::from_pem_files(cert, key)?;
+            let Some(domain) = args.domain.clone() else {
+                bail!("--cert needs --domain NAME: the name users' clients check the certificate against");
+            };
+            (identity, domain, None)
+        }
+        _ => {
+            let name = args
+                .self_signed
+                .clone()
+                .or_else(|| args.domain.clone())
+                .unwrap_or_else(|| "localhost".to_string());
+            (self_signed(&dir, &name, previous.as_ref())?, name.clone(), Some(name))
+        }
+    };
+
+    let path = match (&args.path, &previous) {
+        (Some(p), _) => p.clone(),
+        (None, Some(prev)) => prev.path.clone(),
+        (None, None) => random_path(),
+    };
+    validate_path(&path).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
+
+    let source = match &args.site {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("--site {}: not a directory", dir.display());
+            }
+            Source::Dir(dir.clone())
+        }
+        None => Source::Builtin,
+    };
+
+    let config = FrontConfig {
+        identity: identity.clone(),
+        gate: Gate::new(secret.clone()),
+        tunnel_path: path.clone(),
+        // Port 0 is filled in with the bound port by the front.
+        site: Site::new(source.clone(), args.listen.port(), true),
+        limits: Limits::default(),
+    };
+    let (front, tunnels) = match Front::bind(args.listen, config).await {
+        Ok(f) => f,
+        Err(ObfsError::Bind { addr, proto, source }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("{addr} ({proto}) is already in use: another server is listening there; pick another --listen");
+        }
+        Err(ObfsError::Bind { addr, source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("not allowed to listen on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bound = front.local_addr();
+
+    let state = RelayState {
+        host,
+        port: bound.port(),
+        path,
+        listen: bound,
+        self_signed: self_signed_name,
+    };
+    save_state(&dir, &state)?;
+    let line = line_for(&state, &secret, identity.pin(), None);
+    info!(
+        "serving {} on {bound} (TCP: TLS, HTTP/1.1 and HTTP/2; UDP: QUIC, HTTP/3)",
+        match &source {
+            Source::Builtin => "the built-in site".to_string(),
+            Source::Dir(d) => d.display().to_string(),
+        }
+    );
+    // The line goes to stdout so scripts can read it; logs go to stderr.
+    println!("{line}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(front.run(stop_rx));
+    let service = tokio::spawn(serve_tunnels(tunnels));
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    service.abort();
+    Ok(())
+}
+
+/// What the relay does with a tunnel at this stage: echo the bytes back,
+/// so clients and operators can check a carrier end to end. Messaging
+/// (libp2p over the tunnel) replaces this.
+async fn serve_tunnels(mut tunnels: burrow_obfs::Tunnels) {
+    while let Some(t) = tunnels.accept().await {
+        tokio::spawn(echo(t));
+    }
+}
+
+/// Echoes until the client half-closes, then closes too.
+pub async fn echo(mut t: Tunnel) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match t.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if t.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = t.shutdown().await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = RelayState {
+            host: "example.org".into(),
+            port: 8443,
+            path: "/api/v2/events/0a1b2c3d".into(),
+            listen: "127.0.0.1:8443".parse().expect("addr"),
+            self_signed: Some("example.org".into()),
+        };
+        save_state(dir.path(), &state).expect("save");
+        assert_eq!(load_state(dir.path()).expect("load"), Some(state));
+        std::fs::write(dir.path().join(STATE_FILE), "host = 1\nbogus = true\n").expect("write");
+        let err = load_state(dir.path()).expect_err("damaged");
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+    }
+
+    #[test]
+    fn gate_key_is_created_once_and_damage_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = gate_secret(dir.path()).expect("create");
+        let b = gate_secret(dir.path()).expect("load");
+        assert_eq!(a.public(), b.public());
+        std::fs::write(dir.path().join(GATE_KEY_FILE), "short\n").expect("write");
+        assert!(gate_secret(dir.path()).is_err());
+    }
+
+    #[test]
+    fn random_paths_are_valid() {
+        for _ in 0..50 {
+            validate_path(&random_path()).expect("valid");
+        }
+    }
+}
