@@ -1,1 +1,246 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: the `burrow` binary as a real
+//! process, third-party tools (required in CI, skipped loudly elsewhere),
+//! and a real nginx serving the same files for side-by-side comparisons.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use burrow_obfs::RelayLine;
+
+/// Set (to anything) in CI: a missing third-party tool fails the test.
+pub const REQUIRE_TOOLS_ENV: &str = "BURROW_REQUIRE_TOOLS";
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Path to the `burrow` binary, built once per test process if needed.
+pub fn burrow_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "burrow-node", "--bin", "burrow"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build for the burrow binary");
+        assert!(status.success(), "building the burrow binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let bin = target.join("debug").join("burrow");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Whether `tool` is installed. Without it: a failure when
+/// `BURROW_REQUIRE_TOOLS` is set (CI), else a loud skip (returns false).
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os(REQUIRE_TOOLS_ENV).is_some() {
+            panic!("{tool} is required ({REQUIRE_TOOLS_ENV} is set) but not installed; .ci/run installs it");
+        }
+        eprintln!("SKIPPED: {tool} is not installed; install it (see .ci/run) to run this test");
+    }
+    found
+}
+
+/// Whether a Python module can be imported (same rules as [`have_tool`]).
+pub fn have_python_module(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os(REQUIRE_TOOLS_ENV).is_some() {
+            panic!("python3 module {module} is required ({REQUIRE_TOOLS_ENV} is set); .ci/run installs it");
+        }
+        eprintln!("SKIPPED: python3 module {module} is not installed (pip install {module})");
+    }
+    found
+}
+
+/// A `burrow relay` process; killed on drop.
+#[derive(Debug)]
+pub struct RelayProc {
+    pub child: Child,
+    pub line: RelayLine,
+    pub data_dir: tempfile::TempDir,
+    stderr: PathBuf,
+}
+
+impl RelayProc {
+    /// Starts `burrow relay` on 127.0.0.1 (a free port) with a fresh data
+    /// directory and a self-signed certificate for `example.org`, plus
+    /// `extra` arguments; waits for the relay line on stdout.
+    pub fn start(extra: &[&str]) -> RelayProc {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, extra)
+    }
+
+    pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> RelayProc {
+        let stderr = data_dir.path().join("relay.log");
+        let log = std::fs::File::create(&stderr).expect("log file");
+        let mut child = Command::new(burrow_bin())
+            .args(["relay", "--listen", "127.0.0.1:0", "--self-signed", "example.org", "--data-dir"])
+            .arg(data_dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn burrow relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        let read = BufReader::new(stdout).read_line(&mut first);
+        if read.is_err() || first.trim().is_empty() {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+            panic!("burrow relay did not print its line; log:\n{log}");
+        }
+        let line: RelayLine = first.trim().parse().expect("relay prints a valid line");
+        RelayProc {
+            child,
+            line,
+            data_dir,
+            stderr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.line.port
+    }
+
+    /// `https://127.0.0.1:PORT` with `--resolve`-style host for curl.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://example.org:{}{}", self.port(), path)
+    }
+
+    /// curl's `--resolve` argument pinning example.org to the relay.
+    pub fn resolve_arg(&self) -> String {
+        format!("example.org:{}:127.0.0.1", self.port())
+    }
+
+    /// The self-signed certificate, for curl's `--cacert`.
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir.path().join("relay").join("self-signed.crt")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real nginx serving `root` over TLS + HTTP/2 on a free loopback port,
+/// configured as the "nginx" profile assumes; stopped on drop.
+#[derive(Debug)]
+pub struct Nginx {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Nginx {
+    pub fn start(root: &Path, cert: &Path, key: &Path) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        let mime = ["/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("/etc/nginx/mime.types");
+        let d = dir.path().display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{}}\nhttp {{\n  include {mime};\n  default_type application/octet-stream;\n  \
+                 access_log off;\n  server_tokens off;\n  client_body_temp_path {d}/body;\n  \
+                 server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {};\n    \
+                 ssl_certificate_key {};\n    root {};\n    add_header Alt-Svc 'h3=\":{port}\"; ma=86400';\n  }}\n}}\n",
+                cert.display(),
+                key.display(),
+                root.display()
+            ),
+        )
+        .expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .args(["-e", &format!("{d}/error.log"), "-c"])
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(port);
+        Nginx { port, dir, child }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 20 s");
+}
+
+/// Runs a command, returning (exit success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, Vec<u8>, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The built-in site's files as a directory (for nginx to serve the same).
+pub fn builtin_site_dir() -> PathBuf {
+    workspace().join("obfs").join("site")
+}
