@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{datadir, demo, relay_cmd};
 
 #[derive(Debug, Parser)]
-#[command(name = "burrow", version, about = "Censorship-resistant transport node")]
+#[command(
+    name = "burrow",
+    version,
+    about = "Censorship-resistant transport node"
+)]
 struct Cli {
     /// Log verbosity (error, warn, info, debug, trace), or a tracing filter.
     #[arg(long, global = true, default_value = "info", env = "BURROW_LOG")]
@@ -21,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a relay: a website to the world, a tunnel endpoint to Burrow users.
-    Relay(RelayCommand),
+    Relay(Box<RelayCommand>),
     /// Start a relay on loopback and show what a browser and a Burrow client see.
     Demo(DemoArgs),
 }
@@ -54,7 +58,12 @@ pub struct RelayArgs {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// Certificate chain (PEM).
-    #[arg(long, value_name = "FILE", requires = "key", conflicts_with = "self_signed")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key",
+        conflicts_with = "self_signed"
+    )]
     pub cert: Option<PathBuf>,
     /// Private key for --cert (PEM).
     #[arg(long, value_name = "FILE", requires = "cert")]
@@ -94,7 +103,10 @@ struct DemoArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("burrow: cannot start the runtime: {e}");
@@ -103,11 +115,16 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Relay(RelayCommand { sub: Some(RelaySub::Address(a)), .. }) => {
-                let dir = datadir::resolve(a.data_dir)?;
-                relay_cmd::print_address(&dir, a.ip)
-            }
-            Command::Relay(RelayCommand { sub: None, run }) => relay_cmd::run(run).await,
+            Command::Relay(relay) => match *relay {
+                RelayCommand {
+                    sub: Some(RelaySub::Address(a)),
+                    ..
+                } => {
+                    let dir = datadir::resolve(a.data_dir)?;
+                    relay_cmd::print_address(&dir, a.ip)
+                }
+                RelayCommand { sub: None, run } => relay_cmd::run(run).await,
+            },
             Command::Demo(d) => demo::run(d.bytes).await,
         }
     });

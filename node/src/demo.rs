@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burrow_obfs::{
-    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Source,
-    Tunnel,
+    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    RelayLine, Site, Source, Tunnel,
 };
 use http::{header, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,11 +50,15 @@ pub async fn run(bytes: usize) -> Result<()> {
         pin,
         ip: Some(addr.ip()),
     };
-    println!("1. Relay listening on {addr}: TCP (TLS 1.3, HTTP/1.1 + HTTP/2) and UDP (QUIC, HTTP/3).");
+    println!(
+        "1. Relay listening on {addr}: TCP (TLS 1.3, HTTP/1.1 + HTTP/2) and UDP (QUIC, HTTP/3)."
+    );
     println!("   The line a user adds to reach it (key and certificate pin included):");
     println!("   {line}\n");
 
-    println!("2. What a browser, a scanner or a censor's probe sees: a small pottery studio's website.");
+    println!(
+        "2. What a browser, a scanner or a censor's probe sees: a small pottery studio's website."
+    );
     let client = Client::new(line.clone(), Arc::new(DirectSockets))?;
     let mut no_key = line.clone();
     no_key.key = GateSecret::generate(&mut rand::rngs::OsRng).public();
@@ -66,8 +70,16 @@ pub async fn run(bytes: usize) -> Result<()> {
         (Carrier::H2, Method::POST, PATH),
     ] {
         let r = client.fetch(carrier, method.clone(), path).await?;
-        let ctype = r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("-");
-        let server = r.headers().get(header::SERVER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let ctype = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let server = r
+            .headers()
+            .get(header::SERVER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         println!(
             "   {carrier} {:<4} {:<28} -> {} {}, {} bytes, server: {server}{}",
             method.as_str(),
@@ -75,19 +87,25 @@ pub async fn run(bytes: usize) -> Result<()> {
             r.status().as_u16(),
             ctype,
             r.body().len(),
-            title(r.body()).map(|t| format!(", \"{t}\"")).unwrap_or_default()
+            title(r.body())
+                .map(|t| format!(", \"{t}\""))
+                .unwrap_or_default()
         );
     }
     let mut probe = prober.connect_via(Carrier::H2).await?;
     match probe.established().await {
         Ok(()) => bail!("a client with the wrong key got a tunnel"),
-        Err(e) => println!("   h2 tunnel request with a wrong key: refused, answered as the site ({e})\n"),
+        Err(e) => {
+            println!("   h2 tunnel request with a wrong key: refused, answered as the site ({e})\n")
+        }
     }
 
     println!("3. A Burrow client that knows the relay's key opens a tunnel inside ordinary HTTPS:");
     for carrier in [Carrier::H2, Carrier::H3] {
         let mut t = client.connect_via(carrier).await?;
-        t.established().await.with_context(|| format!("{carrier} tunnel"))?;
+        t.established()
+            .await
+            .with_context(|| format!("{carrier} tunnel"))?;
         let rtt = round_trips(&mut t, 200).await?;
         let (elapsed, ok) = bulk(t, bytes).await?;
         if !ok {

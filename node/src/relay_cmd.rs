@@ -12,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
-    Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
-    Source, Tunnel,
+    Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    RelayLine, Site, Source, Tunnel,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -73,7 +73,12 @@ fn gate_secret(dir: &Path) -> Result<GateSecret> {
             .decode(text.trim_ascii())
             .ok()
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            .with_context(|| format!("{} is damaged (expected 32 bytes, base64url)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} is damaged (expected 32 bytes, base64url)",
+                    path.display()
+                )
+            })?;
         return Ok(GateSecret::from_bytes(raw));
     }
     let secret = GateSecret::generate(&mut rand::rngs::OsRng);
@@ -101,14 +106,25 @@ fn self_signed(dir: &Path, name: &str, previous: Option<&RelayState>) -> Result<
 
 /// A plausible, per-relay tunnel path.
 fn random_path() -> String {
-    const PREFIXES: [&str; 5] = ["/api/v1/sync", "/api/v2/events", "/assets/upload", "/cdn/stream", "/static/feed"];
+    const PREFIXES: [&str; 5] = [
+        "/api/v1/sync",
+        "/api/v2/events",
+        "/assets/upload",
+        "/cdn/stream",
+        "/static/feed",
+    ];
     let mut rng = rand::thread_rng();
     let prefix = PREFIXES[rng.gen_range(0..PREFIXES.len())];
     format!("{prefix}/{:08x}", rng.gen::<u32>())
 }
 
 /// The relay line for the stored state.
-fn line_for(state: &RelayState, key: &GateSecret, pin: Option<CertPin>, ip: Option<IpAddr>) -> RelayLine {
+fn line_for(
+    state: &RelayState,
+    key: &GateSecret,
+    pin: Option<CertPin>,
+    ip: Option<IpAddr>,
+) -> RelayLine {
     let ip = ip.or_else(|| {
         let l = state.listen.ip();
         (!l.is_unspecified() && state.host.parse::<IpAddr>().is_err()).then_some(l)
@@ -128,7 +144,8 @@ fn pin_of(dir: &Path, state: &RelayState) -> Result<Option<CertPin>> {
     if state.self_signed.is_none() {
         return Ok(None);
     }
-    let identity = Identity::from_pem_files(&dir.join(SELF_SIGNED_CERT), &dir.join(SELF_SIGNED_KEY))?;
+    let identity =
+        Identity::from_pem_files(&dir.join(SELF_SIGNED_CERT), &dir.join(SELF_SIGNED_KEY))?;
     Ok(identity.pin())
 }
 
@@ -172,7 +189,11 @@ pub async fn run(args: RelayArgs) -> Result<()> {
                 .clone()
                 .or_else(|| args.domain.clone())
                 .unwrap_or_else(|| "localhost".to_string());
-            (self_signed(&dir, &name, previous.as_ref())?, name.clone(), Some(name))
+            (
+                self_signed(&dir, &name, previous.as_ref())?,
+                name.clone(),
+                Some(name),
+            )
         }
     };
 
@@ -203,10 +224,16 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     };
     let (front, tunnels) = match Front::bind(args.listen, config).await {
         Ok(f) => f,
-        Err(ObfsError::Bind { addr, proto, source }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+        Err(ObfsError::Bind {
+            addr,
+            proto,
+            source,
+        }) if source.kind() == std::io::ErrorKind::AddrInUse => {
             bail!("{addr} ({proto}) is already in use: another server is listening there; pick another --listen");
         }
-        Err(ObfsError::Bind { addr, source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(ObfsError::Bind { addr, source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
             bail!("not allowed to listen on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE");
         }
         Err(e) => return Err(e.into()),

@@ -102,7 +102,8 @@ impl Client {
         };
         let tcp_tls = tls::client_config(&trust, &ALPN_TCP)?;
         let quic_rustls = tls::client_config(&trust, &[ALPN_QUIC])?;
-        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(quic_rustls).map_err(Error::tls_setup)?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(quic_rustls)
+            .map_err(Error::tls_setup)?;
         Ok(Self {
             line,
             sockets,
@@ -197,7 +198,12 @@ impl Client {
 
     /// Headers a current Chrome sends, in its order, for `dest` (`document`
     /// for a navigation, `empty` for a `fetch()`).
-    fn browser_request(&self, method: Method, path: &str, dest: &str) -> Result<Request<()>, Error> {
+    fn browser_request(
+        &self,
+        method: Method,
+        path: &str,
+        dest: &str,
+    ) -> Result<Request<()>, Error> {
         let authority = if self.line.port == 443 {
             self.line.host.clone()
         } else {
@@ -216,7 +222,10 @@ impl Client {
                 h.append(name, v);
             }
         };
-        put("sec-ch-ua", "\"Chromium\";v=\"142\", \"Google Chrome\";v=\"142\", \"Not_A Brand\";v=\"99\"");
+        put(
+            "sec-ch-ua",
+            "\"Chromium\";v=\"142\", \"Google Chrome\";v=\"142\", \"Not_A Brand\";v=\"99\"",
+        );
         put("sec-ch-ua-mobile", "?0");
         put("sec-ch-ua-platform", "\"Linux\"");
         if fetch {
@@ -249,9 +258,16 @@ impl Client {
         let mut rng = rand::thread_rng();
         let mut ephemeral = [0u8; 32];
         rng.fill_bytes(&mut ephemeral);
-        let gate = gate::build(&self.line.key, binding, front::unix_now(), ephemeral, &mut rng);
+        let gate = gate::build(
+            &self.line.key,
+            binding,
+            front::unix_now(),
+            ephemeral,
+            &mut rng,
+        );
         let mut req = self.browser_request(Method::POST, &self.line.path.clone(), "empty")?;
-        let cookie = HeaderValue::from_str(&format!("{GATE_COOKIE}={gate}")).map_err(|e| Error::dial("any", e))?;
+        let cookie = HeaderValue::from_str(&format!("{GATE_COOKIE}={gate}"))
+            .map_err(|e| Error::dial("any", e))?;
         // Chrome sends cookies just before `priority`.
         let priority = req.headers_mut().remove("priority");
         req.headers_mut().append(header::COOKIE, cookie);
@@ -261,9 +277,16 @@ impl Client {
         Ok(req)
     }
 
-    async fn open_h2(&self, addr: SocketAddr) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
+    async fn open_h2(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
         const C: &str = "h2";
-        let tcp = self.sockets.tcp(addr).await.map_err(|e| Error::dial(C, e))?;
+        let tcp = self
+            .sockets
+            .tcp(addr)
+            .await
+            .map_err(|e| Error::dial(C, e))?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(self.tcp_tls.clone());
         let tls = connector
@@ -324,7 +347,13 @@ impl Client {
             let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
             debug!("h3 client connection ended: {e}");
         });
-        Ok((H3Handle { endpoint, send_request }, Binding::Exporter(exporter)))
+        Ok((
+            H3Handle {
+                endpoint,
+                send_request,
+            },
+            Binding::Exporter(exporter),
+        ))
     }
 
     async fn connect_h2(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
@@ -335,7 +364,9 @@ impl Client {
             .send_request(req, false)
             .map_err(|e| Error::dial(C, e))?;
         let recv = tunnel::awaiting(async move {
-            let resp = response.await.map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
+            let resp = response
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionAborted, e))?;
             check_status(C, &resp)?;
             Ok(resp.into_body())
         });
@@ -346,7 +377,11 @@ impl Client {
         const C: &str = "h3";
         let (mut handle, binding) = self.open_h3(addr).await?;
         let req = self.tunnel_request(&binding)?;
-        let stream = handle.send_request.send_request(req).await.map_err(|e| Error::dial(C, e))?;
+        let stream = handle
+            .send_request
+            .send_request(req)
+            .await
+            .map_err(|e| Error::dial(C, e))?;
         let (send, mut recv) = stream.split();
         let recv = tunnel::awaiting(async move {
             let resp = recv.recv_response().await.map_err(tunnel::h3_io_error)?;
@@ -360,7 +395,12 @@ impl Client {
 
     /// Fetches a page of the relay's site the way a browser navigation
     /// would, over one carrier; returns the whole response.
-    pub async fn fetch(&self, carrier: Carrier, method: Method, path: &str) -> Result<Response<Bytes>, Error> {
+    pub async fn fetch(
+        &self,
+        carrier: Carrier,
+        method: Method,
+        path: &str,
+    ) -> Result<Response<Bytes>, Error> {
         let addr = self.target()?;
         let mut req = self.browser_request(method, path, "document")?;
         match carrier {
@@ -388,9 +428,14 @@ impl Client {
                     .await
                     .map_err(|e| Error::dial("h3", e))?;
                 stream.finish().await.map_err(|e| Error::dial("h3", e))?;
-                let resp = stream.recv_response().await.map_err(|e| Error::dial("h3", e))?;
+                let resp = stream
+                    .recv_response()
+                    .await
+                    .map_err(|e| Error::dial("h3", e))?;
                 let mut out = Vec::new();
-                while let Some(mut chunk) = stream.recv_data().await.map_err(|e| Error::dial("h3", e))? {
+                while let Some(mut chunk) =
+                    stream.recv_data().await.map_err(|e| Error::dial("h3", e))?
+                {
                     use bytes::Buf;
                     out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
                 }
@@ -411,7 +456,11 @@ struct H3Handle {
 fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> {
     let status = resp.status();
     if status == StatusCode::OK
-        && resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()) == Some(b"application/octet-stream")
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            == Some(b"application/octet-stream")
     {
         Ok(())
     } else {

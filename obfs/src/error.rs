@@ -35,7 +35,10 @@ pub enum Error {
     },
     /// The remote side misbehaved or the network failed while dialing.
     #[error("{carrier} carrier: {reason}")]
-    Dial { carrier: &'static str, reason: String },
+    Dial {
+        carrier: &'static str,
+        reason: String,
+    },
     /// The relay answered like an ordinary website: wrong key, wrong path,
     /// or not a relay at all.
     #[error("{carrier} carrier: the server did not open a tunnel (HTTP {status}); wrong relay key or path?")]

@@ -100,7 +100,9 @@ pub struct Front {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("tunnel_path", &self.tunnel_path).finish()
+        f.debug_struct("Shared")
+            .field("tunnel_path", &self.tunnel_path)
+            .finish()
     }
 }
 
@@ -119,11 +121,13 @@ impl Front {
     /// Binds TCP and UDP on `addr` (the same port for both; with port 0 the
     /// UDP socket takes the port the TCP listener got).
     pub async fn bind(addr: SocketAddr, config: FrontConfig) -> Result<(Self, Tunnels), Error> {
-        let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            addr,
-            proto: "tcp",
-            source,
-        })?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr,
+                proto: "tcp",
+                source,
+            })?;
         let tcp_addr = tcp.local_addr().map_err(|source| Error::Bind {
             addr,
             proto: "tcp",
@@ -144,7 +148,15 @@ impl Front {
             limits: config.limits,
             tunnels: tx,
         });
-        Ok((Self { tcp, quic, shared, tcp_tls }, Tunnels(rx)))
+        Ok((
+            Self {
+                tcp,
+                quic,
+                shared,
+                tcp_tls,
+            },
+            Tunnels(rx),
+        ))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -157,7 +169,12 @@ impl Front {
     /// Serves until `shutdown` becomes true; then stops accepting and
     /// returns (open connections finish on their own tasks).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let Front { tcp, quic, shared, tcp_tls } = self;
+        let Front {
+            tcp,
+            quic,
+            shared,
+            tcp_tls,
+        } = self;
         let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
         let tcp_loop = accept_tcp(tcp, acceptor, shared.clone());
         let quic_loop = accept_quic(quic.clone(), shared);
@@ -172,7 +189,8 @@ impl Front {
 
 fn bind_quic(addr: SocketAddr, config: &FrontConfig) -> Result<quinn::Endpoint, Error> {
     let tls = config.identity.server_config_quic()?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic_transport(&config.limits)));
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
@@ -208,7 +226,11 @@ pub(crate) fn quic_transport(limits: &Limits) -> quinn::TransportConfig {
     t
 }
 
-async fn accept_tcp(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+async fn accept_tcp(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = match shared.connections.clone().acquire_owned().await {
@@ -238,8 +260,15 @@ async fn accept_tcp(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, 
     }
 }
 
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream)).await {
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
+        .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!("TLS handshake failed: {e}");
@@ -282,7 +311,13 @@ async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 
 impl Shared {
     /// The one place that decides tunnel or site.
-    pub(crate) fn classify(&self, binding: &Binding, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), NotTunnel> {
+    pub(crate) fn classify(
+        &self,
+        binding: &Binding,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), NotTunnel> {
         if method != Method::POST || path != self.tunnel_path {
             return Err(NotTunnel::Site);
         }
@@ -297,12 +332,16 @@ impl Shared {
     }
 
     pub(crate) async fn site_response<B>(&self, req: &Request<B>) -> SiteResponse {
-        let host = req
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let target = req
             .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         self.site
             .respond(SiteRequest {
                 method: req.method(),
@@ -342,8 +381,14 @@ pub(crate) fn tunnel_response() -> Response<()> {
     if let Ok(v) = header::HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
         h.insert(header::DATE, v);
     }
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 

@@ -245,7 +245,10 @@ pub fn build(
     let n = noise_builder()
         .remote_public_key(&relay.0)
         .and_then(|b| b.prologue(&prologue))
-        .and_then(|b| b.fixed_ephemeral_key_for_testing_only(&ephemeral).build_initiator())
+        .and_then(|b| {
+            b.fixed_ephemeral_key_for_testing_only(&ephemeral)
+                .build_initiator()
+        })
         .and_then(|mut hs| hs.write_message(&payload, &mut out))
         .expect("constant Noise parameters are valid");
     out.truncate(n);
@@ -254,7 +257,9 @@ pub fn build(
 
 fn noise_builder() -> snow::Builder<'static> {
     #[allow(clippy::expect_used)]
-    let params = NOISE_PARAMS.parse().expect("constant Noise parameters parse");
+    let params = NOISE_PARAMS
+        .parse()
+        .expect("constant Noise parameters parse");
     snow::Builder::new(params)
 }
 
@@ -333,7 +338,10 @@ mod tests {
             Refusal::Malformed
         };
         assert_eq!(gate.check_raw(&b, truncated), Err(want));
-        assert_eq!(gate.check_raw(&b, &raw[..MIN_MESSAGE_LEN - 1]), Err(Refusal::Malformed));
+        assert_eq!(
+            gate.check_raw(&b, &raw[..MIN_MESSAGE_LEN - 1]),
+            Err(Refusal::Malformed)
+        );
         let short = &msg.as_bytes()[..20];
         assert_eq!(gate.check(&b, Some(short)), Err(Refusal::Malformed));
         let oversized = "A".repeat(MAX_ENCODED_LEN + 1);
@@ -341,7 +349,10 @@ mod tests {
             gate.check(&b, Some(oversized.as_bytes())),
             Err(Refusal::Malformed)
         );
-        assert_eq!(gate.check(&b, Some(b"not base64 !!")), Err(Refusal::Malformed));
+        assert_eq!(
+            gate.check(&b, Some(b"not base64 !!")),
+            Err(Refusal::Malformed)
+        );
         let mut flipped = URL_SAFE_NO_PAD.decode(&msg).expect("own encoding");
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -360,7 +371,11 @@ mod tests {
             seen.insert(raw.len());
             assert!(gate.check(&exporter(1), Some(msg.as_bytes())).is_ok());
         }
-        assert!(seen.len() > 50, "padding should spread lengths: {}", seen.len());
+        assert!(
+            seen.len() > 50,
+            "padding should spread lengths: {}",
+            seen.len()
+        );
     }
 
     #[test]

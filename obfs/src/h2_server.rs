@@ -106,7 +106,10 @@ async fn handle(
 }
 
 /// Sends a whole body, respecting the peer's flow control, and ends the stream.
-pub(crate) async fn send_all(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(crate) async fn send_all(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let cap = std::future::poll_fn(|cx| match send.capacity() {

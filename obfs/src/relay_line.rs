@@ -192,7 +192,10 @@ impl FromStr for RelayLine {
             }
         }
         let carriers = carriers.ok_or(LineError::Missing("carriers"))?;
-        if carriers.is_empty() || carriers.len() > 2 || (carriers.len() == 2 && carriers[0] == carriers[1]) {
+        if carriers.is_empty()
+            || carriers.len() > 2
+            || (carriers.len() == 2 && carriers[0] == carriers[1])
+        {
             return Err(LineError::Bad {
                 field: "carriers",
                 reason: "list h2 and/or h3 once each".into(),
@@ -216,14 +219,18 @@ fn parse_authority(a: &str) -> Result<(String, u16), LineError> {
         reason: reason.to_string(),
     };
     let (host, port) = if let Some(rest) = a.strip_prefix('[') {
-        let (h, p) = rest.split_once("]:").ok_or_else(|| bad("IPv6 needs [addr]:port"))?;
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("IPv6 needs [addr]:port"))?;
         h.parse::<std::net::Ipv6Addr>()
             .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
         (h, p)
     } else {
         a.rsplit_once(':').ok_or_else(|| bad("missing :port"))?
     };
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number 1-65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port is not a number 1-65535"))?;
     if port == 0 {
         return Err(bad("port 0"));
     }
@@ -322,9 +329,21 @@ mod tests {
         let with_check = |body: &str| format!("{body}&x={}", checksum(body));
         let cases = [
             ("burrow-relay://h:1/p?c=h2", LineError::Missing("key")),
-            ("burrow-relay://h:1/p?k=AAAA&c=h2", LineError::Bad { field: "key", reason: "must be 32 bytes".into() }),
-            ("burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h9", LineError::UnknownCarrier("h9".into())),
-            ("burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2&z=1", LineError::UnknownField("z".into())),
+            (
+                "burrow-relay://h:1/p?k=AAAA&c=h2",
+                LineError::Bad {
+                    field: "key",
+                    reason: "must be 32 bytes".into(),
+                },
+            ),
+            (
+                "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h9",
+                LineError::UnknownCarrier("h9".into()),
+            ),
+            (
+                "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2&z=1",
+                LineError::UnknownField("z".into()),
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(with_check(body).parse::<RelayLine>(), Err(want), "{body}");
@@ -336,7 +355,13 @@ mod tests {
             "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2,h2",
             "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2&ip=300.1.1.1",
         ] {
-            assert!(matches!(with_check(body).parse::<RelayLine>(), Err(LineError::Bad { .. })), "{body}");
+            assert!(
+                matches!(
+                    with_check(body).parse::<RelayLine>(),
+                    Err(LineError::Bad { .. })
+                ),
+                "{body}"
+            );
         }
     }
 }

@@ -46,10 +46,10 @@ pub enum Source {
 }
 
 #[derive(Debug)]
-enum Found {
+enum Lookup {
     File { body: Bytes, mtime: SystemTime },
     Dir,
-    NotFound,
+    Missing,
     Forbidden,
 }
 
@@ -137,39 +137,43 @@ impl Site {
             rel.clone()
         };
         match self.find(&lookup_rel).await {
-            Found::File { body, mtime } => {
+            Lookup::File { body, mtime } => {
                 if !get_like {
                     return self.error(StatusCode::METHOD_NOT_ALLOWED);
                 }
                 self.file(req, &lookup_rel, body, mtime)
             }
-            Found::Dir if !rel.ends_with('/') => self.redirect_to_dir(req, path),
-            Found::Dir | Found::Forbidden => self.error(StatusCode::FORBIDDEN),
-            Found::NotFound if rel.ends_with('/') => {
+            Lookup::Dir if !rel.ends_with('/') => self.redirect_to_dir(req, path),
+            Lookup::Dir | Lookup::Forbidden => self.error(StatusCode::FORBIDDEN),
+            Lookup::Missing if rel.ends_with('/') => {
                 // A directory without an index is forbidden; a missing one is not found.
                 match self.find(&rel).await {
-                    Found::Dir => self.error(StatusCode::FORBIDDEN),
+                    Lookup::Dir => self.error(StatusCode::FORBIDDEN),
                     _ => self.error(StatusCode::NOT_FOUND),
                 }
             }
-            Found::NotFound => self.error(StatusCode::NOT_FOUND),
+            Lookup::Missing => self.error(StatusCode::NOT_FOUND),
         }
     }
 
-    async fn find(&self, rel: &str) -> Found {
+    async fn find(&self, rel: &str) -> Lookup {
         match &self.source {
             Source::Builtin => {
                 if let Some(body) = self.builtin.get(rel) {
-                    return Found::File {
+                    return Lookup::File {
                         body: Bytes::from_static(body),
                         mtime: self.builtin_mtime,
                     };
                 }
-                let dir = if rel.ends_with('/') { rel.to_string() } else { format!("{rel}/") };
-                if rel == "/" || self.builtin.keys().any(|k| k.starts_with(&dir)) {
-                    Found::Dir
+                let dir = if rel.ends_with('/') {
+                    rel.to_string()
                 } else {
-                    Found::NotFound
+                    format!("{rel}/")
+                };
+                if rel == "/" || self.builtin.keys().any(|k| k.starts_with(&dir)) {
+                    Lookup::Dir
+                } else {
+                    Lookup::Missing
                 }
             }
             Source::Dir(root) => {
@@ -177,29 +181,38 @@ impl Site {
                 let meta = match tokio::fs::metadata(&full).await {
                     Ok(m) => m,
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                        return Found::Forbidden
+                        return Lookup::Forbidden
                     }
-                    Err(_) => return Found::NotFound,
+                    Err(_) => return Lookup::Missing,
                 };
                 if meta.is_dir() {
-                    return Found::Dir;
+                    return Lookup::Dir;
                 }
                 if !meta.is_file() || meta.len() > MAX_FILE_SIZE {
-                    return Found::Forbidden;
+                    return Lookup::Forbidden;
                 }
                 match tokio::fs::read(&full).await {
-                    Ok(body) => Found::File {
+                    Ok(body) => Lookup::File {
                         body: Bytes::from(body),
                         mtime: meta.modified().unwrap_or(UNIX_EPOCH),
                     },
-                    Err(_) => Found::Forbidden,
+                    Err(_) => Lookup::Forbidden,
                 }
             }
         }
     }
 
-    fn file(&self, req: SiteRequest<'_>, rel: &str, body: Bytes, mtime: SystemTime) -> SiteResponse {
-        let secs = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    fn file(
+        &self,
+        req: SiteRequest<'_>,
+        rel: &str,
+        body: Bytes,
+        mtime: SystemTime,
+    ) -> SiteResponse {
+        let secs = mtime
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let etag = format!("\"{:x}-{:x}\"", secs, body.len());
         let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
         let len = body.len() as u64;
@@ -252,7 +265,11 @@ impl Site {
             .map(|h| h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h))
             .filter(|h| !h.is_empty())
             .unwrap_or("localhost");
-        let port = if self.port == 443 { String::new() } else { format!(":{}", self.port) };
+        let port = if self.port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
         let mut location = format!("{}://{}{}{}/", self.scheme, host, port, path);
         if let Some((_, q)) = req.target.split_once('?') {
             location.push('?');
@@ -311,7 +328,11 @@ fn error_body(status: StatusCode) -> Bytes {
 fn base_headers() -> HeaderMap {
     let mut h = HeaderMap::with_capacity(10);
     h.insert(header::SERVER, HeaderValue::from_static("nginx"));
-    put(&mut h, header::DATE, &httpdate::fmt_http_date(SystemTime::now()));
+    put(
+        &mut h,
+        header::DATE,
+        &httpdate::fmt_http_date(SystemTime::now()),
+    );
     h
 }
 
@@ -382,7 +403,10 @@ fn percent_decode(s: &str) -> Option<String> {
 
 fn not_modified(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
     if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag));
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag));
     }
     // nginx's default `if_modified_since exact`.
     h.get(header::IF_MODIFIED_SINCE)
@@ -419,7 +443,9 @@ fn parse_range(v: &HeaderValue, len: u64) -> RangeAnswer {
     let (a, b) = (a.trim(), b.trim());
     let parsed = match (a.is_empty(), b.is_empty()) {
         (false, _) => {
-            let Ok(start) = a.parse::<u64>() else { return RangeAnswer::Full };
+            let Ok(start) = a.parse::<u64>() else {
+                return RangeAnswer::Full;
+            };
             let end = if b.is_empty() {
                 len.saturating_sub(1)
             } else {
@@ -434,7 +460,9 @@ fn parse_range(v: &HeaderValue, len: u64) -> RangeAnswer {
             (start, end)
         }
         (true, false) => {
-            let Ok(n) = b.parse::<u64>() else { return RangeAnswer::Full };
+            let Ok(n) = b.parse::<u64>() else {
+                return RangeAnswer::Full;
+            };
             if n == 0 || len == 0 {
                 return RangeAnswer::Unsatisfiable;
             }
@@ -447,7 +475,10 @@ fn parse_range(v: &HeaderValue, len: u64) -> RangeAnswer {
 
 /// nginx's mime.types for the extensions a small site uses.
 fn content_type(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" | "shtml" => "text/html",
         "css" => "text/css",
@@ -503,11 +534,30 @@ mod tests {
         assert_eq!(r.status(), 200);
         assert_eq!(
             names(&r),
-            ["server", "date", "content-type", "content-length", "last-modified", "connection", "etag", "alt-svc", "accept-ranges"]
+            [
+                "server",
+                "date",
+                "content-type",
+                "content-length",
+                "last-modified",
+                "connection",
+                "etag",
+                "alt-svc",
+                "accept-ranges"
+            ]
         );
         let r = get(&site, "/missing", HeaderMap::new());
         assert_eq!(r.status(), 404);
-        assert_eq!(names(&r), ["server", "date", "content-type", "content-length", "connection"]);
+        assert_eq!(
+            names(&r),
+            [
+                "server",
+                "date",
+                "content-type",
+                "content-length",
+                "connection"
+            ]
+        );
         assert_eq!(r.body().len(), 146);
     }
 
@@ -528,7 +578,10 @@ mod tests {
         assert_eq!(get(&site, "/style.css", h).status(), 416);
         let r = get(&site, "/posts", HeaderMap::new());
         assert_eq!(r.status(), 301);
-        assert_eq!(r.headers()[header::LOCATION], "https://example.org:8443/posts/");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://example.org:8443/posts/"
+        );
         assert_eq!(get(&site, "/posts/", HeaderMap::new()).status(), 403);
         assert_eq!(get(&site, "/../etc/passwd", HeaderMap::new()).status(), 400);
         assert_eq!(get(&site, "/%zz", HeaderMap::new()).status(), 400);

@@ -35,7 +35,9 @@ pub struct Tunnel {
 
 impl fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tunnel").field("carrier", &self.carrier).finish()
+        f.debug_struct("Tunnel")
+            .field("carrier", &self.carrier)
+            .finish()
     }
 }
 
@@ -117,7 +119,9 @@ impl Tunnel {
     }
 }
 
-pub(crate) fn awaiting<R>(fut: impl Future<Output = io::Result<R>> + Send + 'static) -> RecvState<R> {
+pub(crate) fn awaiting<R>(
+    fut: impl Future<Output = io::Result<R>> + Send + 'static,
+) -> RecvState<R> {
     RecvState::Awaiting(Box::pin(fut))
 }
 
@@ -132,7 +136,11 @@ fn copy_out(read_buf: &mut Bytes, out: &mut ReadBuf<'_>) {
 }
 
 impl AsyncRead for Tunnel {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Io::H2(h) => h.poll_read(cx, out),
             Io::H3(h) => h.poll_read(cx, out),
@@ -141,7 +149,11 @@ impl AsyncRead for Tunnel {
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::H2(h) => h.poll_write(cx, buf),
             Io::H3(h) => h.poll_write(cx, buf),
@@ -177,7 +189,9 @@ struct H2Io {
 
 fn h2_io_error(e: h2::Error) -> io::Error {
     if e.is_io() {
-        return e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
     }
     let kind = match e.reason() {
         Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL) => io::ErrorKind::ConnectionReset,
@@ -235,7 +249,9 @@ impl H2Io {
         if !self.shut {
             self.shut = true;
             self.send.reserve_capacity(0);
-            self.send.send_data(Bytes::new(), true).map_err(h2_io_error)?;
+            self.send
+                .send_data(Bytes::new(), true)
+                .map_err(h2_io_error)?;
         }
         Poll::Ready(Ok(()))
     }
@@ -261,7 +277,10 @@ pub(crate) fn h3_io_error(e: impl fmt::Display) -> io::Error {
 macro_rules! impl_h3_halves {
     ($side:ident) => {
         impl H3Send for h3::$side::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> {
-            fn send(mut self: Box<Self>, data: Bytes) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)> {
+            fn send(
+                mut self: Box<Self>,
+                data: Bytes,
+            ) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)> {
                 Box::pin(async move {
                     let r = self.send_data(data).await.map_err(h3_io_error);
                     (self as Box<dyn H3Send>, r)
@@ -269,7 +288,9 @@ macro_rules! impl_h3_halves {
             }
             fn finish(mut self: Box<Self>) -> BoxFuture<(Box<dyn H3Send>, io::Result<()>)> {
                 Box::pin(async move {
-                    let r = h3::$side::RequestStream::finish(&mut self).await.map_err(h3_io_error);
+                    let r = h3::$side::RequestStream::finish(&mut self)
+                        .await
+                        .map_err(h3_io_error);
                     (self as Box<dyn H3Send>, r)
                 })
             }

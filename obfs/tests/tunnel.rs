@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_obfs::{
-    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Sockets,
-    Source, Tunnel, Tunnels,
+    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    RelayLine, Site, Sockets, Source, Tunnel, Tunnels,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,7 +48,11 @@ async fn relay() -> Relay {
         pin,
         ip: Some(addr.ip()),
     };
-    Relay { line, tunnels, _stop: stop }
+    Relay {
+        line,
+        tunnels,
+        _stop: stop,
+    }
 }
 
 fn client(line: &RelayLine) -> Client {
@@ -79,7 +83,9 @@ fn spawn_echo(mut tunnels: Tunnels) {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
 }
 
 async fn echo_roundtrip(mut t: Tunnel, len: usize, seed: u8) {
@@ -146,7 +152,9 @@ async fn relay_side_close_reaches_client_cleanly() {
         server.write_all(b"bye").await.expect("server write");
         server.shutdown().await.expect("server shutdown");
         let mut got = Vec::new();
-        t.read_to_end(&mut got).await.expect("client reads to a clean EOF");
+        t.read_to_end(&mut got)
+            .await
+            .expect("client reads to a clean EOF");
         assert_eq!(got, b"bye");
         // The client's direction is still open after the relay closed its own.
         t.write_all(b"late").await.expect("late write");
@@ -163,7 +171,10 @@ async fn wrong_key_gets_the_site_not_a_tunnel() {
     let mut line = r.line.clone();
     line.key = GateSecret::generate(&mut rand::thread_rng()).public();
     for carrier in [Carrier::H2, Carrier::H3] {
-        let mut t = client(&line).connect_via(carrier).await.expect("carrier connects");
+        let mut t = client(&line)
+            .connect_via(carrier)
+            .await
+            .expect("carrier connects");
         let err = t.established().await.expect_err("must be refused");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         assert!(err.to_string().contains("HTTP 404"), "{err}");
@@ -177,7 +188,10 @@ struct Censored {
 }
 
 impl Sockets for Censored {
-    fn tcp(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
+    fn tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
         let drop_tcp = self.drop_tcp;
         Box::pin(async move {
             if drop_tcp {
@@ -189,7 +203,10 @@ impl Sockets for Censored {
     }
 
     fn udp(&self, _addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "UDP blocked"))
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "UDP blocked",
+        ))
     }
 }
 
@@ -199,18 +216,31 @@ async fn falls_back_to_the_other_carrier() {
     let mut line = r.line.clone();
     spawn_echo(r.tunnels);
     line.carriers = vec![Carrier::H3, Carrier::H2];
-    let udp_blocked = Client::new(line.clone(), Arc::new(Censored { drop_tcp: false })).expect("client");
-    let t = udp_blocked.connect_established().await.expect("falls back to h2");
+    let udp_blocked =
+        Client::new(line.clone(), Arc::new(Censored { drop_tcp: false })).expect("client");
+    let t = udp_blocked
+        .connect_established()
+        .await
+        .expect("falls back to h2");
     assert_eq!(t.carrier(), Carrier::H2);
     echo_roundtrip(t, 100_000, 1).await;
 
     let all_blocked = Client::new(line, Arc::new(Censored { drop_tcp: true }))
         .expect("client")
         .with_connect_timeout(Duration::from_millis(300));
-    let err = all_blocked.connect_established().await.expect_err("nothing gets through");
+    let err = all_blocked
+        .connect_established()
+        .await
+        .expect_err("nothing gets through");
     let text = err.to_string();
-    assert!(text.contains("h3 carrier") && text.contains("UDP blocked"), "{text}");
-    assert!(text.contains("h2 carrier") && text.contains("timed out"), "{text}");
+    assert!(
+        text.contains("h3 carrier") && text.contains("UDP blocked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("h2 carrier") && text.contains("timed out"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

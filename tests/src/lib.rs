@@ -100,7 +100,14 @@ impl RelayProc {
         let stderr = data_dir.path().join("relay.log");
         let log = std::fs::File::create(&stderr).expect("log file");
         let mut child = Command::new(burrow_bin())
-            .args(["relay", "--listen", "127.0.0.1:0", "--self-signed", "example.org", "--data-dir"])
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--self-signed",
+                "example.org",
+                "--data-dir",
+            ])
             .arg(data_dir.path())
             .args(extra)
             .stdout(Stdio::piped())

@@ -34,7 +34,10 @@ fn split_response(raw: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -47,7 +50,11 @@ fn curl_http11_and_http2_see_the_site() {
         let (ok, out, err) = curl(&relay, &[proto, "-i", &relay.url("/")]);
         assert!(ok, "curl {proto}: {err}");
         let (status, headers, body) = split_response(&out);
-        let want = if proto == "--http2" { "HTTP/2 200" } else { "HTTP/1.1 200 OK" };
+        let want = if proto == "--http2" {
+            "HTTP/2 200"
+        } else {
+            "HTTP/1.1 200 OK"
+        };
         assert_eq!(status, want);
         assert_eq!(body, index_html());
         assert_eq!(header(&headers, "server"), Some("nginx"));
@@ -73,11 +80,19 @@ fn curl_http11_and_http2_see_the_site() {
         assert!(status.contains("200"), "{status}");
         assert!(body.is_empty());
         assert_eq!(header(&headers, "content-type"), Some("text/css"));
-        let len = std::fs::metadata(builtin_site_dir().join("style.css")).expect("css").len();
-        assert_eq!(header(&headers, "content-length"), Some(len.to_string().as_str()));
+        let len = std::fs::metadata(builtin_site_dir().join("style.css"))
+            .expect("css")
+            .len();
+        assert_eq!(
+            header(&headers, "content-length"),
+            Some(len.to_string().as_str())
+        );
 
         // A path that climbs above the root: 400, as nginx answers.
-        let (ok, out, err) = curl(&relay, &[proto, "-i", "--path-as-is", &relay.url("/../../etc/passwd")]);
+        let (ok, out, err) = curl(
+            &relay,
+            &[proto, "-i", "--path-as-is", &relay.url("/../../etc/passwd")],
+        );
         assert!(ok, "{err}");
         assert!(split_response(&out).0.contains("400"));
 
@@ -116,7 +131,10 @@ fn nghttp_sees_nginx_settings_and_the_site() {
         ],
         "{text}"
     );
-    assert!(text.contains("(window_size_increment=2147418112)"), "{text}");
+    assert!(
+        text.contains("(window_size_increment=2147418112)"),
+        "{text}"
+    );
     assert!(text.contains(":status: 200"), "{text}");
     assert!(text.contains("server: nginx"), "{text}");
 
@@ -139,13 +157,20 @@ fn aioquic_fetches_the_site_over_http3() {
         run(Command::new("python3")
             .arg(&script)
             .arg(relay.url(path))
-            .args(["--connect", &format!("127.0.0.1:{}", relay.port()), "--cafile"])
+            .args([
+                "--connect",
+                &format!("127.0.0.1:{}", relay.port()),
+                "--cafile",
+            ])
             .arg(relay.cert_path())
             .args(["--method", method]))
     };
     let (ok, out, err) = fetch("/", "GET");
     assert!(ok, "aioquic: {err}");
-    let sep = out.windows(2).position(|w| w == b"\n\n").expect("separator");
+    let sep = out
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("separator");
     let head = String::from_utf8_lossy(&out[..sep]);
     assert!(head.starts_with("HTTP/3 200"), "{head}");
     assert!(head.contains("server: nginx"), "{head}");
