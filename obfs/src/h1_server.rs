@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::front::SharedRef;
+use crate::site;
 
 /// nginx's `client_header_timeout`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +24,14 @@ pub(crate) async fn serve(tls: TlsStream<TcpStream>, peer: SocketAddr, shared: S
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         async move {
-            let resp = shared.site_response(&req).await;
+            let mut resp = shared.site_response(&req).await;
+            let status = resp.status();
+            let phrase = site::reason(status);
+            if Some(phrase) != status.canonical_reason() {
+                // nginx's own phrases, e.g. "405 Not Allowed".
+                resp.extensions_mut()
+                    .insert(hyper::ext::ReasonPhrase::from_static(phrase.as_bytes()));
+            }
             Ok::<_, Infallible>(resp.map(Full::new))
         }
     });

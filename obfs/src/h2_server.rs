@@ -23,6 +23,10 @@ use crate::tunnel::Tunnel;
 const SITE_STREAM_WINDOW: u32 = 65_536;
 /// nginx's SETTINGS_MAX_FRAME_SIZE.
 const MAX_FRAME_SIZE: u32 = 16_777_215;
+/// Most of a request body the site reads and discards before resetting.
+const MAX_DISCARD: usize = 1024 * 1024;
+/// How long the site waits for the rest of a body it discards.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// nginx raises the connection window to the maximum at once.
 const CONNECTION_WINDOW: u32 = i32::MAX as u32;
 
@@ -100,9 +104,24 @@ async fn handle(
         }
         Err(e) => debug!("h2 response failed: {e}"),
     }
-    // The request body, if any, is discarded with `body`, as nginx does for
-    // static files.
-    drop(body);
+    discard(body).await;
+}
+
+/// Reads and throws away what is left of a request body, as nginx does for
+/// static files. Dropping it unread would reset the stream with CANCEL,
+/// which a client sees as an error and nginx never sends.
+async fn discard(mut body: h2::RecvStream) {
+    let deadline = tokio::time::Instant::now() + DISCARD_TIMEOUT;
+    let mut left = MAX_DISCARD;
+    while !body.is_end_stream() && left > 0 {
+        match tokio::time::timeout_at(deadline, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                left = left.saturating_sub(chunk.len());
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            _ => break,
+        }
+    }
 }
 
 /// Sends a whole body, respecting the peer's flow control, and ends the stream.

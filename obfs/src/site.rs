@@ -303,8 +303,18 @@ pub fn error_response(status: StatusCode) -> SiteResponse {
     let mut h = base_headers();
     put(&mut h, header::CONTENT_TYPE, "text/html");
     put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
-    put_connection(&mut h);
+    if closes_connection(status) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else {
+        put_connection(&mut h);
+    }
     build(status, h, body)
+}
+
+/// Errors after which nginx turns keep-alive off (its special response
+/// handler), so an HTTP/1.1 connection closes after the answer.
+fn closes_connection(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 414 | 500 | 501)
 }
 
 /// The reason phrase nginx uses (some differ from the RFC's).

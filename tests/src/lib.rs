@@ -89,8 +89,9 @@ pub struct RelayProc {
 
 impl RelayProc {
     /// Starts `burrow relay` on 127.0.0.1 (a free port) with a fresh data
-    /// directory and a self-signed certificate for `example.org`, plus
-    /// `extra` arguments; waits for the relay line on stdout.
+    /// directory and (unless `extra` names `--cert`) a self-signed
+    /// certificate for `example.org`, plus `extra` arguments; waits for the
+    /// relay line on stdout.
     pub fn start(extra: &[&str]) -> RelayProc {
         let data_dir = tempfile::tempdir().expect("tempdir");
         Self::start_in(data_dir, extra)
@@ -99,16 +100,13 @@ impl RelayProc {
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> RelayProc {
         let stderr = data_dir.path().join("relay.log");
         let log = std::fs::File::create(&stderr).expect("log file");
-        let mut child = Command::new(burrow_bin())
-            .args([
-                "relay",
-                "--listen",
-                "127.0.0.1:0",
-                "--self-signed",
-                "example.org",
-                "--data-dir",
-            ])
-            .arg(data_dir.path())
+        let mut cmd = Command::new(burrow_bin());
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path());
+        if !extra.contains(&"--cert") {
+            cmd.args(["--self-signed", "example.org"]);
+        }
+        let mut child = cmd
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
