@@ -148,6 +148,14 @@ impl RelayProc {
         self.data_dir.path().join("relay").join("self-signed.crt")
     }
 
+    /// Stops the relay (SIGKILL) and hands back its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.data_dir, placeholder)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }

@@ -1,0 +1,146 @@
+//! `burrow relay` and `burrow demo` as a user runs them: clear errors for
+//! what users get wrong, and state that survives a restart.
+
+use std::process::{Command, Stdio};
+
+use burrow_tests::{burrow_bin, run, RelayProc};
+
+fn relay_err(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, _, err) = run(Command::new(burrow_bin())
+        .args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null()));
+    assert!(!ok, "burrow relay {args:?} should fail");
+    err
+}
+
+#[test]
+fn missing_and_bad_certificates_are_named() {
+    let err = relay_err(&[
+        "--cert",
+        "/nonexistent/cert.pem",
+        "--key",
+        "/nonexistent/key.pem",
+        "--domain",
+        "x.org",
+    ]);
+    assert!(err.contains("cannot read /nonexistent/cert.pem"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    std::fs::write(&key, "nothing").expect("write");
+    let err = relay_err(&[
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--domain",
+        "x.org",
+    ]);
+    assert!(err.contains("bad certificate or key"), "{err}");
+    assert!(err.contains("cert.pem"), "{err}");
+
+    // A valid certificate with somebody else's key.
+    let (_, cert_a, _) = burrow_obfs::Identity::self_signed("a.example").expect("cert");
+    let (_, _, key_b) = burrow_obfs::Identity::self_signed("b.example").expect("cert");
+    std::fs::write(&cert, cert_a).expect("write");
+    std::fs::write(&key, key_b).expect("write");
+    let err = relay_err(&[
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--domain",
+        "x.org",
+    ]);
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, _, err) = run(Command::new(burrow_bin())
+        .args([
+            "relay",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(!ok);
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_reasons() {
+    assert!(relay_err(&["--site", "/nonexistent/site"]).contains("not a directory"));
+    assert!(relay_err(&["--path", "no-leading-slash"]).contains("--path"));
+    assert!(relay_err(&["--upstream", "http://127.0.0.1:9"]).contains("not available"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, _, err) = run(Command::new(burrow_bin())
+        .args(["relay", "address", "--data-dir"])
+        .arg(dir.path()));
+    assert!(!ok);
+    assert!(err.contains("start `burrow relay` first"), "{err}");
+}
+
+#[test]
+fn key_path_and_certificate_survive_a_restart() {
+    let first = RelayProc::start(&[]);
+    let line = first.line.clone();
+    let dir = first.stop();
+    let second = RelayProc::start_in(dir, &[]);
+    assert_eq!(second.line.key, line.key, "gate key kept");
+    assert_eq!(second.line.path, line.path, "tunnel path kept");
+    assert_eq!(second.line.pin, line.pin, "certificate kept");
+
+    // `relay address` prints the same line the relay printed.
+    let (ok, out, err) = run(Command::new(burrow_bin())
+        .args(["relay", "address", "--data-dir"])
+        .arg(second.data_dir.path()));
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        second.line.to_string()
+    );
+
+    // A damaged key file is reported, never silently replaced.
+    let dir = second.stop();
+    let key = dir.path().join("relay/gate.key");
+    std::fs::write(&key, "damaged\n").expect("write");
+    let (ok, _, err) = run(Command::new(burrow_bin())
+        .args([
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--self-signed",
+            "example.org",
+            "--data-dir",
+        ])
+        .arg(dir.path()));
+    assert!(!ok);
+    assert!(err.contains("gate.key is damaged"), "{err}");
+    assert_eq!(std::fs::read_to_string(&key).expect("read"), "damaged\n");
+}
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let (ok, out, err) = run(Command::new(burrow_bin()).args(["demo", "--bytes", "1048576"]));
+    let text = String::from_utf8_lossy(&out);
+    assert!(ok, "demo failed: {err}\n{text}");
+    assert!(text.contains("h2 GET  /"), "{text}");
+    assert!(text.contains("-> 200 text/html"), "{text}");
+    assert!(text.contains("wrong key: refused"), "{text}");
+    assert!(text.contains("h2: 1 MiB each way, byte-exact"), "{text}");
+    assert!(text.contains("h3: 1 MiB each way, byte-exact"), "{text}");
+}
