@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Burrow's benchmarks, each side by side with its baseline in the same run:
+#   1. carriers: HTTP/2 and HTTP/3 tunnels vs raw TCP, plain rustls TLS and a
+#      plain quinn stream (throughput both ways, 64-byte echo round trips);
+#   2. relay memory per idle open tunnel at 1,000 tunnels, per carrier;
+#   3. static-file requests per second, the front vs nginx on the same files
+#      (h2load), alternating rounds.
+# Usage: bench/run.sh [carriers|memory|rps]...   (default: all)
+# Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers),
+#              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps)
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release --quiet -p burrow-node --bin burrow
+cargo bench --no-run --quiet -p burrow-obfs --bench carriers 2>/dev/null
+bench_bin=$(ls -t target/release/deps/carriers-* | grep -v '\.d$' | head -n1)
+burrow=target/release/burrow
+
+start_relay() { # $1: data dir, rest: extra args; prints the line
+  local dir=$1; shift
+  "$burrow" relay --listen 127.0.0.1:0 --data-dir "$dir" "$@" >"$dir.out" 2>"$dir.log" &
+  echo $! >"$dir.pid"
+  for _ in $(seq 200); do [ -s "$dir.out" ] && break; sleep 0.05; done
+  head -n1 "$dir.out"
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+for w in "${what[@]}"; do case $w in
+carriers)
+  echo "## Carriers"
+  echo
+  echo "Command: \`BENCH_ROUNDS=${BENCH_ROUNDS:-5} BENCH_MIB=${BENCH_MIB:-256} bench/run.sh carriers\`"
+  echo
+  "$bench_bin" --bench
+  echo
+  ;;
+memory)
+  n=${BENCH_TUNNELS:-1000}
+  echo "## Relay memory per idle tunnel ($n tunnels, one connection each)"
+  echo
+  echo "| carrier | relay RSS before (KiB) | with $n tunnels (KiB) | per tunnel (KiB) |"
+  echo "|---|---:|---:|---:|"
+  for carrier in h2 h3; do
+    dir=$work/mem-$carrier; mkdir -p "$dir"
+    line=$(start_relay "$dir" --self-signed bench.example)
+    pid=$(cat "$dir.pid")
+    sleep 0.5
+    before=$(rss_kib "$pid")
+    mkfifo "$dir.in"
+    "$bench_bin" --idle-tunnels "$line" "$n" "$carrier" <"$dir.in" >"$dir.client" &
+    client=$!
+    exec 9>"$dir.in"
+    for _ in $(seq 1200); do grep -q ready "$dir.client" 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    after=$(rss_kib "$pid")
+    exec 9>&-
+    wait "$client" || true
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "| $carrier | $before | $after | $(( (after - before) / n )) |"
+  done
+  echo
+  ;;
+rps)
+  rounds=${BENCH_RPS_ROUNDS:-5}
+  site=$work/site; mkdir -p "$site"; cp -a obfs/site/. "$site/"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$work/nginx.conf" <<NGINX
+daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err;
+events {}
+http { include /etc/nginx/mime.types; default_type application/octet-stream; access_log off;
+  server_tokens off; client_body_temp_path $work/body;
+  server { listen 127.0.0.1:$nport ssl http2; ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem; root $site; add_header Alt-Svc 'h3=":$nport"; ma=86400'; } }
+NGINX
+  nginx -e "$work/nginx.err" -c "$work/nginx.conf" & ngx=$!
+  line=$(start_relay "$work/rps" --cert "$work/cert.pem" --key "$work/key.pem" --domain bench.example --site "$site")
+  bport=$(echo "$line" | sed -E 's#^burrow-relay://[^:]+:([0-9]+)/.*#\1#')
+  sleep 0.5
+  echo "## Static files: requests per second (h2load -n 20000 -c 10 -m 10, /index.html, $rounds alternating rounds, nginx with 1 worker)"
+  echo
+  : >"$work/rps.txt"
+  for r in $(seq "$rounds"); do
+    for who in burrow nginx; do
+      port=$bport; [ $who = nginx ] && port=$nport
+      rps=$(h2load -n 20000 -c 10 -m 10 "https://127.0.0.1:$port/index.html" 2>/dev/null \
+            | awk '/^finished in/ {gsub(",","",$4); print $4}')
+      echo "$who $rps" >>"$work/rps.txt"
+    done
+  done
+  python3 - "$work/rps.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+b = [float(v) for w, v in rows if w == "burrow"]
+n = [float(v) for w, v in rows if w == "nginx"]
+print("| server | req/s per round | median |")
+print("|---|---|---:|")
+print(f"| burrow front | {', '.join(f'{x:.0f}' for x in b)} | {statistics.median(b):.0f} |")
+print(f"| nginx 1 worker | {', '.join(f'{x:.0f}' for x in n)} | {statistics.median(n):.0f} |")
+print(f"\nRatio burrow / nginx (goal ≥ 1.0×): {statistics.median(b)/statistics.median(n):.2f}×\n")
+PY
+  kill "$(cat "$work/rps.pid")" $ngx 2>/dev/null || true
+  ;;
+*) echo "unknown benchmark: $w" >&2; exit 2 ;;
+esac; done
