@@ -272,6 +272,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--idle-tunnels") {
         return idle_tunnels(&args[i + 1..]);
     }
+    if let Some(i) = args.iter().position(|a| a == "--first-byte") {
+        return first_byte(&args[i + 1..]);
+    }
     let rounds = env_usize("BENCH_ROUNDS", 5);
     let mib = env_usize("BENCH_MIB", 256);
     let echoes = env_usize("BENCH_ECHOES", 2000);
@@ -370,5 +373,33 @@ fn idle_tunnels(args: &[String]) {
         })
         .await;
         drop(held);
+    });
+}
+
+/// Client half of the round-trip count: `--first-byte LINE h2|h3` opens one
+/// cold tunnel, writes one byte with the request (as a libp2p client would
+/// its first handshake message), waits for the relay's echo and prints the
+/// wall-clock time (µs since the epoch) at which it arrived.
+fn first_byte(args: &[String]) {
+    let line: RelayLine = args.first().expect("LINE").parse().expect("relay line");
+    let carrier = match args.get(1).map(String::as_str) {
+        Some("h3") => Carrier::H3,
+        _ => Carrier::H2,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let client = Client::new(line, Arc::new(DirectSockets)).expect("client");
+        let mut t = client.connect_via(carrier).await.expect("tunnel");
+        t.write_all(&[1]).await.expect("write");
+        t.flush().await.expect("flush");
+        let mut b = [0u8; 1];
+        t.read_exact(&mut b).await.expect("echo");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        println!("{}", now.as_micros());
     });
 }
