@@ -237,7 +237,7 @@ async fn accept_tcp(
             Ok(p) => p,
             Err(_) => return,
         };
-        let (stream, peer) = match listener.accept().await {
+        let (stream, _) = match listener.accept().await {
             Ok(s) => {
                 backoff = Duration::from_millis(5);
                 s
@@ -254,18 +254,13 @@ async fn accept_tcp(
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_tcp(stream, peer, acceptor, shared).await;
+            serve_tcp(stream, acceptor, shared).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-    shared: Arc<Shared>,
-) {
+async fn serve_tcp(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
     let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
         .await
     {
@@ -288,7 +283,7 @@ async fn serve_tcp(
     if conn.alpn_protocol() == Some(b"h2") {
         crate::h2_server::serve(tls, binding, shared).await;
     } else {
-        crate::h1_server::serve(tls, peer, shared).await;
+        crate::h1_server::serve(tls, shared).await;
     }
 }
 
@@ -356,6 +351,10 @@ impl Shared {
         if self.tunnels.send(tunnel).await.is_err() {
             debug!("tunnel dropped: the application stopped accepting");
         }
+    }
+
+    pub(crate) fn site(&self) -> &Site {
+        &self.site
     }
 
     pub(crate) fn limits(&self) -> &Limits {

@@ -14,6 +14,7 @@ pub mod client;
 pub mod error;
 pub mod front;
 pub mod gate;
+mod h1;
 mod h1_server;
 mod h2_server;
 mod h3_server;

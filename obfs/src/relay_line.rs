@@ -343,7 +343,9 @@ mod tests {
                     _ => m.insert(i, rng.gen_range(b' '..=b'~')),
                 }
             }
-            let Ok(text) = std::str::from_utf8(&m) else { continue };
+            let Ok(text) = std::str::from_utf8(&m) else {
+                continue;
+            };
             if let Ok(line) = text.parse::<RelayLine>() {
                 assert_eq!(line.to_string().parse::<RelayLine>(), Ok(line));
             }

@@ -322,10 +322,22 @@ pub fn error_response(status: StatusCode) -> SiteResponse {
     build(status, h, body)
 }
 
+/// nginx's answer to a header line or head that does not fit its buffers.
+pub fn header_too_large_response() -> SiteResponse {
+    let body = Bytes::from_static(
+        b"<html>\r\n<head><title>400 Request Header Or Cookie Too Large</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>Request Header Or Cookie Too Large</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+    );
+    let mut h = base_headers();
+    put(&mut h, header::CONTENT_TYPE, "text/html");
+    put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    build(StatusCode::BAD_REQUEST, h, body)
+}
+
 /// Errors after which nginx turns keep-alive off (its special response
 /// handler), so an HTTP/1.1 connection closes after the answer.
 fn closes_connection(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 413 | 414 | 500 | 501)
+    matches!(status.as_u16(), 400 | 413 | 414 | 500 | 501 | 505)
 }
 
 /// The reason phrase nginx uses (some differ from the RFC's).
@@ -334,6 +346,7 @@ pub fn reason(status: StatusCode) -> &'static str {
         405 => "Not Allowed",
         413 => "Request Entity Too Large",
         414 => "Request-URI Too Large",
+        505 => "HTTP Version Not Supported",
         416 => "Requested Range Not Satisfiable",
         _ => status.canonical_reason().unwrap_or("Unknown"),
     }
