@@ -261,6 +261,18 @@ async fn accept_tcp(
 }
 
 async fn serve_tcp(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    // A TLS connection starts with a handshake record (0x16), or 0x80 for
+    // an SSLv2-style hello; anything else is answered as nginx answers plain
+    // HTTP on its TLS port.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(shared.limits.handshake_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 || first[0] == 0x80 => {}
+        Ok(Ok(1)) => {
+            crate::h1_server::serve_plain(stream).await;
+            return;
+        }
+        _ => return,
+    }
     let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
         .await
     {

@@ -111,6 +111,32 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: 
     }
 }
 
+/// A connection to the TLS port that does not start with a TLS record: nginx
+/// reads one HTTP request and answers "The plain HTTP request was sent to
+/// HTTPS port" (or its usual 400 for something that is not HTTP either).
+pub(crate) async fn serve_plain<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match h1::parse(&buf) {
+            Parsed::Head(head, _) => {
+                let resp = site::plain_http_response();
+                let _ = write_response(&mut io, &resp, head.method == Method::HEAD, false).await;
+                let _ = io.shutdown().await;
+                return;
+            }
+            Parsed::Reject(r) => {
+                let _ = write_reject(&mut io, r).await;
+                return;
+            }
+            Parsed::Incomplete => {}
+        }
+        match tokio::time::timeout(HEADER_TIMEOUT, io.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
 async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, r: Reject) -> std::io::Result<()> {
     let resp = match r {
         Reject::HeaderTooLarge => site::header_too_large_response(),

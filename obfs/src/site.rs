@@ -324,9 +324,19 @@ pub fn error_response(status: StatusCode) -> SiteResponse {
 
 /// nginx's answer to a header line or head that does not fit its buffers.
 pub fn header_too_large_response() -> SiteResponse {
-    let body = Bytes::from_static(
-        b"<html>\r\n<head><title>400 Request Header Or Cookie Too Large</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>Request Header Or Cookie Too Large</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
-    );
+    detailed_bad_request("Request Header Or Cookie Too Large")
+}
+
+/// nginx's answer to a plain-HTTP request sent to its TLS port.
+pub fn plain_http_response() -> SiteResponse {
+    detailed_bad_request("The plain HTTP request was sent to HTTPS port")
+}
+
+/// nginx's 400 page with a detail line, e.g. for an oversized header.
+fn detailed_bad_request(detail: &str) -> SiteResponse {
+    let body = Bytes::from(format!(
+        "<html>\r\n<head><title>400 {detail}</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>{detail}</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    ));
     let mut h = base_headers();
     put(&mut h, header::CONTENT_TYPE, "text/html");
     put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());

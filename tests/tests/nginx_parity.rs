@@ -218,6 +218,44 @@ fn raw_h1(port: u16, cert_der: &[u8], request: &[u8]) -> (String, bool) {
     (text, closed)
 }
 
+/// Like [`raw_h1`], but without TLS: plain bytes to the TLS port.
+fn raw_plain(port: u16, request: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .expect("timeout");
+    tcp.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    let text = String::from_utf8_lossy(&out)
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("Date:") {
+                "Date: -".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    (text, closed)
+}
+
 #[test]
 fn malformed_http11_is_answered_like_nginx() {
     if !have_tool("nginx") {
@@ -274,16 +312,43 @@ fn malformed_http11_is_answered_like_nginx() {
         ("unknown transfer coding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec()),
         ("Connection: close", b"GET /robots.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()),
     ];
+    // Plain HTTP (no TLS) to the TLS port, as port scanners send it.
+    let plain: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "plain HTTP to the TLS port",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "plain HEAD to the TLS port",
+            b"HEAD / HTTP/1.0\r\n\r\n".to_vec(),
+        ),
+        (
+            "binary to the TLS port",
+            b"\x00\x01garbage\r\n\r\n".to_vec(),
+        ),
+    ];
+    let all: Vec<(bool, &str, &Vec<u8>)> = cases
+        .iter()
+        .map(|(w, r)| (true, *w, r))
+        .chain(plain.iter().map(|(w, r)| (false, *w, r)))
+        .collect();
     // Each case waits for a possible close, so they run side by side.
     let differences: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cases
+        let handles: Vec<_> = all
             .iter()
-            .map(|(what, req)| {
+            .map(|&(tls, what, req)| {
                 let cert_der = &cert_der;
                 let (ours_port, theirs_port) = (relay.port(), nginx.port);
                 scope.spawn(move || {
-                    let ours = raw_h1(ours_port, cert_der, req);
-                    let theirs = raw_h1(theirs_port, cert_der, req);
+                    let ask = |port| {
+                        if tls {
+                            raw_h1(port, cert_der, req)
+                        } else {
+                            raw_plain(port, req)
+                        }
+                    };
+                    let ours = ask(ours_port);
+                    let theirs = ask(theirs_port);
                     (ours != theirs).then(|| {
                         format!(
                             "{what}\n--- burrow (closed: {})\n{}\n--- nginx (closed: {})\n{}\n",
