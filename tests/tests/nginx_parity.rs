@@ -65,22 +65,27 @@ fn normalize(raw: &str, port: u16) -> String {
     format!("{}\n\n{body}", out.join("\n"))
 }
 
-#[test]
-fn the_front_answers_like_nginx() {
-    if !have_tool("nginx") || !have_tool("curl") {
-        return;
-    }
+/// nginx and `burrow relay` serving the same copy of the built-in site
+/// (plus an empty directory) with the same certificate.
+struct Twins {
+    _work: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    cert_der: Vec<u8>,
+    nginx: Nginx,
+    relay: RelayProc,
+}
+
+fn twins() -> Twins {
     let work = tempfile::tempdir().expect("tempdir");
     let site = work.path().join("site");
     std::fs::create_dir(&site).expect("mkdir");
     copy_site(&site);
     std::fs::create_dir(site.join("empty")).expect("mkdir");
-    let (_, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
+    let (identity, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
     let cert = work.path().join("cert.pem");
     let key = work.path().join("key.pem");
     std::fs::write(&cert, cert_pem).expect("write");
     std::fs::write(&key, key_pem).expect("write");
-
     let nginx = Nginx::start(&site, &cert, &key);
     let relay = RelayProc::start(&[
         "--cert",
@@ -92,13 +97,29 @@ fn the_front_answers_like_nginx() {
         "--site",
         site.to_str().expect("utf-8"),
     ]);
+    Twins {
+        cert_der: identity.chain[0].to_vec(),
+        _work: work,
+        cert,
+        nginx,
+        relay,
+    }
+}
+
+#[test]
+fn the_front_answers_like_nginx() {
+    if !have_tool("nginx") || !have_tool("curl") {
+        return;
+    }
+    let t = twins();
+    let (cert, nginx, relay) = (&t.cert, &t.nginx, &t.relay);
     let ours = Target {
         port: relay.port(),
-        cert: &cert,
+        cert,
     };
     let theirs = Target {
         port: nginx.port,
-        cert: &cert,
+        cert,
     };
 
     // The ETag and Last-Modified nginx gives, for conditional requests.
@@ -171,26 +192,13 @@ fn the_front_answers_like_nginx() {
     );
 }
 
-/// Sends raw bytes over TLS (ALPN http/1.1) and returns what came back,
-/// `Date` lines blanked and the port replaced, plus whether the server
-/// closed the connection within 1.5 s.
-fn raw_h1(port: u16, cert_der: &[u8], request: &[u8]) -> (String, bool) {
-    use std::io::{Read, Write};
-    let pin = burrow_obfs::CertPin::of(&rustls::pki_types::CertificateDer::from(cert_der.to_vec()));
-    let cfg =
-        burrow_obfs::tls::client_config(&burrow_obfs::tls::Trust::Pinned(pin), &[b"http/1.1"])
-            .expect("tls");
-    let conn =
-        rustls::ClientConnection::new(cfg, "example.org".try_into().expect("name")).expect("conn");
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(request).expect("write");
+/// Reads until the server closes or stays quiet for 1.5 s; returns what
+/// came back (`Date` lines blanked, the port replaced) and whether it closed.
+fn read_answer(r: &mut impl std::io::Read, port: u16) -> (String, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
     let closed = loop {
-        match tls.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => break true,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e)
@@ -218,42 +226,33 @@ fn raw_h1(port: u16, cert_der: &[u8], request: &[u8]) -> (String, bool) {
     (text, closed)
 }
 
-/// Like [`raw_h1`], but without TLS: plain bytes to the TLS port.
-fn raw_plain(port: u16, request: &[u8]) -> (String, bool) {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+fn connect(port: u16) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
         .expect("timeout");
+    tcp
+}
+
+/// Raw bytes over TLS (ALPN http/1.1), verifying the shared certificate.
+fn raw_h1(port: u16, cert_der: &[u8], request: &[u8]) -> (String, bool) {
+    use std::io::Write;
+    let pin = burrow_obfs::CertPin::of(&rustls::pki_types::CertificateDer::from(cert_der.to_vec()));
+    let cfg =
+        burrow_obfs::tls::client_config(&burrow_obfs::tls::Trust::Pinned(pin), &[b"http/1.1"])
+            .expect("tls");
+    let conn =
+        rustls::ClientConnection::new(cfg, "example.org".try_into().expect("name")).expect("conn");
+    let mut tls = rustls::StreamOwned::new(conn, connect(port));
+    tls.write_all(request).expect("write");
+    read_answer(&mut tls, port)
+}
+
+/// Raw bytes without TLS, to the TLS port.
+fn raw_plain(port: u16, request: &[u8]) -> (String, bool) {
+    use std::io::Write;
+    let mut tcp = connect(port);
     tcp.write_all(request).expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16384];
-    let closed = loop {
-        match tcp.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break false
-            }
-            Err(_) => break true,
-        }
-    };
-    let text = String::from_utf8_lossy(&out)
-        .split("\r\n")
-        .map(|l| {
-            if l.starts_with("Date:") {
-                "Date: -".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\r\n");
-    (text, closed)
+    read_answer(&mut tcp, port)
 }
 
 #[test]
@@ -261,27 +260,8 @@ fn malformed_http11_is_answered_like_nginx() {
     if !have_tool("nginx") {
         return;
     }
-    let work = tempfile::tempdir().expect("tempdir");
-    let site = work.path().join("site");
-    std::fs::create_dir(&site).expect("mkdir");
-    copy_site(&site);
-    let (identity, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
-    let cert_der = identity.chain[0].to_vec();
-    let cert = work.path().join("cert.pem");
-    let key = work.path().join("key.pem");
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
-    let nginx = Nginx::start(&site, &cert, &key);
-    let relay = RelayProc::start(&[
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--domain",
-        "example.org",
-        "--site",
-        site.to_str().expect("utf-8"),
-    ]);
+    let t = twins();
+    let (cert_der, nginx, relay) = (&t.cert_der, &t.nginx, &t.relay);
     let long_uri = [
         b"GET /".as_slice(),
         &[b'a'; 9000],
@@ -337,7 +317,6 @@ fn malformed_http11_is_answered_like_nginx() {
         let handles: Vec<_> = all
             .iter()
             .map(|&(tls, what, req)| {
-                let cert_der = &cert_der;
                 let (ours_port, theirs_port) = (relay.port(), nginx.port);
                 scope.spawn(move || {
                     let ask = |port| {
