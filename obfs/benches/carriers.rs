@@ -275,6 +275,12 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--first-byte") {
         return first_byte(&args[i + 1..]);
     }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench binaries without `--bench`:
+        // a benchmark in a debug test run measures nothing useful.
+        println!("carriers: benchmark skipped (run it with `cargo bench` or bench/run.sh)");
+        return;
+    }
     let rounds = env_usize("BENCH_ROUNDS", 5);
     let mib = env_usize("BENCH_MIB", 256);
     let echoes = env_usize("BENCH_ECHOES", 2000);
