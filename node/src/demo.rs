@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burrow_obfs::{
-    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
     RelayLine, Site, Source, Tunnel,
 };
 use http::{header, Method};
@@ -59,10 +59,10 @@ pub async fn run(bytes: usize) -> Result<()> {
     println!(
         "2. What a browser, a scanner or a censor's probe sees: a small pottery studio's website."
     );
-    let client = Client::new(line.clone(), Arc::new(DirectSockets))?;
+    let client = Client::new(line.clone(), Arc::new(LoopbackSockets))?;
     let mut no_key = line.clone();
     no_key.key = GateSecret::generate(&mut rand::rngs::OsRng).public();
-    let prober = Client::new(no_key, Arc::new(DirectSockets))?;
+    let prober = Client::new(no_key, Arc::new(LoopbackSockets))?;
     for (carrier, method, path) in [
         (Carrier::H2, Method::GET, "/"),
         (Carrier::H3, Method::GET, "/"),

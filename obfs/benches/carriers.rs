@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use burrow_obfs::tls::{client_config, Trust, ALPN_QUIC, ALPN_TCP};
 use burrow_obfs::{
-    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
     RelayLine, Site, Source, Tunnels,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -121,7 +121,7 @@ async fn setup() -> Env {
         pin: Some(pin),
         ip: Some(addr.ip()),
     };
-    let relay = Client::new(line, Arc::new(DirectSockets)).expect("client");
+    let relay = Client::new(line, Arc::new(LoopbackSockets)).expect("client");
     Env {
         identity,
         tls_client,
@@ -361,7 +361,7 @@ fn idle_tunnels(args: &[String]) {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client = Client::new(line, Arc::new(DirectSockets)).expect("client");
+        let client = Client::new(line, Arc::new(LoopbackSockets)).expect("client");
         let mut held = Vec::with_capacity(n);
         for _ in 0..n {
             let mut t = client.connect_via(carrier).await.expect("tunnel");
@@ -397,7 +397,7 @@ fn first_byte(args: &[String]) {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client = Client::new(line, Arc::new(DirectSockets)).expect("client");
+        let client = Client::new(line, Arc::new(LoopbackSockets)).expect("client");
         let mut t = client.connect_via(carrier).await.expect("tunnel");
         t.write_all(&[1]).await.expect("write");
         t.flush().await.expect("flush");

@@ -45,7 +45,7 @@ const CHROME_CONNECTION_WINDOW: u32 = 15_663_105 + 65_535;
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the client gets its sockets. The node passes the firewall's guarded
-/// dialer here; tests and the demo use [`DirectSockets`] on loopback.
+/// dialer here; tests and the demo use [`LoopbackSockets`] on loopback.
 pub trait Sockets: Send + Sync + std::fmt::Debug {
     /// A connected TCP stream to exactly `addr`.
     fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
@@ -53,22 +53,40 @@ pub trait Sockets: Send + Sync + std::fmt::Debug {
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
 }
 
-/// Unguarded sockets, for loopback tests and the demo. The messaging node
-/// must use the firewall's dialer instead.
+/// Sockets to loopback addresses only, for the demo, the tests and the
+/// benchmarks. They are not checked by any policy, so they refuse every
+/// other destination; the messaging node uses the firewall's guarded dialer.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct DirectSockets;
+pub struct LoopbackSockets;
 
-impl Sockets for DirectSockets {
+fn loopback_only(addr: SocketAddr) -> io::Result<()> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("LoopbackSockets reaches only loopback addresses, not {addr}"),
+        ))
+    }
+}
+
+impl Sockets for LoopbackSockets {
     fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
-        Box::pin(TcpStream::connect(addr))
+        Box::pin(async move {
+            loopback_only(addr)?;
+            // Unguarded on purpose: loopback only, checked just above.
+            TcpStream::connect(addr).await
+        })
     }
 
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        loopback_only(addr)?;
         let local: SocketAddr = if addr.is_ipv4() {
-            (IpAddr::from([0u8, 0, 0, 0]), 0).into()
+            (IpAddr::from([127u8, 0, 0, 1]), 0).into()
         } else {
-            (IpAddr::from([0u16; 8]), 0).into()
+            (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 0).into()
         };
+        // Unguarded on purpose: bound to loopback, for a loopback peer.
         std::net::UdpSocket::bind(local)
     }
 }
@@ -370,7 +388,7 @@ impl Client {
             check_status(C, &resp)?;
             Ok(resp.into_body())
         });
-        Ok(Tunnel::h2(send, recv, None))
+        Ok(Tunnel::h2(send, recv))
     }
 
     async fn connect_h3(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
@@ -471,5 +489,24 @@ fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> 
                 status: status.as_u16(),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loopback_sockets_refuse_other_destinations() {
+        // Refused before any packet is sent.
+        let remote: SocketAddr = "192.0.2.1:443".parse().expect("addr");
+        let err = LoopbackSockets.tcp(remote).await.expect_err("not loopback");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        let err = LoopbackSockets.udp(remote).expect_err("not loopback");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        let local = LoopbackSockets
+            .udp("127.0.0.1:443".parse().expect("addr"))
+            .expect("loopback");
+        assert!(local.local_addr().expect("bound").ip().is_loopback());
     }
 }

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::gate::{Binding, Gate, Refusal, EXPORTER_LABEL, EXPORTER_LEN};
 use crate::site::{Site, SiteRequest, SiteResponse};
 use crate::tls::Identity;
-use crate::tunnel::{self, Tunnel};
+use crate::tunnel::Tunnel;
 
 /// Name of the cookie that carries the gate value.
 pub const GATE_COOKIE: &str = "sid";
@@ -193,6 +193,7 @@ fn bind_quic(addr: SocketAddr, config: &FrontConfig) -> Result<quinn::Endpoint, 
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic_transport(&config.limits)));
+    // The relay's own listening socket (a server, not an outbound dial).
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
         addr,
         proto: "udp",
@@ -424,8 +425,6 @@ pub(crate) fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
-
-pub(crate) use tunnel::open;
 
 pub(crate) type SharedRef = Arc<Shared>;
 

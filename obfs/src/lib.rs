@@ -24,7 +24,7 @@ pub mod site;
 pub mod tls;
 pub mod tunnel;
 
-pub use client::{Client, DirectSockets, Sockets};
+pub use client::{Client, LoopbackSockets, Sockets};
 pub use error::{ConfigError, Error};
 pub use front::{Front, FrontConfig, Limits, Tunnels};
 pub use gate::{Gate, GatePublic, GateSecret};

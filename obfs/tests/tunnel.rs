@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_obfs::{
-    Carrier, Client, DirectSockets, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
     RelayLine, Site, Sockets, Source, Tunnel, Tunnels,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +56,7 @@ async fn relay() -> Relay {
 }
 
 fn client(line: &RelayLine) -> Client {
-    Client::new(line.clone(), Arc::new(DirectSockets)).expect("client")
+    Client::new(line.clone(), Arc::new(LoopbackSockets)).expect("client")
 }
 
 /// Echoes every tunnel until its client half-closes, then closes too.
