@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::front::{multiplexed_head, open, response_body_for, tunnel_response, SharedRef};
+use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
 use crate::gate::Binding;
-use crate::tunnel::Tunnel;
+use crate::tunnel::{open, Tunnel};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
 const SITE_STREAM_WINDOW: u32 = 65_536;
@@ -86,7 +86,7 @@ async fn handle(
     {
         let _ = raise.try_send(());
         match respond.send_response(tunnel_response(), false) {
-            Ok(send) => shared.hand_over(Tunnel::h2(send, open(body), None)).await,
+            Ok(send) => shared.hand_over(Tunnel::h2(send, open(body))).await,
             Err(e) => debug!("tunnel response failed: {e}"),
         }
         return;

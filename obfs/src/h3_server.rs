@@ -4,9 +4,9 @@ use bytes::Bytes;
 use http::Request;
 use tracing::debug;
 
-use crate::front::{multiplexed_head, open, response_body_for, tunnel_response, SharedRef};
+use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
 use crate::gate::{Binding, EXPORTER_LABEL, EXPORTER_LEN};
-use crate::tunnel::Tunnel;
+use crate::tunnel::{open, Tunnel};
 
 /// Largest request header section accepted (nginx's default buffers are 4 x 8 KiB).
 const MAX_FIELD_SECTION: u64 = 32 * 1024;

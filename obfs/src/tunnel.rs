@@ -85,11 +85,7 @@ impl Tunnel {
         .await
     }
 
-    pub(crate) fn h2(
-        send: h2::SendStream<Bytes>,
-        recv: RecvState<h2::RecvStream>,
-        keep: Option<Box<dyn Send + Sync>>,
-    ) -> Self {
+    pub(crate) fn h2(send: h2::SendStream<Bytes>, recv: RecvState<h2::RecvStream>) -> Self {
         Self {
             carrier: Carrier::H2,
             io: Io::H2(H2Io {
@@ -97,7 +93,6 @@ impl Tunnel {
                 recv,
                 read_buf: Bytes::new(),
                 shut: false,
-                _keep: keep,
             }),
         }
     }
@@ -183,8 +178,6 @@ struct H2Io {
     recv: RecvState<h2::RecvStream>,
     read_buf: Bytes,
     shut: bool,
-    /// Whatever must live as long as the stream (e.g. the client connection's handle).
-    _keep: Option<Box<dyn Send + Sync>>,
 }
 
 fn h2_io_error(e: h2::Error) -> io::Error {
