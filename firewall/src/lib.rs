@@ -1,2 +1,23 @@
-//! burrow-firewall: the egress policy, encrypted DNS and the guarded dialer (not built yet).
+//! burrow-firewall: egress policy and the guarded dialer.
+//!
+//! Every outbound connection of a Burrow process is decided here, on the
+//! exact address about to be dialled: [`Policy::decide`] gives an
+//! [`Approved`] (the only thing [`Dialer`] dials) or a typed [`Denied`],
+//! and each decision lands in a bounded [`Audit`] log.
+//!
+//! Not built yet (see the firewall issue): encrypted DNS (names can be
+//! listed, but the dialer only takes addresses), a persisted audit log,
+//! and the `burrow firewall` commands.
 #![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod dialer;
+pub mod error;
+pub mod policy;
+pub mod target;
+
+pub use audit::{Audit, Record, Verdict};
+pub use dialer::Dialer;
+pub use error::{Error, TargetError};
+pub use policy::{Approved, Denied, DenyReason, Entry, EntrySource, Policy};
+pub use target::{Host, Name, Proto, Target};

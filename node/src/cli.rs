@@ -54,7 +54,7 @@ pub struct RelayArgs {
     /// Serve this directory as the website (default: a small built-in site).
     #[arg(long, value_name = "DIR", conflicts_with = "upstream")]
     pub site: Option<PathBuf>,
-    /// Reverse-proxy the website to this origin, http://HOST:PORT (not available yet: refused with an error).
+    /// Reverse-proxy the website to this origin: http://ADDRESS[:PORT] (an IP address or localhost).
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// Certificate chain (PEM).

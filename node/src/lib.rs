@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod datadir;
 pub mod demo;
+pub mod guarded;
 pub mod relay_cmd;

@@ -6,14 +6,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
     Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
-    RelayLine, Site, Source, Tunnel,
+    Origin, RelayLine, Site, Source, Tunnel, Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::cli::RelayArgs;
 use crate::datadir;
+use crate::guarded::GuardedSockets;
 
 const STATE_FILE: &str = "relay.toml";
 const GATE_KEY_FILE: &str = "gate.key";
@@ -164,11 +167,29 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
     Ok(())
 }
 
+/// The reverse proxy for `--upstream URL`. The relay's own firewall allows
+/// exactly that origin (and the local network only if the origin is there),
+/// so the proxy can reach nothing else.
+fn upstream(url: &str) -> Result<Upstream> {
+    let origin = Origin::parse(url).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+    let addr = origin.addr();
+    let policy = Policy::new(
+        vec![Entry::new(
+            Target::addr(addr, Proto::Tcp),
+            EntrySource::RelayUpstream,
+            format!("--upstream {url}"),
+        )],
+        burrow_firewall::policy::is_local(addr.ip()),
+    );
+    let dialer = Dialer::new(policy, Audit::default());
+    Ok(Upstream::new(
+        origin,
+        Arc::new(GuardedSockets::new(dialer, "relay-upstream")),
+    ))
+}
+
 /// `burrow relay`: serves until SIGINT or SIGTERM.
 pub async fn run(args: RelayArgs) -> Result<()> {
-    if args.upstream.is_some() {
-        bail!("--upstream (reverse proxy to an origin) is not available in this version; serve a directory with --site");
-    }
     let data_dir = datadir::resolve(args.data_dir.clone())?;
     let dir = relay_dir(&data_dir);
     datadir::ensure_dir(&dir)?;
@@ -204,14 +225,15 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     };
     validate_path(&path).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
 
-    let source = match &args.site {
-        Some(dir) => {
+    let source = match (&args.site, &args.upstream) {
+        (Some(dir), _) => {
             if !dir.is_dir() {
                 bail!("--site {}: not a directory", dir.display());
             }
             Source::Dir(dir.clone())
         }
-        None => Source::Builtin,
+        (None, Some(url)) => Source::Upstream(upstream(url)?),
+        (None, None) => Source::Builtin,
     };
 
     let config = FrontConfig {
@@ -254,6 +276,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         match &source {
             Source::Builtin => "the built-in site".to_string(),
             Source::Dir(d) => d.display().to_string(),
+            Source::Upstream(u) => format!("the origin at {}", u.origin().addr()),
         }
     );
     // The line goes to stdout so scripts can read it; logs go to stderr.

@@ -42,7 +42,8 @@ const CHROME_MAX_HEADER_LIST: u32 = 262_144;
 /// Chrome's connection WINDOW_UPDATE (15663105) plus the initial 65535.
 const CHROME_CONNECTION_WINDOW: u32 = 15_663_105 + 65_535;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The future a [`Sockets`] dial returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the client gets its sockets. The node passes the firewall's guarded
 /// dialer here; tests and the demo use [`LoopbackSockets`] on loopback.
@@ -74,7 +75,7 @@ impl Sockets for LoopbackSockets {
     fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
         Box::pin(async move {
             loopback_only(addr)?;
-            // Unguarded on purpose: loopback only, checked just above.
+            // egress-check: allowed: loopback only, checked just above (tests, demo, benchmarks).
             TcpStream::connect(addr).await
         })
     }
@@ -86,7 +87,7 @@ impl Sockets for LoopbackSockets {
         } else {
             (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 0).into()
         };
-        // Unguarded on purpose: bound to loopback, for a loopback peer.
+        // egress-check: allowed: bound to loopback, for a loopback peer only.
         std::net::UdpSocket::bind(local)
     }
 }

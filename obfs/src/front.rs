@@ -193,7 +193,7 @@ fn bind_quic(addr: SocketAddr, config: &FrontConfig) -> Result<quinn::Endpoint, 
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic_transport(&config.limits)));
-    // The relay's own listening socket (a server, not an outbound dial).
+    // egress-check: allowed: the relay's own listening socket, not an outbound dial.
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
         addr,
         proto: "udp",
@@ -339,7 +339,7 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn site_response<B>(&self, req: &Request<B>) -> SiteResponse {
+    pub(crate) async fn site_response<B>(&self, req: &Request<B>, body: &[u8]) -> SiteResponse {
         let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
                 .get(header::HOST)
@@ -356,6 +356,7 @@ impl Shared {
                 target,
                 headers: req.headers(),
                 host,
+                body,
             })
             .await
     }
@@ -405,13 +406,13 @@ pub(crate) fn tunnel_response() -> Response<()> {
 }
 
 /// A site response's head for HTTP/2 and HTTP/3: no connection-specific
-/// headers (nginx drops them there too).
+/// headers or transfer coding (nginx drops them there too).
 pub(crate) fn multiplexed_head(resp: &SiteResponse) -> Response<()> {
     let mut head = Response::new(());
     *head.status_mut() = resp.status();
     let h = head.headers_mut();
     for (name, value) in resp.headers() {
-        if name != header::CONNECTION {
+        if name != header::CONNECTION && name != header::TRANSFER_ENCODING {
             h.append(name, value.clone());
         }
     }

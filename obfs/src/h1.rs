@@ -265,9 +265,10 @@ fn finish(method: Method, target: Vec<u8>, minor: u8, headers: HeaderMap) -> Res
     })
 }
 
-/// Discards a request body as its bytes arrive.
+/// Reads a message body as its bytes arrive (Content-Length or chunked),
+/// either discarding it or handing the payload out without the framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Discard {
+pub(crate) enum BodyReader {
     Length(u64),
     /// Chunked: reading a size line (size so far, whether a digit was seen).
     ChunkSize(u64, bool),
@@ -281,36 +282,45 @@ pub(crate) enum Discard {
     Done,
 }
 
-impl Discard {
+impl BodyReader {
     pub fn new(kind: BodyKind) -> Self {
         match kind {
-            BodyKind::None => Discard::Done,
-            BodyKind::Length(n) => Discard::Length(n),
-            BodyKind::Chunked => Discard::ChunkSize(0, false),
+            BodyKind::None | BodyKind::Length(0) => BodyReader::Done,
+            BodyKind::Length(n) => BodyReader::Length(n),
+            BodyKind::Chunked => BodyReader::ChunkSize(0, false),
         }
     }
 
     pub fn done(&self) -> bool {
-        *self == Discard::Done
+        *self == BodyReader::Done
     }
 
     /// Consumes body bytes from `buf`; returns how many were used, or
     /// `Err` for a malformed chunked body.
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ()> {
+        self.feed_into(buf, None)
+    }
+
+    /// As [`BodyReader::feed`], appending the payload (without chunk
+    /// framing) to `out` when given.
+    pub fn feed_into(&mut self, buf: &[u8], mut out: Option<&mut Vec<u8>>) -> Result<usize, ()> {
         let mut i = 0;
         while i < buf.len() && !self.done() {
             match *self {
-                Discard::Length(n) => {
+                BodyReader::Length(n) => {
                     let take = (buf.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(&buf[i..i + take]);
+                    }
                     i += take;
                     let left = n - take as u64;
                     *self = if left == 0 {
-                        Discard::Done
+                        BodyReader::Done
                     } else {
-                        Discard::Length(left)
+                        BodyReader::Length(left)
                     };
                 }
-                Discard::ChunkSize(size, seen) => {
+                BodyReader::ChunkSize(size, seen) => {
                     let b = buf[i];
                     i += 1;
                     match b {
@@ -320,60 +330,63 @@ impl Discard {
                                 .checked_mul(16)
                                 .and_then(|s| s.checked_add(digit))
                                 .ok_or(())?;
-                            *self = Discard::ChunkSize(size, true);
+                            *self = BodyReader::ChunkSize(size, true);
                         }
-                        b';' if seen => *self = Discard::ChunkExt(size),
+                        b';' if seen => *self = BodyReader::ChunkExt(size),
                         b'\r' | b' ' | b'\t' if seen => {}
                         b'\n' if seen => {
                             *self = if size == 0 {
-                                Discard::Trailers { line_empty: true }
+                                BodyReader::Trailers { line_empty: true }
                             } else {
-                                Discard::ChunkData(size)
+                                BodyReader::ChunkData(size)
                             };
                         }
                         _ => return Err(()),
                     }
                 }
-                Discard::ChunkExt(size) => {
+                BodyReader::ChunkExt(size) => {
                     if buf[i] == b'\n' {
                         *self = if size == 0 {
-                            Discard::Trailers { line_empty: true }
+                            BodyReader::Trailers { line_empty: true }
                         } else {
-                            Discard::ChunkData(size)
+                            BodyReader::ChunkData(size)
                         };
                     }
                     i += 1;
                 }
-                Discard::ChunkData(n) => {
+                BodyReader::ChunkData(n) => {
                     let take = (buf.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(&buf[i..i + take]);
+                    }
                     i += take;
                     let left = n - take as u64;
                     *self = if left == 0 {
-                        Discard::ChunkDataEnd(false)
+                        BodyReader::ChunkDataEnd(false)
                     } else {
-                        Discard::ChunkData(left)
+                        BodyReader::ChunkData(left)
                     };
                 }
-                Discard::ChunkDataEnd(cr) => {
+                BodyReader::ChunkDataEnd(cr) => {
                     let b = buf[i];
                     i += 1;
                     *self = match (b, cr) {
-                        (b'\r', false) => Discard::ChunkDataEnd(true),
-                        (b'\n', _) => Discard::ChunkSize(0, false),
+                        (b'\r', false) => BodyReader::ChunkDataEnd(true),
+                        (b'\n', _) => BodyReader::ChunkSize(0, false),
                         _ => return Err(()),
                     };
                 }
-                Discard::Trailers { line_empty } => {
+                BodyReader::Trailers { line_empty } => {
                     let b = buf[i];
                     i += 1;
                     *self = match b {
-                        b'\n' if line_empty => Discard::Done,
-                        b'\n' => Discard::Trailers { line_empty: true },
-                        b'\r' => Discard::Trailers { line_empty },
-                        _ => Discard::Trailers { line_empty: false },
+                        b'\n' if line_empty => BodyReader::Done,
+                        b'\n' => BodyReader::Trailers { line_empty: true },
+                        b'\r' => BodyReader::Trailers { line_empty },
+                        _ => BodyReader::Trailers { line_empty: false },
                     };
                 }
-                Discard::Done => {}
+                BodyReader::Done => {}
             }
         }
         Ok(i)
@@ -477,15 +490,15 @@ mod tests {
     fn chunked_bodies_are_discarded_across_reads() {
         let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\nNEXT";
         for split in 0..body.len() {
-            let mut d = Discard::new(BodyKind::Chunked);
+            let mut d = BodyReader::new(BodyKind::Chunked);
             let a = d.feed(&body[..split]).expect("valid");
             let b = d.feed(&body[a..]).expect("valid");
             assert!(d.done(), "split {split}");
             assert_eq!(&body[a + b..], b"NEXT", "split {split}");
         }
-        let mut d = Discard::new(BodyKind::Chunked);
+        let mut d = BodyReader::new(BodyKind::Chunked);
         assert!(d.feed(b"zz\r\n").is_err());
-        let mut d = Discard::new(BodyKind::Length(3));
+        let mut d = BodyReader::new(BodyKind::Length(3));
         assert_eq!(d.feed(b"abcdef"), Ok(3));
         assert!(d.done());
     }

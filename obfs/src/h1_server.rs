@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{header, Method};
+use http::{header, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::front::SharedRef;
-use crate::h1::{self, Discard, Parsed, Reject};
-use crate::site::{self, SiteRequest, SiteResponse};
+use crate::h1::{self, BodyReader, Parsed, Reject};
+use crate::site::{self, SiteRequest, SiteResponse, MAX_REQUEST_BODY};
+use crate::upstream::ReasonPhrase;
 
 /// nginx's `client_header_timeout`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,25 +58,28 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: 
         };
         served += 1;
         let mut keep_alive = head.keep_alive && served < KEEPALIVE_REQUESTS;
-        let mut discard = Discard::new(head.body);
-        match discard.feed(&buf) {
-            Ok(used) => {
-                let _ = buf.split_to(used);
+        let mut discard = BodyReader::new(head.body);
+        let resp = if shared.site().reads_bodies() {
+            match read_body(&mut io, &mut buf, &mut discard, head.body).await {
+                Ok(body) => shared.site().respond(site_request(&head, &body)).await,
+                Err(BodyEnd::Status(status)) => site::error_response(status),
+                Err(BodyEnd::Gone) => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
             }
-            Err(()) => {
-                keep_alive = false;
-                buf.clear();
+        } else {
+            match discard.feed(&buf) {
+                Ok(used) => {
+                    let _ = buf.split_to(used);
+                }
+                Err(()) => {
+                    keep_alive = false;
+                    buf.clear();
+                }
             }
-        }
-        let resp = shared
-            .site()
-            .respond(SiteRequest {
-                method: &head.method,
-                target: &head.target,
-                headers: &head.headers,
-                host: head.host.as_deref(),
-            })
-            .await;
+            shared.site().respond(site_request(&head, &[])).await
+        };
         if resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()) == Some(b"close") {
             keep_alive = false;
         }
@@ -107,6 +111,54 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: 
                     return;
                 }
             }
+        }
+    }
+}
+
+fn site_request<'a>(head: &'a h1::Head, body: &'a [u8]) -> SiteRequest<'a> {
+    SiteRequest {
+        method: &head.method,
+        target: &head.target,
+        headers: &head.headers,
+        host: head.host.as_deref(),
+        body,
+    }
+}
+
+/// Why a request body was not read whole.
+enum BodyEnd {
+    /// Answer with nginx's page for this status and close.
+    Status(StatusCode),
+    /// The client went away or stalled.
+    Gone,
+}
+
+/// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`],
+/// leaving any pipelined bytes after it in `buf`.
+async fn read_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    reader: &mut BodyReader,
+    kind: h1::BodyKind,
+) -> Result<Vec<u8>, BodyEnd> {
+    if matches!(kind, h1::BodyKind::Length(n) if n > MAX_REQUEST_BODY as u64) {
+        return Err(BodyEnd::Status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let mut body = Vec::new();
+    loop {
+        let used = reader
+            .feed_into(buf, Some(&mut body))
+            .map_err(|()| BodyEnd::Status(StatusCode::BAD_REQUEST))?;
+        let _ = buf.split_to(used);
+        if body.len() > MAX_REQUEST_BODY {
+            return Err(BodyEnd::Status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        if reader.done() {
+            return Ok(body);
+        }
+        match tokio::time::timeout(BODY_TIMEOUT, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(BodyEnd::Gone),
         }
     }
 }
@@ -156,10 +208,13 @@ async fn write_response<S: AsyncWrite + Unpin>(
     keep_alive: bool,
 ) -> std::io::Result<()> {
     let status = resp.status();
+    let reason = match resp.extensions().get::<ReasonPhrase>() {
+        Some(ReasonPhrase(r)) => r.as_str(),
+        None => site::reason(status),
+    };
+    let chunked = resp.headers().contains_key(header::TRANSFER_ENCODING);
     let mut out = Vec::with_capacity(256 + resp.body().len());
-    out.extend_from_slice(
-        format!("HTTP/1.1 {} {}\r\n", status.as_u16(), site::reason(status)).as_bytes(),
-    );
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
     for (name, value) in resp.headers() {
         out.extend_from_slice(h1::wire_name(name).as_bytes());
         out.extend_from_slice(b": ");
@@ -172,7 +227,17 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {
-        out.extend_from_slice(resp.body());
+        if chunked {
+            // One chunk and the last-chunk: the body is already whole.
+            if !resp.body().is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", resp.body().len()).as_bytes());
+                out.extend_from_slice(resp.body());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            out.extend_from_slice(resp.body());
+        }
     }
     io.write_all(&out).await?;
     io.flush().await

@@ -9,7 +9,7 @@
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
 use crate::gate::Binding;
+use crate::site::{self, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Tunnel};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
@@ -25,7 +26,8 @@ const SITE_STREAM_WINDOW: u32 = 65_536;
 const MAX_FRAME_SIZE: u32 = 16_777_215;
 /// Most of a request body the site reads and discards before resetting.
 const MAX_DISCARD: usize = 1024 * 1024;
-/// How long the site waits for the rest of a body it discards.
+/// How long the site waits for the rest of a body it reads or discards
+/// (nginx's `client_body_timeout`).
 const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// nginx raises the connection window to the maximum at once.
 const CONNECTION_WINDOW: u32 = i32::MAX as u32;
@@ -92,7 +94,16 @@ async fn handle(
         return;
     }
     let req = Request::from_parts(parts, ());
-    let resp = shared.site_response(&req).await;
+    let mut body = body;
+    let resp = if shared.site().reads_bodies() {
+        match read_body(&mut body, declared_length(req.headers())).await {
+            Ok(data) => shared.site_response(&req, &data).await,
+            Err(BodyEnd::TooLarge) => site::error_response(StatusCode::PAYLOAD_TOO_LARGE),
+            Err(BodyEnd::Aborted) => return,
+        }
+    } else {
+        shared.site_response(&req, &[]).await
+    };
     let payload = response_body_for(req.method(), &resp);
     match respond.send_response(multiplexed_head(&resp), payload.is_none()) {
         Ok(mut send) => {
@@ -105,6 +116,47 @@ async fn handle(
         Err(e) => debug!("h2 response failed: {e}"),
     }
     discard(body).await;
+}
+
+/// Why a request body was not read whole.
+pub(crate) enum BodyEnd {
+    /// Longer than the site accepts: nginx's 413.
+    TooLarge,
+    /// Reset, broken or too slow: there is no one left to answer.
+    Aborted,
+}
+
+/// A `Content-Length` the client declared, if it is a number.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`].
+async fn read_body(body: &mut h2::RecvStream, declared: Option<u64>) -> Result<Vec<u8>, BodyEnd> {
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(BodyEnd::TooLarge);
+    }
+    let deadline = tokio::time::Instant::now() + DISCARD_TIMEOUT;
+    let mut data = Vec::new();
+    while !body.is_end_stream() {
+        match tokio::time::timeout_at(deadline, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                if data.len() + chunk.len() > MAX_REQUEST_BODY {
+                    return Err(BodyEnd::TooLarge);
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => return Err(BodyEnd::Aborted),
+        }
+    }
+    Ok(data)
 }
 
 /// Reads and throws away what is left of a request body, as nginx does for

@@ -1,12 +1,19 @@
 //! HTTP/3 on QUIC: the site and the tunnels.
 
-use bytes::Bytes;
-use http::Request;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, StatusCode};
 use tracing::debug;
 
 use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
 use crate::gate::{Binding, EXPORTER_LABEL, EXPORTER_LEN};
+use crate::h2_server::{declared_length, BodyEnd};
+use crate::site::{self, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Tunnel};
+
+/// nginx's `client_body_timeout`.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest request header section accepted (nginx's default buffers are 4 x 8 KiB).
 const MAX_FIELD_SECTION: u64 = 32 * 1024;
@@ -68,7 +75,15 @@ async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: 
             .await;
         return;
     }
-    let resp = shared.site_response(&req).await;
+    let resp = if shared.site().reads_bodies() {
+        match read_body(&mut stream, declared_length(req.headers())).await {
+            Ok(data) => shared.site_response(&req, &data).await,
+            Err(BodyEnd::TooLarge) => site::error_response(StatusCode::PAYLOAD_TOO_LARGE),
+            Err(BodyEnd::Aborted) => return,
+        }
+    } else {
+        shared.site_response(&req, &[]).await
+    };
     let result = async {
         stream.send_response(multiplexed_head(&resp)).await?;
         if let Some(payload) = response_body_for(req.method(), &resp) {
@@ -79,5 +94,31 @@ async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: 
     .await;
     if let Err(e) = result {
         debug!("h3 response failed: {e}");
+    }
+}
+
+/// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`].
+async fn read_body(stream: &mut Stream, declared: Option<u64>) -> Result<Vec<u8>, BodyEnd> {
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(BodyEnd::TooLarge);
+    }
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    let mut data = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, stream.recv_data()).await {
+            Ok(Ok(Some(mut chunk))) => {
+                if data.len() + chunk.remaining() > MAX_REQUEST_BODY {
+                    return Err(BodyEnd::TooLarge);
+                }
+                while chunk.has_remaining() {
+                    let part = chunk.chunk();
+                    data.extend_from_slice(part);
+                    let n = part.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(Ok(None)) => return Ok(data),
+            Ok(Err(_)) | Err(_) => return Err(BodyEnd::Aborted),
+        }
     }
 }

@@ -23,6 +23,7 @@ pub mod relay_line;
 pub mod site;
 pub mod tls;
 pub mod tunnel;
+pub mod upstream;
 
 pub use client::{Client, LoopbackSockets, Sockets};
 pub use error::{ConfigError, Error};
@@ -32,3 +33,4 @@ pub use relay_line::{Carrier, RelayLine};
 pub use site::{Site, Source};
 pub use tls::{CertPin, Identity};
 pub use tunnel::Tunnel;
+pub use upstream::{Origin, Upstream};

@@ -18,12 +18,17 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
+use crate::upstream::Upstream;
+
 /// A finished answer to one request: status, ordered headers, whole body.
 pub type SiteResponse = Response<Bytes>;
 
 /// Largest file served from a site directory. Bigger files get 403, as a
 /// server with a size-limited location would answer; keeps memory bounded.
 pub const MAX_FILE_SIZE: u64 = 32 * 1024 * 1024;
+
+/// nginx's `client_max_body_size`: a longer request body gets 413.
+pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 /// Files up to this size are read on the serving task itself.
 const INLINE_READ_MAX: u64 = 256 * 1024;
@@ -37,6 +42,9 @@ pub struct SiteRequest<'a> {
     pub headers: &'a HeaderMap,
     /// Host the client named (`Host` or `:authority`), for redirects.
     pub host: Option<&'a str>,
+    /// The request body, when the site reads bodies ([`Site::reads_bodies`]);
+    /// empty otherwise.
+    pub body: &'a [u8],
 }
 
 /// Where the site's files come from.
@@ -46,6 +54,8 @@ pub enum Source {
     Builtin,
     /// A directory on disk.
     Dir(PathBuf),
+    /// A reverse proxy to an origin web server.
+    Upstream(Upstream),
 }
 
 #[derive(Debug)]
@@ -122,12 +132,29 @@ impl Site {
         };
     }
 
+    /// Whether requests are answered by an origin, which gets their bodies
+    /// (up to [`MAX_REQUEST_BODY`]); a static site discards them.
+    pub fn reads_bodies(&self) -> bool {
+        matches!(self.source, Source::Upstream(_))
+    }
+
     /// Answers one request. Never fails: every problem is an HTTP status.
     pub async fn respond(&self, req: SiteRequest<'_>) -> SiteResponse {
         let path = req.target.split(['?', '#']).next().unwrap_or("/");
         let Some(rel) = normalize(path) else {
             return self.error(StatusCode::BAD_REQUEST);
         };
+        if let Source::Upstream(up) = &self.source {
+            return match up
+                .forward(req.method, req.target, req.headers, req.body)
+                .await
+            {
+                Ok(resp) => up.dress(resp, self.alt_svc.as_ref(), |path| {
+                    self.absolute_url(req.host, path)
+                }),
+                Err(failure) => self.error(failure.status()),
+            };
+        }
         // nginx's static handler refuses these methods before looking.
         let method = req.method;
         let get_like = method == Method::GET || method == Method::HEAD;
@@ -179,6 +206,7 @@ impl Site {
                     Lookup::Missing
                 }
             }
+            Source::Upstream(_) => Lookup::Missing,
             Source::Dir(root) => {
                 let full = root.join(rel.trim_start_matches('/'));
                 // Like nginx, stat and read small files inline: from the page
@@ -270,9 +298,10 @@ impl Site {
         build(status, h, body)
     }
 
-    fn redirect_to_dir(&self, req: SiteRequest<'_>, path: &str) -> SiteResponse {
-        let host = req
-            .host
+    /// `path` on this site as nginx writes it in a redirect: the name the
+    /// client asked for, the listening port unless it is the default.
+    fn absolute_url(&self, host: Option<&str>, path: &str) -> String {
+        let host = host
             .map(|h| h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h))
             .filter(|h| !h.is_empty())
             .unwrap_or("localhost");
@@ -281,7 +310,11 @@ impl Site {
         } else {
             format!(":{}", self.port)
         };
-        let mut location = format!("{}://{}{}{}/", self.scheme, host, port, path);
+        format!("{}://{}{}{}", self.scheme, host, port, path)
+    }
+
+    fn redirect_to_dir(&self, req: SiteRequest<'_>, path: &str) -> SiteResponse {
+        let mut location = self.absolute_url(req.host, &format!("{path}/"));
         if let Some((_, q)) = req.target.split_once('?') {
             location.push('?');
             location.push_str(q);
@@ -564,6 +597,7 @@ mod tests {
             target,
             headers: &headers,
             host: Some("example.org:8443"),
+            body: b"",
         }))
     }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use burrow_obfs::RelayLine;
 
+pub mod origin;
+
 /// Set (to anything) in CI: a missing third-party tool fails the test.
 pub const REQUIRE_TOOLS_ENV: &str = "BURROW_REQUIRE_TOOLS";
 
@@ -179,6 +181,21 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(root: &Path, cert: &Path, key: &Path) -> Nginx {
+        Self::start_with(cert, key, &format!("root {};", root.display()))
+    }
+
+    /// nginx as a reverse proxy (`proxy_pass` with its defaults) to an
+    /// origin on 127.0.0.1:`origin_port`.
+    pub fn start_proxy(origin_port: u16, cert: &Path, key: &Path) -> Nginx {
+        Self::start_with(
+            cert,
+            key,
+            &format!("location / {{ proxy_pass http://127.0.0.1:{origin_port}; }}"),
+        )
+    }
+
+    /// nginx with `content` as what its server block serves.
+    fn start_with(cert: &Path, key: &Path, content: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("nginx.conf");
@@ -193,11 +210,11 @@ impl Nginx {
                 "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                  events {{}}\nhttp {{\n  include {mime};\n  default_type application/octet-stream;\n  \
                  access_log off;\n  server_tokens off;\n  client_body_temp_path {d}/body;\n  \
+                 proxy_temp_path {d}/proxy;\n  \
                  server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {};\n    \
-                 ssl_certificate_key {};\n    root {};\n    add_header Alt-Svc 'h3=\":{port}\"; ma=86400';\n  }}\n}}\n",
+                 ssl_certificate_key {};\n    {content}\n    add_header Alt-Svc 'h3=\":{port}\"; ma=86400';\n  }}\n}}\n",
                 cert.display(),
                 key.display(),
-                root.display()
             ),
         )
         .expect("write nginx.conf");
@@ -217,8 +234,16 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: the master then stops its worker, which would
+    /// otherwise outlive it holding the test's output pipes open.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }

@@ -85,7 +85,15 @@ fn a_busy_port_is_a_clear_error() {
 fn bad_arguments_are_refused_with_reasons() {
     assert!(relay_err(&["--site", "/nonexistent/site"]).contains("not a directory"));
     assert!(relay_err(&["--path", "no-leading-slash"]).contains("--path"));
-    assert!(relay_err(&["--upstream", "http://127.0.0.1:9"]).contains("not available"));
+    let err = relay_err(&["--upstream", "http://origin.example"]);
+    assert!(
+        err.contains("--upstream") && err.contains("IP address"),
+        "{err}"
+    );
+    let err = relay_err(&["--upstream", "127.0.0.1:8080"]);
+    assert!(err.contains("expected http://ADDRESS[:PORT]"), "{err}");
+    let err = relay_err(&["--upstream", "http://127.0.0.1:8080", "--site", "/tmp"]);
+    assert!(err.contains("cannot be used with"), "{err}");
     let dir = tempfile::tempdir().expect("tempdir");
     let (ok, _, err) = run(Command::new(burrow_bin())
         .args(["relay", "address", "--data-dir"])
@@ -143,4 +151,33 @@ fn the_demo_runs_end_to_end() {
     assert!(text.contains("wrong key: refused"), "{text}");
     assert!(text.contains("h2: 1 MiB each way, byte-exact"), "{text}");
     assert!(text.contains("h3: 1 MiB each way, byte-exact"), "{text}");
+}
+
+/// The CI check that keeps outbound sockets inside the firewall crate
+/// catches a stray dial and lets a marked listener through.
+#[test]
+fn the_socket_check_catches_dials_outside_the_firewall() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = burrow_tests::workspace().join(".ci/check-sockets");
+    let check = |source: &str| {
+        std::fs::write(dir.path().join("x.rs"), source).expect("write");
+        run(Command::new("bash").arg(&script).arg(dir.path()))
+    };
+    for bad in [
+        "let s = std::net::TcpStream::connect(addr);",
+        "let s = tokio::net::TcpStream::connect(addr).await;",
+        "let u = UdpSocket::bind(local)?;",
+        "sock.send_to(&buf, target)?;",
+        "let a = tokio::net::lookup_host(name).await;",
+        "let a = \"host:1\".to_socket_addrs();",
+        "let e = quinn::Endpoint::client(local)?;",
+    ] {
+        let (ok, out, _) = check(bad);
+        assert!(!ok, "not caught: {bad}");
+        assert!(String::from_utf8_lossy(&out).contains("x.rs:1"), "{bad}");
+    }
+    let (ok, _, err) = check(
+        "// egress-check: allowed: the server's own listening socket\nlet u = UdpSocket::bind(listen)?;\n// TcpStream::connect in a comment\n",
+    );
+    assert!(ok, "{err}");
 }

@@ -180,3 +180,77 @@ fn aioquic_fetches_the_site_over_http3() {
     assert!(ok, "aioquic: {err}");
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/3 404"));
 }
+
+/// With `--upstream`, the origin's pages come out of every carrier (HTTP/3
+/// through aioquic too); a client with the wrong key on the tunnel path is
+/// just another request for the origin; the right key still gets a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_serves_the_origin_on_every_carrier_and_still_tunnels() {
+    use std::sync::Arc;
+
+    use burrow_obfs::{Carrier, Client, GateSecret, LoopbackSockets};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = burrow_tests::origin::Origin::start();
+    let upstream = format!("http://127.0.0.1:{}", origin.port);
+    let relay = RelayProc::start(&["--upstream", &upstream]);
+
+    if have_tool("curl") {
+        for proto in ["--http1.1", "--http2"] {
+            let (ok, body, err) = curl(&relay, &[proto, &relay.url("/hello?x=1")]);
+            assert!(ok, "curl {proto}: {err}");
+            assert_eq!(body, b"hello from origin /hello?x=1\n", "{proto}");
+        }
+    }
+    if have_python_module("aioquic") {
+        let script = workspace().join("tests/tools/h3get.py");
+        let (ok, out, err) = run(Command::new("python3")
+            .arg(&script)
+            .arg(relay.url("/over-quic"))
+            .args([
+                "--connect",
+                &format!("127.0.0.1:{}", relay.port()),
+                "--cafile",
+            ])
+            .arg(relay.cert_path()));
+        assert!(ok, "aioquic: {err}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/3 200"), "{text}");
+        assert!(text.contains("set-cookie: theme=light; Path=/"), "{text}");
+        assert!(
+            !text.contains("origin/1.0"),
+            "the origin's Server header leaks: {text}"
+        );
+        assert!(
+            text.ends_with("\n\nhello from origin /over-quic\n"),
+            "{text}"
+        );
+    }
+
+    let mut wrong = relay.line.clone();
+    wrong.key = GateSecret::generate(&mut rand::rngs::OsRng).public();
+    for carrier in [Carrier::H2, Carrier::H3] {
+        // The client learns the answer at its first read; ending the
+        // request body lets the proxy hand the request to the origin.
+        let probe = Client::new(wrong.clone(), Arc::new(LoopbackSockets)).expect("client");
+        let mut t = probe.connect_via(carrier).await.expect("request sent");
+        t.shutdown().await.expect("end of request body");
+        let mut buf = [0u8; 16];
+        let err = t
+            .read(&mut buf)
+            .await
+            .expect_err("no tunnel with a wrong key");
+        // The origin answers every path with 200 text/html, the tunnel path too.
+        assert!(
+            err.to_string().contains("did not open a tunnel (HTTP 200)"),
+            "{carrier:?} with a wrong key: {err}"
+        );
+
+        let client = Client::new(relay.line.clone(), Arc::new(LoopbackSockets)).expect("client");
+        let mut tunnel = client.connect_via(carrier).await.expect("tunnel");
+        tunnel.write_all(b"through the proxy").await.expect("write");
+        let mut echo = [0u8; 17];
+        tunnel.read_exact(&mut echo).await.expect("echo");
+        assert_eq!(&echo, b"through the proxy", "{carrier:?}");
+    }
+}

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use burrow_obfs::Identity;
+use burrow_tests::origin::Origin;
 use burrow_tests::{have_tool, run, Nginx, RelayProc};
 
 fn copy_site(to: &Path) {
@@ -347,5 +348,94 @@ fn malformed_http11_is_answered_like_nginx() {
         "{} answers differ from nginx:\n{}",
         differences.len(),
         differences.join("\n")
+    );
+}
+
+/// `burrow relay --upstream` next to nginx's `proxy_pass` to the same
+/// origin: the same answers (status, reason, headers and their order, body)
+/// and the same request reaching the origin, for ordinary pages, odd
+/// framings, redirects, refused bodies, broken origins and a dead one.
+#[test]
+fn the_reverse_proxy_answers_like_nginx_proxy_pass() {
+    if !have_tool("nginx") || !have_tool("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
+    let cert = work.path().join("cert.pem");
+    let key = work.path().join("key.pem");
+    std::fs::write(&cert, cert_pem).expect("write");
+    std::fs::write(&key, key_pem).expect("write");
+    let big_body = work.path().join("big");
+    std::fs::write(&big_body, vec![b'x'; 1536 * 1024]).expect("write");
+    let big_arg = format!("@{}", big_body.display());
+    let mut origin = Origin::start();
+    let upstream = format!("http://127.0.0.1:{}", origin.port);
+    let nginx = Nginx::start_proxy(origin.port, &cert, &key);
+    let relay = RelayProc::start(&[
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--domain",
+        "example.org",
+        "--upstream",
+        &upstream,
+    ]);
+    let ours = Target {
+        port: relay.port(),
+        cert: &cert,
+    };
+    let theirs = Target {
+        port: nginx.port,
+        cert: &cert,
+    };
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("/", vec![]),
+        ("/?page=2", vec![]),
+        ("/", vec!["-I"]),
+        ("/close", vec![]),
+        ("/chunked", vec![]),
+        ("/redirect", vec![]),
+        ("/external-redirect", vec![]),
+        ("/missing", vec![]),
+        ("/nocontent", vec![]),
+        ("/not-modified", vec![]),
+        ("/big-header", vec![]),
+        (
+            "/echo?x=1",
+            vec!["-H", "X-Test: a", "-H", "Cookie: sid=abc; theme=dark"],
+        ),
+        ("/echo", vec!["-X", "POST", "-d", "name=clay&kiln=2"]),
+        ("/echo", vec!["-X", "PUT", "--data-binary", "raw"]),
+        ("/echo", vec!["-X", "DELETE"]),
+        ("/echo", vec!["--data-binary", &big_arg]),
+        ("/a/../echo", vec!["--path-as-is"]),
+        ("/../../etc/passwd", vec!["--path-as-is"]),
+    ];
+    let mut differences = Vec::new();
+    let mut compare = |path: &str, args: &[&str]| {
+        for proto in ["--http1.1", "--http2"] {
+            let a = curl(&ours, proto, args, path).replace(&relay.port().to_string(), "PORT");
+            let b = curl(&theirs, proto, args, path).replace(&nginx.port.to_string(), "PORT");
+            if a != b {
+                differences.push(format!(
+                    "{proto} {args:?} {path}\n--- burrow\n{a}\n--- nginx\n{b}\n"
+                ));
+            }
+        }
+    };
+    for (path, args) in &cases {
+        compare(path, args);
+    }
+    // A dead origin: nginx's 502 page from both.
+    origin.stop();
+    compare("/", &[]);
+    assert!(
+        differences.is_empty(),
+        "{} answers differ from nginx:\n{}\nnginx log:\n{}",
+        differences.len(),
+        differences.join("\n"),
+        nginx.error_log()
     );
 }

@@ -1,0 +1,182 @@
+//! The guarded dialer: the only code in the workspace that opens outbound
+//! sockets. It asks the policy about the exact address, logs the answer,
+//! and dials only an [`Approved`] address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::audit::{Audit, Record, Verdict};
+use crate::error::Error;
+use crate::policy::{Approved, Denied, Policy};
+use crate::target::{Proto, Target};
+
+/// Shared by every component of one process; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    policy: Arc<RwLock<Policy>>,
+    audit: Arc<Mutex<Audit>>,
+}
+
+impl Dialer {
+    pub fn new(policy: Policy, audit: Audit) -> Self {
+        Self {
+            policy: Arc::new(RwLock::new(policy)),
+            audit: Arc::new(Mutex::new(audit)),
+        }
+    }
+
+    /// Replaces the policy (contacts or config changed). Dials already
+    /// approved are not revoked; every later one is decided anew.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A copy of the audit log.
+    pub fn audit(&self) -> Audit {
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Decides on `addr` for `target` and logs the decision.
+    pub fn check(
+        &self,
+        component: &str,
+        target: &Target,
+        addr: SocketAddr,
+    ) -> Result<Approved, Denied> {
+        let decision = self
+            .policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decide(target, addr);
+        let verdict = match &decision {
+            Ok(ok) => {
+                debug!(component, %target, "approved: {}", ok.entry().reason);
+                Verdict::Approved {
+                    reason: ok.entry().reason.clone(),
+                }
+            }
+            Err(denied) => {
+                info!(component, "{denied}");
+                Verdict::Refused {
+                    reason: denied.reason.to_string(),
+                }
+            }
+        };
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(Record {
+                time: SystemTime::now(),
+                component: component.to_string(),
+                target: target.clone(),
+                verdict,
+            });
+        decision
+    }
+
+    /// Checks and connects to an address given as such.
+    pub async fn tcp_to(&self, component: &str, addr: SocketAddr) -> Result<TcpStream, Error> {
+        let approved = self.check(component, &Target::addr(addr, Proto::Tcp), addr)?;
+        self.tcp(&approved).await
+    }
+
+    /// Connects to exactly the approved address.
+    pub async fn tcp(&self, approved: &Approved) -> Result<TcpStream, Error> {
+        if approved.proto() != Proto::Tcp {
+            return Err(Error::Io {
+                target: approved.addr().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "approved for UDP, not TCP",
+                ),
+            });
+        }
+        TcpStream::connect(approved.addr())
+            .await
+            .map_err(|source| Error::Io {
+                target: approved.addr().to_string(),
+                source,
+            })
+    }
+
+    /// A UDP socket for exactly the approved peer: bound to the unspecified
+    /// address of its family (loopback for a loopback peer).
+    pub fn udp(&self, approved: &Approved) -> Result<std::net::UdpSocket, Error> {
+        let peer = approved.addr();
+        let local: IpAddr = match (peer.ip().is_loopback(), peer.is_ipv4()) {
+            (true, true) => Ipv4Addr::LOCALHOST.into(),
+            (true, false) => Ipv6Addr::LOCALHOST.into(),
+            (false, true) => Ipv4Addr::UNSPECIFIED.into(),
+            (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let io = |source| Error::Io {
+            target: peer.to_string(),
+            source,
+        };
+        if approved.proto() != Proto::Udp {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "approved for TCP, not UDP",
+            )));
+        }
+        std::net::UdpSocket::bind(SocketAddr::new(local, 0)).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{DenyReason, Entry, EntrySource};
+
+    #[tokio::test]
+    async fn dials_only_what_it_approved_and_logs_refusals() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let allowed = listener.local_addr().expect("addr");
+        let other = SocketAddr::new(allowed.ip(), allowed.port().wrapping_add(1).max(1));
+        let policy = Policy::new(
+            vec![Entry::new(
+                Target::addr(allowed, Proto::Tcp),
+                EntrySource::RelayUpstream,
+                "origin",
+            )],
+            true,
+        );
+        let dialer = Dialer::new(policy, Audit::default());
+        dialer.tcp_to("test", allowed).await.expect("allowed dial");
+        let err = dialer
+            .tcp_to("test", other)
+            .await
+            .expect_err("refused dial");
+        assert!(
+            matches!(&err, Error::Denied(d) if d.reason == DenyReason::WrongPort(vec![allowed.port()])),
+            "{err}"
+        );
+        let log: Vec<_> = dialer.audit().records().cloned().collect();
+        assert_eq!(log.len(), 1, "only the refusal is logged by default");
+        assert_eq!(log[0].target, Target::addr(other, Proto::Tcp));
+        assert_eq!(log[0].component, "test");
+
+        // A live policy change takes effect on the next dial.
+        dialer.set_policy(Policy::new(Vec::new(), true));
+        assert!(dialer.tcp_to("test", allowed).await.is_err());
+
+        let udp_ok = dialer.check("test", &Target::addr(allowed, Proto::Udp), allowed);
+        assert!(udp_ok.is_err());
+    }
+}

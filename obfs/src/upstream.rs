@@ -1,0 +1,721 @@
+//! The site as a reverse proxy to an origin, answering as nginx's
+//! `proxy_pass http://ORIGIN;` does with its defaults.
+//!
+//! What the origin sees, per request (one connection each, as nginx without
+//! `keepalive` in its upstream block):
+//!
+//! ```text
+//! METHOD /path?query HTTP/1.0
+//! Host: ORIGIN-HOST[:PORT]          the origin's own name (proxy_set_header Host $proxy_host)
+//! Connection: close
+//! Content-Length: N                 when the request had a body (bodies are read first, <= 1 MiB)
+//! <the client's other headers, in order; hop-by-hop ones dropped>
+//! ```
+//!
+//! What the client sees: the origin's status and reason phrase, then
+//! `Server: nginx`, a fresh `Date`, `Content-Type`, `Content-Length` (or
+//! chunked transfer on HTTP/1.1 when the origin gave no length), the
+//! connection header, the origin's other headers in order (its `Server`,
+//! `Date`, `X-Pad`, `X-Accel-*` and hop-by-hop headers hidden), a `Location`
+//! that named the origin rewritten to this site, and `Alt-Svc` on the
+//! statuses `add_header` applies to. An origin that cannot be reached gets
+//! nginx's 502 page, one that does not answer in time its 504.
+//!
+//! Responses are read whole (up to [`MAX_RESPONSE`]) before they are sent,
+//! like nginx's `proxy_buffering on`, only without spilling to disk.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+
+use crate::client::Sockets;
+use crate::error::ConfigError;
+use crate::h1::{wire_name, BodyKind, BodyReader};
+
+/// Largest response head accepted from the origin (nginx's
+/// `proxy_buffer_size`, one page); bigger is a 502.
+pub const MAX_RESPONSE_HEAD: usize = 4 * 1024;
+/// Largest response body passed on; bigger is a 502.
+pub const MAX_RESPONSE: usize = 32 * 1024 * 1024;
+/// nginx's `proxy_connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `proxy_read_timeout` and `proxy_send_timeout`: between two reads
+/// or writes, not for the whole response.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Request headers that belong to one hop and are not forwarded.
+const HOP_BY_HOP_REQUEST: [&str; 8] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+];
+
+/// Origin response headers the client never sees (nginx's
+/// `proxy_hide_header` defaults plus hop-by-hop headers); `Content-Type`
+/// and `Content-Length` are put back in nginx's own position.
+fn hidden_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "date"
+            | "server"
+            | "x-pad"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-type"
+            | "content-length"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+    ) || name.as_str().starts_with("x-accel-")
+}
+
+/// Where the site's answers come from: `http://ADDRESS[:PORT][/]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    addr: SocketAddr,
+    /// The `Host` the origin gets, as written in the URL.
+    host: String,
+    /// `http://HOST[:PORT]`, to recognise redirects that name the origin.
+    prefix: String,
+}
+
+impl Origin {
+    /// Parses an upstream URL. The host must be an IP address or
+    /// `localhost`: every outbound connection goes through the caller's
+    /// [`Sockets`], and names are resolved only by the node's encrypted
+    /// resolver, which the relay does not run yet.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::Invalid {
+            key: "upstream".into(),
+            reason: format!("{url:?}: {reason}"),
+        };
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => {
+                return Err(bad(
+                    "https origins are not supported yet; serve the origin over http on a local address",
+                ))
+            }
+            _ => return Err(bad("expected http://ADDRESS[:PORT]")),
+        };
+        let authority = match rest.split_once('/') {
+            Some((a, "")) => a,
+            Some(_) => return Err(bad("a path after the address is not supported")),
+            None => rest,
+        };
+        if authority.contains('@') || authority.contains(['?', '#']) {
+            return Err(bad(
+                "expected http://ADDRESS[:PORT] without user, query or fragment",
+            ));
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad address or port"))?;
+        let ip = match host.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) if host.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Err(_) => {
+                return Err(bad(
+                    "the origin must be given by IP address (or localhost); names are not resolved without the encrypted resolver",
+                ))
+            }
+        };
+        let port = port.unwrap_or(80);
+        Ok(Self {
+            addr: SocketAddr::new(ip, port),
+            host: authority.to_string(),
+            prefix: format!("http://{authority}"),
+        })
+    }
+
+    /// The address connections go to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// A reverse proxy to one origin, dialling through the caller's sockets.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    origin: Origin,
+    sockets: Arc<dyn Sockets>,
+}
+
+/// What the origin answered, before it is dressed as this site's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OriginResponse {
+    pub status: StatusCode,
+    pub reason: String,
+    pub headers: HeaderMap,
+    /// Whether the origin framed the body with a `Content-Length`.
+    pub had_length: bool,
+    pub body: Bytes,
+}
+
+/// Why no answer could be taken from the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyFailure {
+    /// Refused, unreachable, reset or nonsense: nginx's 502.
+    BadGateway,
+    /// No answer in time: nginx's 504.
+    Timeout,
+}
+
+impl ProxyFailure {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyFailure::BadGateway => StatusCode::BAD_GATEWAY,
+            ProxyFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// A reason phrase taken from the origin, used on HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReasonPhrase(pub String);
+
+impl Upstream {
+    pub fn new(origin: Origin, sockets: Arc<dyn Sockets>) -> Self {
+        Self { origin, sockets }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Forwards one request and reads the whole answer.
+    pub(crate) async fn forward(
+        &self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<OriginResponse, ProxyFailure> {
+        let connect = self.sockets.tcp(self.origin.addr);
+        let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!("origin connection failed: {e}");
+                return Err(ProxyFailure::BadGateway);
+            }
+            Err(_) => return Err(ProxyFailure::Timeout),
+        };
+        let request = request_bytes(&self.origin, method, target, headers, body);
+        match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!("writing to the origin failed: {e}");
+                return Err(ProxyFailure::BadGateway);
+            }
+            Err(_) => return Err(ProxyFailure::Timeout),
+        }
+        let mut reader = ResponseReader::new(method == Method::HEAD);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    debug!("reading from the origin failed: {e}");
+                    return Err(ProxyFailure::BadGateway);
+                }
+                Err(_) => return Err(ProxyFailure::Timeout),
+            };
+            let done = if n == 0 {
+                reader.eof()
+            } else {
+                reader.feed(&buf[..n])
+            };
+            match done {
+                Ok(Some(resp)) => return Ok(resp),
+                Ok(None) if n == 0 => return Err(ProxyFailure::BadGateway),
+                Ok(None) => {}
+                Err(why) => {
+                    debug!("the origin's answer was refused: {why}");
+                    return Err(ProxyFailure::BadGateway);
+                }
+            }
+        }
+    }
+
+    /// The origin's answer as this site's: nginx's headers around the
+    /// origin's, `Location` rewritten and moved to nginx's position, and
+    /// `Alt-Svc` where nginx adds it. `absolute` turns a site path into the
+    /// absolute URL nginx sends (`absolute_redirect on`).
+    pub(crate) fn dress(
+        &self,
+        resp: OriginResponse,
+        alt_svc: Option<&HeaderValue>,
+        absolute: impl Fn(&str) -> String,
+    ) -> http::Response<Bytes> {
+        let mut h = HeaderMap::with_capacity(resp.headers.len() + 6);
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        {
+            h.insert(header::DATE, v);
+        }
+        if let Some(ct) = resp.headers.get(header::CONTENT_TYPE) {
+            h.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        let bodiless = resp.status.is_informational()
+            || resp.status == StatusCode::NO_CONTENT
+            || resp.status == StatusCode::NOT_MODIFIED;
+        if resp.had_length {
+            if let Some(len) = resp.headers.get(header::CONTENT_LENGTH) {
+                h.insert(header::CONTENT_LENGTH, len.clone());
+            }
+        } else if !bodiless {
+            // The HTTP/1.1 writer frames the body in chunks; HTTP/2 and
+            // HTTP/3 drop this header, as nginx does there.
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        // A Location that is (or becomes) a site path is made absolute and
+        // printed before Connection, as nginx's header filter does; any
+        // other stays where the origin put it.
+        let location = resp
+            .headers
+            .get(header::LOCATION)
+            .map(|l| self.rewrite_location(l));
+        let relative = location
+            .as_ref()
+            .and_then(|l| l.to_str().ok())
+            .filter(|l| l.starts_with('/'))
+            .and_then(|l| HeaderValue::from_str(&absolute(l)).ok());
+        let moved = relative.is_some();
+        if let Some(v) = relative {
+            h.insert(header::LOCATION, v);
+        }
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        for (name, value) in &resp.headers {
+            if hidden_response_header(name) || (moved && name == header::LOCATION) {
+                continue;
+            }
+            match (&location, name == header::LOCATION) {
+                (Some(l), true) => h.append(name, l.clone()),
+                _ => h.append(name, value.clone()),
+            };
+        }
+        if let Some(v) = alt_svc.filter(|_| add_header_applies(resp.status)) {
+            h.append(HeaderName::from_static("alt-svc"), v.clone());
+        }
+        let mut out = http::Response::new(resp.body);
+        *out.status_mut() = resp.status;
+        *out.headers_mut() = h;
+        out.extensions_mut().insert(ReasonPhrase(resp.reason));
+        out
+    }
+
+    /// nginx's default `proxy_redirect`: a `Location` that starts with the
+    /// origin's URL is made relative to this site.
+    fn rewrite_location(&self, value: &HeaderValue) -> HeaderValue {
+        let Ok(s) = value.to_str() else {
+            return value.clone();
+        };
+        match s.strip_prefix(&self.origin.prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                let path = if rest.is_empty() { "/" } else { rest };
+                HeaderValue::from_str(path).unwrap_or_else(|_| value.clone())
+            }
+            _ => value.clone(),
+        }
+    }
+}
+
+/// The statuses nginx's `add_header` (without `always`) applies to.
+fn add_header_applies(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
+}
+
+/// The request as the origin gets it.
+fn request_bytes(
+    origin: &Origin,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + body.len());
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.0\r\nHost: ");
+    out.extend_from_slice(origin.host.as_bytes());
+    out.extend_from_slice(b"\r\nConnection: close\r\n");
+    if !body.is_empty() || headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    for (name, value) in headers {
+        if HOP_BY_HOP_REQUEST.contains(&name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(wire_name(name).as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads an origin's HTTP/1.x response from bytes as they arrive.
+#[derive(Debug)]
+pub(crate) struct ResponseReader {
+    head_request: bool,
+    buf: Vec<u8>,
+    head: Option<(StatusCode, String, HeaderMap)>,
+    body: BodyReader,
+    /// Body framed by the end of the connection.
+    until_close: bool,
+    payload: Vec<u8>,
+}
+
+impl ResponseReader {
+    pub fn new(head_request: bool) -> Self {
+        Self {
+            head_request,
+            buf: Vec::new(),
+            head: None,
+            body: BodyReader::Done,
+            until_close: false,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Takes more bytes; `Some` once the response is complete.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<OriginResponse>, &'static str> {
+        if self.head.is_none() {
+            self.buf.extend_from_slice(data);
+            loop {
+                let Some(end) = find_head_end(&self.buf) else {
+                    if self.buf.len() > MAX_RESPONSE_HEAD {
+                        return Err("response head too large");
+                    }
+                    return Ok(None);
+                };
+                if end > MAX_RESPONSE_HEAD {
+                    return Err("response head too large");
+                }
+                let (status, reason, headers) = parse_head(&self.buf[..end])?;
+                let rest = self.buf.split_off(end);
+                self.buf = rest;
+                if status.is_informational() {
+                    // 100 Continue and friends: the real answer follows.
+                    continue;
+                }
+                let kind = body_kind(status, &headers, self.head_request)?;
+                self.until_close = kind.is_none();
+                self.body = BodyReader::new(kind.unwrap_or(BodyKind::None));
+                self.head = Some((status, reason, headers));
+                let rest = std::mem::take(&mut self.buf);
+                return self.take_body(&rest);
+            }
+        }
+        self.take_body(data)
+    }
+
+    /// The origin closed the connection.
+    pub fn eof(&mut self) -> Result<Option<OriginResponse>, &'static str> {
+        if self.head.is_some() && self.until_close {
+            return Ok(Some(self.finish()));
+        }
+        Err("the origin closed the connection before the response was complete")
+    }
+
+    fn take_body(&mut self, data: &[u8]) -> Result<Option<OriginResponse>, &'static str> {
+        if self.until_close {
+            self.payload.extend_from_slice(data);
+        } else {
+            self.body
+                .feed_into(data, Some(&mut self.payload))
+                .map_err(|()| "malformed chunked body")?;
+        }
+        if self.payload.len() > MAX_RESPONSE {
+            return Err("response too large");
+        }
+        if !self.until_close && self.body.done() {
+            return Ok(Some(self.finish()));
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self) -> OriginResponse {
+        let (status, reason, headers) = self.head.take().unwrap_or_default();
+        let had_length = !self.until_close
+            && headers.contains_key(header::CONTENT_LENGTH)
+            && !headers.contains_key(header::TRANSFER_ENCODING);
+        OriginResponse {
+            status,
+            reason,
+            headers,
+            had_length,
+            body: Bytes::from(std::mem::take(&mut self.payload)),
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn parse_head(head: &[u8]) -> Result<(StatusCode, String, HeaderMap), &'static str> {
+    let text = std::str::from_utf8(head).map_err(|_| "response head is not text")?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let rest = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .ok_or("bad status line")?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 {
+        return Err("bad status code");
+    }
+    let status = StatusCode::from_bytes(code.as_bytes()).map_err(|_| "bad status code")?;
+    if reason.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("control character in the reason phrase");
+    }
+    let mut headers = HeaderMap::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            return Err("folded header line");
+        }
+        let (name, value) = line.split_once(':').ok_or("header line without a colon")?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "bad header name")?;
+        let value = HeaderValue::from_str(value.trim_matches([' ', '\t']))
+            .map_err(|_| "bad header value")?;
+        headers.append(name, value);
+    }
+    Ok((status, reason.to_string(), headers))
+}
+
+/// How the body is framed: `None` means "until the connection closes".
+fn body_kind(
+    status: StatusCode,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<Option<BodyKind>, &'static str> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Some(BodyKind::None));
+    }
+    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        return if te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            Ok(Some(BodyKind::Chunked))
+        } else {
+            Err("unsupported transfer encoding")
+        };
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => {
+            let n = std::str::from_utf8(v.as_bytes())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or("bad content length")?;
+            if n > MAX_RESPONSE as u64 {
+                return Err("response too large");
+            }
+            Ok(Some(BodyKind::Length(n)))
+        }
+        (Some(_), Some(_)) => Err("duplicate content length"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(head_request: bool, chunks: &[&[u8]]) -> Result<OriginResponse, &'static str> {
+        let mut r = ResponseReader::new(head_request);
+        for c in chunks {
+            if let Some(done) = r.feed(c)? {
+                return Ok(done);
+            }
+        }
+        r.eof()?.ok_or("incomplete")
+    }
+
+    #[test]
+    fn origin_urls() {
+        let o = Origin::parse("http://127.0.0.1:8080").expect("ip and port");
+        assert_eq!(o.addr(), "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(o.host, "127.0.0.1:8080");
+        let o = Origin::parse("http://[::1]/").expect("v6");
+        assert_eq!(o.addr(), "[::1]:80".parse().expect("addr"));
+        let o = Origin::parse("http://LocalHost:81").expect("localhost");
+        assert_eq!(o.addr(), "127.0.0.1:81".parse().expect("addr"));
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://127.0.0.1",
+            "https://127.0.0.1",
+            "http://example.org",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1/app",
+            "http://user@127.0.0.1",
+            "http://",
+            "http://[::1",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn request_keeps_order_and_drops_hop_by_hop() {
+        let o = Origin::parse("http://127.0.0.1:8080").expect("origin");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.org"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("ua"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        let bytes = request_bytes(&o, &Method::POST, "/p?q=1", &h, b"abc");
+        assert_eq!(
+            String::from_utf8(bytes).expect("text"),
+            "POST /p?q=1 HTTP/1.0\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\nContent-Length: 3\r\nUser-Agent: ua\r\nCookie: a=b\r\n\r\nabc"
+        );
+    }
+
+    #[test]
+    fn responses_by_length_chunks_and_close() {
+        let r = read_all(
+            false,
+            &[
+                b"HTTP/1.1 200 Fine\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhel",
+                b"lo",
+            ],
+        )
+        .expect("length");
+        assert_eq!((r.status.as_u16(), r.reason.as_str()), (200, "Fine"));
+        assert_eq!(&r.body[..], b"hello");
+        assert!(r.had_length);
+
+        let r = read_all(
+            false,
+            &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"],
+        )
+        .expect("chunked");
+        assert_eq!(&r.body[..], b"abcde");
+        assert!(!r.had_length);
+
+        let r = read_all(false, &[b"HTTP/1.0 404 Not Found\r\n\r\nno", b"pe"]).expect("close");
+        assert_eq!(&r.body[..], b"nope");
+        assert!(!r.had_length);
+
+        let r = read_all(
+            false,
+            &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"],
+        )
+        .expect("interim");
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+        let r = read_all(true, &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"]).expect("head");
+        assert!(r.body.is_empty());
+        assert!(r.had_length);
+    }
+
+    #[test]
+    fn broken_responses_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc"[..],
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\nX-Injected: 1\r\n\r\n",
+        ] {
+            assert!(
+                read_all(false, &[bad]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_RESPONSE_HEAD));
+        assert!(read_all(false, &[&huge]).is_err());
+    }
+
+    #[test]
+    fn dressed_like_nginx() {
+        let up = Upstream::new(
+            Origin::parse("http://127.0.0.1:8080").expect("origin"),
+            Arc::new(crate::client::LoopbackSockets),
+        );
+        let r = read_all(
+            false,
+            &[b"HTTP/1.1 302 Found\r\nServer: origin\r\nDate: x\r\nLocation: http://127.0.0.1:8080/next\r\nContent-Type: text/plain\r\nX-Pad: p\r\nX-Accel-Buffering: no\r\nKeep-Alive: 5\r\nSet-Cookie: a=b\r\nContent-Length: 2\r\n\r\nhi"],
+        )
+        .expect("response");
+        let alt = HeaderValue::from_static("h3=\":443\"; ma=86400");
+        let d = up.dress(r, Some(&alt), |p| format!("https://example.org{p}"));
+        let names: Vec<&str> = d.headers().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "server",
+                "date",
+                "content-type",
+                "content-length",
+                "location",
+                "connection",
+                "set-cookie",
+                "alt-svc"
+            ]
+        );
+        assert_eq!(d.headers()[header::SERVER], "nginx");
+        assert_eq!(d.headers()[header::LOCATION], "https://example.org/next");
+
+        let r = read_all(false, &[b"HTTP/1.0 404 Nope\r\n\r\nx"]).expect("response");
+        let d = up.dress(r, Some(&alt), str::to_string);
+        assert_eq!(d.headers()[header::TRANSFER_ENCODING], "chunked");
+        assert!(!d.headers().contains_key("alt-svc"));
+        assert_eq!(
+            d.extensions().get::<ReasonPhrase>(),
+            Some(&ReasonPhrase("Nope".into()))
+        );
+    }
+}
