@@ -405,18 +405,29 @@ pub(crate) fn tunnel_response() -> Response<()> {
     r
 }
 
-/// A site response's head for HTTP/2 and HTTP/3: no connection-specific
-/// headers or transfer coding (nginx drops them there too).
-pub(crate) fn multiplexed_head(resp: &SiteResponse) -> Response<()> {
-    let mut head = Response::new(());
-    *head.status_mut() = resp.status();
-    let h = head.headers_mut();
-    for (name, value) in resp.headers() {
-        if name != header::CONNECTION && name != header::TRANSFER_ENCODING {
-            h.append(name, value.clone());
+/// A site response split for HTTP/2 and HTTP/3: the head without
+/// connection-specific headers or transfer coding (nginx drops them there
+/// too), and the body unless there is none to send (HEAD, empty).
+pub(crate) fn multiplexed(method: &Method, resp: SiteResponse) -> (Response<()>, Option<Bytes>) {
+    let (mut parts, body) = resp.into_parts();
+    // Rebuilt rather than `remove`d: removal swaps the last header into
+    // the gap, and the order is part of looking like nginx.
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    let mut current = None;
+    for (name, value) in parts.headers.drain() {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        match &current {
+            Some(n) if n != header::CONNECTION && n != header::TRANSFER_ENCODING => {
+                headers.append(n.clone(), value);
+            }
+            _ => {}
         }
     }
-    head
+    parts.headers = headers;
+    let body = (method != Method::HEAD && !body.is_empty()).then_some(body);
+    (Response::from_parts(parts, ()), body)
 }
 
 /// Seconds since the epoch, for the client's gate message.
@@ -429,10 +440,46 @@ pub(crate) fn unix_now() -> u64 {
 
 pub(crate) type SharedRef = Arc<Shared>;
 
-pub(crate) fn response_body_for(method: &Method, resp: &SiteResponse) -> Option<Bytes> {
-    if method == Method::HEAD || resp.body().is_empty() {
-        None
-    } else {
-        Some(resp.body().clone())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplexed_heads_keep_nginx_order_without_hop_headers() {
+        let mut r = Response::new(Bytes::from_static(b"body"));
+        for (n, v) in [
+            ("server", "nginx"),
+            ("date", "d"),
+            ("content-type", "text/plain"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("alt-svc", "h3"),
+        ] {
+            r.headers_mut().append(
+                header::HeaderName::from_static(n),
+                header::HeaderValue::from_static(v),
+            );
+        }
+        let (head, body) = multiplexed(&Method::GET, r.clone());
+        let got: Vec<(&str, &str)> = head
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("server", "nginx"),
+                ("date", "d"),
+                ("content-type", "text/plain"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("alt-svc", "h3")
+            ]
+        );
+        assert_eq!(body.as_deref(), Some(&b"body"[..]));
+        assert_eq!(multiplexed(&Method::HEAD, r).1, None);
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
+use crate::front::{multiplexed, tunnel_response, SharedRef};
 use crate::gate::Binding;
 use crate::site::{self, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Tunnel};
@@ -104,8 +104,8 @@ async fn handle(
     } else {
         shared.site_response(&req, &[]).await
     };
-    let payload = response_body_for(req.method(), &resp);
-    match respond.send_response(multiplexed_head(&resp), payload.is_none()) {
+    let (head, payload) = multiplexed(req.method(), resp);
+    match respond.send_response(head, payload.is_none()) {
         Ok(mut send) => {
             if let Some(payload) = payload {
                 if let Err(e) = send_all(&mut send, payload).await {

@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes};
 use http::{Request, StatusCode};
 use tracing::debug;
 
-use crate::front::{multiplexed_head, response_body_for, tunnel_response, SharedRef};
+use crate::front::{multiplexed, tunnel_response, SharedRef};
 use crate::gate::{Binding, EXPORTER_LABEL, EXPORTER_LEN};
 use crate::h2_server::{declared_length, BodyEnd};
 use crate::site::{self, MAX_REQUEST_BODY};
@@ -85,8 +85,9 @@ async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: 
         shared.site_response(&req, &[]).await
     };
     let result = async {
-        stream.send_response(multiplexed_head(&resp)).await?;
-        if let Some(payload) = response_body_for(req.method(), &resp) {
+        let (head, payload) = multiplexed(req.method(), resp);
+        stream.send_response(head).await?;
+        if let Some(payload) = payload {
             stream.send_data(payload).await?;
         }
         stream.finish().await

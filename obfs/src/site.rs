@@ -33,6 +33,89 @@ pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
 /// Files up to this size are read on the serving task itself.
 const INLINE_READ_MAX: u64 = 256 * 1024;
 
+/// Files up to this size are kept in memory between requests ...
+const CACHE_FILE_MAX: u64 = 64 * 1024;
+/// ... up to this many of them.
+const CACHE_ENTRIES: usize = 256;
+
+/// Small files of a site directory, kept while their `stat` stays the same
+/// (size, inode, modification and change times, so an edit, a replacement
+/// or a `chmod` is seen by the next request): a request then costs one
+/// `stat` instead of an open, read and close.
+#[derive(Debug, Default)]
+struct FileCache {
+    files: std::sync::RwLock<HashMap<PathBuf, CachedFile>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedFile {
+    stamp: Stamp,
+    body: Bytes,
+}
+
+/// What must not change for a cached copy to stay valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            ino: meta.ino(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl FileCache {
+    fn get(&self, path: &Path, stamp: Stamp) -> Option<Bytes> {
+        let files = self
+            .files
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        files
+            .get(path)
+            .filter(|f| f.stamp == stamp)
+            .map(|f| f.body.clone())
+    }
+
+    /// Caches `body` unless the file is large or was changed so recently
+    /// that another change within the same timestamp tick could go unseen
+    /// (the "racy file" rule).
+    fn put(&self, path: &Path, stamp: Stamp, now: SystemTime, body: &Bytes) {
+        let changed = UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(stamp.ctime.0.max(stamp.mtime.0)).unwrap_or(0));
+        let settled = now
+            .duration_since(changed)
+            .is_ok_and(|age| age >= Duration::from_secs(2));
+        if !settled || stamp.len > CACHE_FILE_MAX || body.len() as u64 != stamp.len {
+            return;
+        }
+        let mut files = self
+            .files
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if files.len() >= CACHE_ENTRIES && !files.contains_key(path) {
+            // Bounded: when full, start over rather than track recency.
+            files.clear();
+        }
+        files.insert(
+            path.to_path_buf(),
+            CachedFile {
+                stamp,
+                body: body.clone(),
+            },
+        );
+    }
+}
+
 /// What the site needs to know about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct SiteRequest<'a> {
@@ -72,6 +155,7 @@ pub struct Site {
     source: Source,
     builtin: HashMap<&'static str, &'static [u8]>,
     builtin_mtime: SystemTime,
+    cache: std::sync::Arc<FileCache>,
     /// `Alt-Svc` value added to successful responses, as `add_header` does.
     alt_svc: Option<HeaderValue>,
     advertise_h3: bool,
@@ -109,6 +193,7 @@ impl Site {
             builtin,
             // A fixed, plausible publication time for the built-in pages.
             builtin_mtime: UNIX_EPOCH + Duration::from_secs(1_773_482_112),
+            cache: std::sync::Arc::default(),
             alt_svc: None,
             advertise_h3,
             scheme: "https",
@@ -225,16 +310,22 @@ impl Site {
                 if !meta.is_file() || meta.len() > MAX_FILE_SIZE {
                     return Lookup::Forbidden;
                 }
+                let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+                let stamp = Stamp::of(&meta);
+                if let Some(body) = self.cache.get(&full, stamp) {
+                    return Lookup::File { body, mtime };
+                }
                 let read = if meta.len() <= INLINE_READ_MAX {
                     std::fs::read(&full)
                 } else {
                     tokio::fs::read(&full).await
                 };
                 match read {
-                    Ok(body) => Lookup::File {
-                        body: Bytes::from(body),
-                        mtime: meta.modified().unwrap_or(UNIX_EPOCH),
-                    },
+                    Ok(body) => {
+                        let body = Bytes::from(body);
+                        self.cache.put(&full, stamp, SystemTime::now(), &body);
+                        Lookup::File { body, mtime }
+                    }
                     Err(_) => Lookup::Forbidden,
                 }
             }
@@ -599,6 +690,52 @@ mod tests {
             host: Some("example.org:8443"),
             body: b"",
         }))
+    }
+
+    #[test]
+    fn file_cache_serves_only_settled_unchanged_files() {
+        let cache = FileCache::default();
+        let path = Path::new("/site/a.html");
+        let stamp = Stamp {
+            len: 5,
+            ino: 7,
+            mtime: (1_000, 0),
+            ctime: (1_000, 0),
+        };
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let body = Bytes::from_static(b"hello");
+        // Changed a second ago: a change in the same tick could be missed.
+        cache.put(path, stamp, at(1_001), &body);
+        assert_eq!(cache.get(path, stamp), None);
+        cache.put(path, stamp, at(1_010), &body);
+        assert_eq!(cache.get(path, stamp), Some(body.clone()));
+        for changed in [
+            Stamp { len: 6, ..stamp },
+            Stamp { ino: 8, ..stamp },
+            Stamp {
+                mtime: (1_000, 1),
+                ..stamp
+            },
+            Stamp {
+                ctime: (1_020, 0),
+                ..stamp
+            },
+        ] {
+            assert_eq!(cache.get(path, changed), None, "{changed:?}");
+        }
+        // A body that does not match its stat is never kept.
+        cache.put(
+            Path::new("/site/b"),
+            stamp,
+            at(1_010),
+            &Bytes::from_static(b"x"),
+        );
+        assert_eq!(cache.get(Path::new("/site/b"), stamp), None);
+        // Bounded.
+        for i in 0..(CACHE_ENTRIES as u64 + 10) {
+            cache.put(Path::new(&format!("/site/{i}")), stamp, at(1_010), &body);
+        }
+        assert!(cache.files.read().expect("lock").len() <= CACHE_ENTRIES);
     }
 
     fn names(r: &SiteResponse) -> Vec<&str> {
