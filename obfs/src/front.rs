@@ -391,9 +391,7 @@ pub(crate) fn tunnel_response() -> Response<()> {
     let mut r = Response::new(());
     let h = r.headers_mut();
     h.insert(header::SERVER, header::HeaderValue::from_static("nginx"));
-    if let Ok(v) = header::HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
-        h.insert(header::DATE, v);
-    }
+    h.insert(header::DATE, crate::site::http_date_now());
     h.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),

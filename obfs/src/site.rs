@@ -496,12 +496,31 @@ fn error_body(status: StatusCode) -> Bytes {
 fn base_headers() -> HeaderMap {
     let mut h = HeaderMap::with_capacity(10);
     h.insert(header::SERVER, HeaderValue::from_static("nginx"));
-    put(
-        &mut h,
-        header::DATE,
-        &httpdate::fmt_http_date(SystemTime::now()),
-    );
+    h.insert(header::DATE, http_date_now());
     h
+}
+
+/// The current time as a `Date` value, formatted once per second per
+/// thread (as nginx caches its time strings).
+pub(crate) fn http_date_now() -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((at, v)) if *at == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+                *c = Some((secs, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 fn put_connection(h: &mut HeaderMap) {

@@ -282,10 +282,7 @@ impl Upstream {
     ) -> http::Response<Bytes> {
         let mut h = HeaderMap::with_capacity(resp.headers.len() + 6);
         h.insert(header::SERVER, HeaderValue::from_static("nginx"));
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-        {
-            h.insert(header::DATE, v);
-        }
+        h.insert(header::DATE, crate::site::http_date_now());
         if let Some(ct) = resp.headers.get(header::CONTENT_TYPE) {
             h.insert(header::CONTENT_TYPE, ct.clone());
         }
