@@ -156,6 +156,8 @@ pub struct Site {
     builtin: HashMap<&'static str, &'static [u8]>,
     builtin_mtime: SystemTime,
     cache: std::sync::Arc<FileCache>,
+    /// nginx numbers multipart boundaries from 1, per worker.
+    boundaries: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// `Alt-Svc` value added to successful responses, as `add_header` does.
     alt_svc: Option<HeaderValue>,
     advertise_h3: bool,
@@ -194,6 +196,7 @@ impl Site {
             // A fixed, plausible publication time for the built-in pages.
             builtin_mtime: UNIX_EPOCH + Duration::from_secs(1_773_482_112),
             cache: std::sync::Arc::default(),
+            boundaries: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
             alt_svc: None,
             advertise_h3,
             scheme: "https",
@@ -362,11 +365,17 @@ impl Site {
         };
         let (status, body, content_range) = match range {
             RangeAnswer::Full => (StatusCode::OK, body, None),
-            RangeAnswer::Part(start, end) => (
-                StatusCode::PARTIAL_CONTENT,
-                body.slice(start as usize..=end as usize),
-                Some(format!("bytes {start}-{end}/{len}")),
-            ),
+            RangeAnswer::Parts(parts) if parts.len() == 1 => {
+                let (start, end) = parts[0];
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body.slice(start as usize..end as usize),
+                    Some(format!("bytes {start}-{}/{len}", end - 1)),
+                )
+            }
+            RangeAnswer::Parts(parts) => {
+                return self.multipart(rel, &body, &parts, &etag, &last_modified);
+            }
             RangeAnswer::Unsatisfiable => {
                 let mut r = self.error(StatusCode::RANGE_NOT_SATISFIABLE);
                 let h = r.headers_mut();
@@ -387,6 +396,48 @@ impl Site {
             None => put(&mut h, header::ACCEPT_RANGES, "bytes"),
         }
         build(status, h, body)
+    }
+
+    /// Several ranges: a `multipart/byteranges` body spelled as nginx
+    /// spells it, with its 20-digit counter as the boundary.
+    fn multipart(
+        &self,
+        rel: &str,
+        body: &Bytes,
+        parts: &[(u64, u64)],
+        etag: &str,
+        last_modified: &str,
+    ) -> SiteResponse {
+        let boundary = self
+            .boundaries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let boundary = format!("{boundary:020}");
+        let len = body.len();
+        let ct = content_type(rel);
+        let mut out = Vec::new();
+        for &(start, end) in parts {
+            out.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: {ct}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+                    end - 1
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&body[start as usize..end as usize]);
+        }
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut h = base_headers();
+        put(
+            &mut h,
+            header::CONTENT_TYPE,
+            &format!("multipart/byteranges; boundary={boundary}"),
+        );
+        put(&mut h, header::CONTENT_LENGTH, &out.len().to_string());
+        put(&mut h, header::LAST_MODIFIED, last_modified);
+        put_connection(&mut h);
+        put(&mut h, header::ETAG, etag);
+        self.put_alt_svc(&mut h);
+        build(StatusCode::PARTIAL_CONTENT, h, Bytes::from(out))
     }
 
     /// `path` on this site as nginx writes it in a redirect: the name the
@@ -611,53 +662,97 @@ fn if_range_ok(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 enum RangeAnswer {
     Full,
-    Part(u64, u64),
+    /// One or more ranges, `start..end` (end exclusive), in request order.
+    Parts(Vec<(u64, u64)>),
     Unsatisfiable,
 }
 
-/// One `bytes=` range. Several ranges are answered with the whole file
-/// (nginx would send multipart/byteranges; see the README's limitations).
+/// Parses `Range` exactly as nginx's range filter does: `bytes=` in any
+/// case, spaces around numbers allowed, anything malformed is a 416,
+/// ranges past the end are dropped (none left is a 416), and ranges that
+/// add up to more than the file get the whole file. Overlapping ranges are
+/// not merged.
 fn parse_range(v: &HeaderValue, len: u64) -> RangeAnswer {
-    let Some(spec) = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")) else {
-        return RangeAnswer::Full;
-    };
-    if spec.contains(',') {
+    let raw = v.as_bytes();
+    if raw.len() < 7 || !raw[..6].eq_ignore_ascii_case(b"bytes=") {
         return RangeAnswer::Full;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Full;
+    let p = &raw[6..];
+    let mut i = 0;
+    let skip_spaces = |i: &mut usize| {
+        while p.get(*i) == Some(&b' ') {
+            *i += 1;
+        }
     };
-    let (a, b) = (a.trim(), b.trim());
-    let parsed = match (a.is_empty(), b.is_empty()) {
-        (false, _) => {
-            let Ok(start) = a.parse::<u64>() else {
-                return RangeAnswer::Full;
+    let number = |i: &mut usize| -> Option<u64> {
+        if !p.get(*i).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        while let Some(d) = p.get(*i).filter(|b| b.is_ascii_digit()) {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            if n > i64::MAX as u64 {
+                return None;
+            }
+            *i += 1;
+        }
+        Some(n)
+    };
+    let mut parts = Vec::new();
+    let mut size: u64 = 0;
+    loop {
+        skip_spaces(&mut i);
+        let (start, end) = if p.get(i) != Some(&b'-') {
+            let Some(start) = number(&mut i) else {
+                return RangeAnswer::Unsatisfiable;
             };
-            let end = if b.is_empty() {
-                len.saturating_sub(1)
+            skip_spaces(&mut i);
+            if p.get(i) != Some(&b'-') {
+                return RangeAnswer::Unsatisfiable;
+            }
+            i += 1;
+            skip_spaces(&mut i);
+            if matches!(p.get(i), None | Some(b',')) {
+                (start, len)
             } else {
-                match b.parse::<u64>() {
-                    Ok(e) if e >= start => e.min(len.saturating_sub(1)),
-                    _ => return RangeAnswer::Full,
+                let Some(end) = number(&mut i) else {
+                    return RangeAnswer::Unsatisfiable;
+                };
+                skip_spaces(&mut i);
+                if !matches!(p.get(i), None | Some(b',')) {
+                    return RangeAnswer::Unsatisfiable;
                 }
+                (start, if end >= len { len } else { end + 1 })
+            }
+        } else {
+            i += 1;
+            let Some(suffix) = number(&mut i) else {
+                return RangeAnswer::Unsatisfiable;
             };
-            if start >= len {
+            skip_spaces(&mut i);
+            if !matches!(p.get(i), None | Some(b',')) {
                 return RangeAnswer::Unsatisfiable;
             }
-            (start, end)
+            (len.saturating_sub(suffix), len)
+        };
+        if start < end {
+            parts.push((start, end));
+            size = size.saturating_add(end - start);
+        } else if start == 0 {
+            return RangeAnswer::Full;
         }
-        (true, false) => {
-            let Ok(n) = b.parse::<u64>() else {
-                return RangeAnswer::Full;
-            };
-            if n == 0 || len == 0 {
-                return RangeAnswer::Unsatisfiable;
-            }
-            (len.saturating_sub(n), len - 1)
+        if p.get(i) != Some(&b',') {
+            break;
         }
-        (true, true) => return RangeAnswer::Full,
-    };
-    RangeAnswer::Part(parsed.0, parsed.1)
+        i += 1;
+    }
+    if parts.is_empty() {
+        RangeAnswer::Unsatisfiable
+    } else if size > len {
+        RangeAnswer::Full
+    } else {
+        RangeAnswer::Parts(parts)
+    }
 }
 
 /// nginx's mime.types for the extensions a small site uses.
@@ -824,11 +919,34 @@ mod tests {
     #[test]
     fn ranges_parse_like_nginx() {
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(parse_range(&v("bytes=0-0"), 10), RangeAnswer::Part(0, 0));
-        assert_eq!(parse_range(&v("bytes=-3"), 10), RangeAnswer::Part(7, 9));
-        assert_eq!(parse_range(&v("bytes=5-100"), 10), RangeAnswer::Part(5, 9));
+        let parts = |p: &[(u64, u64)]| RangeAnswer::Parts(p.to_vec());
+        assert_eq!(parse_range(&v("bytes=0-0"), 10), parts(&[(0, 1)]));
+        assert_eq!(parse_range(&v("bytes=-3"), 10), parts(&[(7, 10)]));
+        assert_eq!(parse_range(&v("bytes=5-100"), 10), parts(&[(5, 10)]));
+        assert_eq!(parse_range(&v("BYTES=0-1"), 10), parts(&[(0, 2)]));
+        assert_eq!(
+            parse_range(&v("bytes= 1 - 2 , 4-5"), 10),
+            parts(&[(1, 3), (4, 6)])
+        );
+        assert_eq!(parse_range(&v("bytes=0-0,-0"), 10), parts(&[(0, 1)]));
+        assert_eq!(parse_range(&v("bytes=0-1,50-60"), 10), parts(&[(0, 2)]));
         assert_eq!(parse_range(&v("bytes=10-"), 10), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range(&v("bytes=5-2"), 10), RangeAnswer::Full);
+        assert_eq!(parse_range(&v("bytes=5-2"), 10), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range(&v("bytes=abc"), 10), RangeAnswer::Unsatisfiable);
+        assert_eq!(
+            parse_range(&v("bytes=0-1,abc"), 10),
+            RangeAnswer::Unsatisfiable
+        );
+        assert_eq!(parse_range(&v("bytes=-0"), 10), RangeAnswer::Unsatisfiable);
+        assert_eq!(
+            parse_range(&v("bytes=99999999999999999999-"), 10),
+            RangeAnswer::Unsatisfiable
+        );
+        // Ranges adding up to more than the file, or one starting at 0 that
+        // is empty: the whole file.
+        assert_eq!(parse_range(&v("bytes=0-,0-"), 10), RangeAnswer::Full);
+        assert_eq!(parse_range(&v("bytes=0-6,3-9"), 10), RangeAnswer::Full);
         assert_eq!(parse_range(&v("items=1-2"), 10), RangeAnswer::Full);
+        assert_eq!(parse_range(&v("bytes="), 10), RangeAnswer::Full);
     }
 }

@@ -7,7 +7,7 @@
 //! bytes over TLS, including whether the connection is closed.
 //!
 //! Known differences that remain are listed in the README under
-//! "Limitations" and are not requested here (multi-range requests).
+//! "Limitations".
 
 use std::path::Path;
 use std::process::Command;
@@ -168,6 +168,15 @@ fn the_front_answers_like_nginx() {
         ("/", vec!["-H", "Range: bytes=0-9"]),
         ("/", vec!["-H", "Range: bytes=-20"]),
         ("/", vec!["-H", "Range: bytes=100000-"]),
+        ("/", vec!["-H", "Range: bytes=0-9,20-29"]),
+        ("/", vec!["-H", "Range: bytes=0-3,2-5"]),
+        ("/style.css", vec!["-H", "Range: bytes=-5,0-1"]),
+        ("/", vec!["-H", "Range: bytes= 1 - 2 , 4-5"]),
+        ("/", vec!["-H", "Range: bytes=0-1,5000-6000"]),
+        ("/", vec!["-H", "Range: bytes=0-,0-"]),
+        ("/", vec!["-H", "Range: bytes=5-2"]),
+        ("/", vec!["-H", "Range: bytes=abc"]),
+        ("/", vec!["-H", "Range: BYTES=0-1"]),
         ("/%61bout.html", vec![]),
         ("/a/../about.html", vec!["--path-as-is"]),
         ("/../../etc/passwd", vec!["--path-as-is"]),
