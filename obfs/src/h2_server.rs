@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::front::{multiplexed, tunnel_response, SharedRef};
 use crate::gate::Binding;
+use crate::h2_shape::ShapedIo;
 use crate::site::{self, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Tunnel};
 
@@ -29,6 +30,8 @@ const MAX_DISCARD: usize = 1024 * 1024;
 /// How long the site waits for the rest of a body it reads or discards
 /// (nginx's `client_body_timeout`).
 const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Every HTTP/2 window starts at this size (RFC 9113, 6.9.2).
+const PROTOCOL_DEFAULT_WINDOW: u32 = 65_535;
 /// nginx raises the connection window to the maximum at once.
 const CONNECTION_WINDOW: u32 = i32::MAX as u32;
 
@@ -39,7 +42,10 @@ pub(crate) async fn serve(tls: TlsStream<TcpStream>, binding: Binding, shared: S
         .initial_window_size(SITE_STREAM_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<_, Bytes>(tls);
+        .handshake::<_, Bytes>(ShapedIo::new(
+            tls,
+            CONNECTION_WINDOW - PROTOCOL_DEFAULT_WINDOW,
+        ));
     let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -17,6 +17,7 @@ pub mod gate;
 mod h1;
 mod h1_server;
 mod h2_server;
+mod h2_shape;
 mod h3_server;
 pub mod redact;
 pub mod relay_line;
