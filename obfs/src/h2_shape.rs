@@ -10,6 +10,14 @@
 //! so both ends still agree on the window. After that it only passes bytes
 //! through.
 //!
+//! Until `h2` has written its own WINDOW_UPDATE, `h2` still counts the
+//! connection window as 65,535 bytes while the client already knows the
+//! larger one; a client sending a large body at once would then overrun
+//! `h2`'s count (FLOW_CONTROL_ERROR). So the read side hands `h2` only the
+//! client's preface and first frame until then; with nothing more to read,
+//! `h2` flushes its pending frames, the WINDOW_UPDATE among them, and the
+//! rest of the client's bytes follow.
+//!
 //! ```text
 //! frame header: length (24) | type (8) | flags (8) | R (1) + stream id (31)
 //! WINDOW_UPDATE payload: R (1) + increment (31)
@@ -177,7 +185,17 @@ pub(crate) struct ShapedIo<S> {
     inner: S,
     shaper: Shaper,
     pending: Vec<u8>,
+    /// Client bytes read but not yet handed to `h2`.
+    held_in: Vec<u8>,
+    /// The first [`FIRST_FLIGHT_HEAD`] client bytes, to find the first frame's end.
+    head: Vec<u8>,
+    /// Client bytes handed to `h2` so far (counted until passing through).
+    delivered: usize,
+    read_waker: Option<std::task::Waker>,
 }
+
+/// The client's connection preface (24 bytes) plus one frame header.
+const FIRST_FLIGHT_HEAD: usize = 24 + FRAME_HEADER;
 
 impl<S> ShapedIo<S> {
     pub fn new(inner: S, increment: u32) -> Self {
@@ -185,6 +203,28 @@ impl<S> ShapedIo<S> {
             inner,
             shaper: Shaper::new(increment),
             pending: Vec::new(),
+            held_in: Vec::new(),
+            head: Vec::with_capacity(FIRST_FLIGHT_HEAD),
+            delivered: 0,
+            read_waker: None,
+        }
+    }
+
+    /// How many client bytes `h2` may have before its WINDOW_UPDATE is out:
+    /// the preface and the first frame.
+    fn read_limit(&self) -> usize {
+        if self.head.len() < FIRST_FLIGHT_HEAD {
+            return FIRST_FLIGHT_HEAD;
+        }
+        let h = &self.head[24..];
+        FIRST_FLIGHT_HEAD + (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]))
+    }
+
+    fn wake_reader(&mut self) {
+        if self.shaper.passing_through() {
+            if let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
         }
     }
 }
@@ -208,7 +248,40 @@ impl<S: AsyncRead + Unpin> AsyncRead for ShapedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let through = this.shaper.passing_through();
+        if through && this.held_in.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.held_in.is_empty() {
+            let mut chunk = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let got = rb.filled();
+            if got.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let want = FIRST_FLIGHT_HEAD
+                .saturating_sub(this.head.len())
+                .min(got.len());
+            this.head.extend_from_slice(&got[..want]);
+            this.held_in.extend_from_slice(got);
+        }
+        let allowed = if through {
+            this.held_in.len()
+        } else {
+            this.read_limit().saturating_sub(this.delivered)
+        };
+        let n = allowed.min(this.held_in.len()).min(buf.remaining());
+        if n == 0 {
+            // Wait for h2's WINDOW_UPDATE; the write side wakes us.
+            this.read_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        buf.put_slice(&this.held_in[..n]);
+        this.held_in.drain(..n);
+        this.delivered += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -224,6 +297,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ShapedIo<S> {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         this.shaper.feed(buf, &mut this.pending);
+        this.wake_reader();
         // The bytes are taken; they reach the socket on this or a later
         // write or flush.
         let _ = this.poll_drain(cx)?;
@@ -315,5 +389,62 @@ mod tests {
             out,
             [settings, wu(0, INC), wu(1, 500), raise, wu(0, 4096)].concat()
         );
+    }
+
+    /// A client that sends its preface, a request and 64 KiB of body in one
+    /// write (it may: our SETTINGS allow 64 KiB per stream and the injected
+    /// WINDOW_UPDATE the connection) must not overrun h2's own count of the
+    /// connection window before h2 has sent its WINDOW_UPDATE.
+    #[tokio::test]
+    async fn a_body_sent_at_once_does_not_overrun_h2s_window() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::Builder::new()
+                .initial_window_size(65_536)
+                .initial_connection_window_size(i32::MAX as u32)
+                .handshake::<_, bytes::Bytes>(ShapedIo::new(server, INC))
+                .await
+                .expect("handshake");
+            let (req, _respond) = conn.accept().await.expect("a request").expect("no error");
+            let driver = tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("body data");
+                got += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            driver.abort();
+            got
+        });
+        let mut c = client;
+        // Like a browser, read the server's first flight (its SETTINGS and
+        // the window update right behind it) before sending the body.
+        let mut seen = vec![0u8; 4096];
+        let mut n = 0;
+        while n < FRAME_HEADER || n < FRAME_HEADER + usize::from(seen[2]) + 13 {
+            n += c.read(&mut seen[n..]).await.expect("server bytes");
+        }
+        assert_eq!(seen[3], TYPE_SETTINGS);
+        let after = FRAME_HEADER + usize::from(seen[2]);
+        assert_eq!(&seen[after..after + 13], &wu(0, INC)[..]);
+
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(TYPE_SETTINGS, 0, 0, &[]));
+        out.extend(frame(TYPE_SETTINGS, 1, 0, &[]));
+        // HEADERS (END_HEADERS): :method POST, :scheme https, :path /, :authority x
+        out.extend(frame(1, 4, 1, &[0x83, 0x87, 0x84, 0x01, 0x01, b'x']));
+        for _ in 0..4 {
+            out.extend(frame(0, 0, 1, &[b'a'; 16_384]));
+        }
+        out.extend(frame(0, 1, 1, &[]));
+        c.write_all(&out).await.expect("client write");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .expect("server finished")
+            .expect("server task");
+        assert_eq!(got, 65_536);
     }
 }
