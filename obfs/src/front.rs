@@ -361,6 +361,26 @@ impl Shared {
             .await
     }
 
+    /// The site's answer on HTTP/2 and HTTP/3: for a site that reads
+    /// bodies, `read_body` collects the request body first (a body too
+    /// large gets nginx's 413); `None` when the client went away meanwhile.
+    pub(crate) async fn answer<B>(
+        &self,
+        req: &Request<B>,
+        read_body: impl std::future::Future<Output = Result<Vec<u8>, BodyEnd>>,
+    ) -> Option<SiteResponse> {
+        if !self.site.reads_bodies() {
+            return Some(self.site_response(req, &[]).await);
+        }
+        match read_body.await {
+            Ok(body) => Some(self.site_response(req, &body).await),
+            Err(BodyEnd::TooLarge) => Some(crate::site::error_response(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+            )),
+            Err(BodyEnd::Aborted) => None,
+        }
+    }
+
     pub(crate) async fn hand_over(&self, tunnel: Tunnel) {
         if self.tunnels.send(tunnel).await.is_err() {
             debug!("tunnel dropped: the application stopped accepting");
@@ -374,6 +394,24 @@ impl Shared {
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
+}
+
+/// Why a request body was not read whole (HTTP/2 and HTTP/3).
+pub(crate) enum BodyEnd {
+    /// Longer than the site accepts: nginx's 413.
+    TooLarge,
+    /// Reset, broken or too slow: there is no one left to answer.
+    Aborted,
+}
+
+/// A `Content-Length` the client declared, if it is a number.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The gate value from the request's cookies, if any.

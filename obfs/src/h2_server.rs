@@ -9,16 +9,16 @@
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::front::{multiplexed, tunnel_response, SharedRef};
+use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
-use crate::site::{self, MAX_REQUEST_BODY};
+use crate::site::MAX_REQUEST_BODY;
 use crate::tunnel::{open, Tunnel};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
@@ -101,14 +101,9 @@ async fn handle(
     }
     let req = Request::from_parts(parts, ());
     let mut body = body;
-    let resp = if shared.site().reads_bodies() {
-        match read_body(&mut body, declared_length(req.headers())).await {
-            Ok(data) => shared.site_response(&req, &data).await,
-            Err(BodyEnd::TooLarge) => site::error_response(StatusCode::PAYLOAD_TOO_LARGE),
-            Err(BodyEnd::Aborted) => return,
-        }
-    } else {
-        shared.site_response(&req, &[]).await
+    let declared = declared_length(req.headers());
+    let Some(resp) = shared.answer(&req, read_body(&mut body, declared)).await else {
+        return;
     };
     let (head, payload) = multiplexed(req.method(), resp);
     match respond.send_response(head, payload.is_none()) {
@@ -122,24 +117,6 @@ async fn handle(
         Err(e) => debug!("h2 response failed: {e}"),
     }
     discard(body).await;
-}
-
-/// Why a request body was not read whole.
-pub(crate) enum BodyEnd {
-    /// Longer than the site accepts: nginx's 413.
-    TooLarge,
-    /// Reset, broken or too slow: there is no one left to answer.
-    Aborted,
-}
-
-/// A `Content-Length` the client declared, if it is a number.
-pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`].

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{Request, StatusCode};
+use http::Request;
 use tracing::debug;
 
-use crate::front::{multiplexed, tunnel_response, SharedRef};
+use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::{Binding, EXPORTER_LABEL, EXPORTER_LEN};
-use crate::h2_server::{declared_length, BodyEnd};
-use crate::site::{self, MAX_REQUEST_BODY};
+use crate::site::MAX_REQUEST_BODY;
 use crate::tunnel::{open, Tunnel};
 
 /// nginx's `client_body_timeout`.
@@ -75,14 +74,9 @@ async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: 
             .await;
         return;
     }
-    let resp = if shared.site().reads_bodies() {
-        match read_body(&mut stream, declared_length(req.headers())).await {
-            Ok(data) => shared.site_response(&req, &data).await,
-            Err(BodyEnd::TooLarge) => site::error_response(StatusCode::PAYLOAD_TOO_LARGE),
-            Err(BodyEnd::Aborted) => return,
-        }
-    } else {
-        shared.site_response(&req, &[]).await
+    let declared = declared_length(req.headers());
+    let Some(resp) = shared.answer(&req, read_body(&mut stream, declared)).await else {
+        return;
     };
     let result = async {
         let (head, payload) = multiplexed(req.method(), resp);

@@ -76,28 +76,34 @@ struct Twins {
     relay: RelayProc,
 }
 
+/// A certificate for example.org written to `dir` (cert.pem, key.pem),
+/// for nginx and the relay to share.
+fn shared_certificate(dir: &Path) -> (Identity, std::path::PathBuf, std::path::PathBuf) {
+    let (identity, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, cert_pem).expect("write");
+    std::fs::write(&key, key_pem).expect("write");
+    (identity, cert, key)
+}
+
+/// `burrow relay` with that certificate and `extra` arguments.
+fn relay_with(cert: &Path, key: &Path, extra: &[&str]) -> RelayProc {
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let mut args = vec!["--cert", cert, "--key", key, "--domain", "example.org"];
+    args.extend_from_slice(extra);
+    RelayProc::start(&args)
+}
+
 fn twins() -> Twins {
     let work = tempfile::tempdir().expect("tempdir");
     let site = work.path().join("site");
     std::fs::create_dir(&site).expect("mkdir");
     copy_site(&site);
     std::fs::create_dir(site.join("empty")).expect("mkdir");
-    let (identity, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
-    let cert = work.path().join("cert.pem");
-    let key = work.path().join("key.pem");
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    let (identity, cert, key) = shared_certificate(work.path());
     let nginx = Nginx::start(&site, &cert, &key);
-    let relay = RelayProc::start(&[
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--domain",
-        "example.org",
-        "--site",
-        site.to_str().expect("utf-8"),
-    ]);
+    let relay = relay_with(&cert, &key, &["--site", site.to_str().expect("utf-8")]);
     Twins {
         cert_der: identity.chain[0].to_vec(),
         _work: work,
@@ -370,27 +376,14 @@ fn the_reverse_proxy_answers_like_nginx_proxy_pass() {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let (_, cert_pem, key_pem) = Identity::self_signed("example.org").expect("cert");
-    let cert = work.path().join("cert.pem");
-    let key = work.path().join("key.pem");
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    let (_, cert, key) = shared_certificate(work.path());
     let big_body = work.path().join("big");
     std::fs::write(&big_body, vec![b'x'; 1536 * 1024]).expect("write");
     let big_arg = format!("@{}", big_body.display());
     let mut origin = Origin::start();
     let upstream = format!("http://127.0.0.1:{}", origin.port);
     let nginx = Nginx::start_proxy(origin.port, &cert, &key);
-    let relay = RelayProc::start(&[
-        "--cert",
-        cert.to_str().expect("utf-8"),
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--domain",
-        "example.org",
-        "--upstream",
-        &upstream,
-    ]);
+    let relay = relay_with(&cert, &key, &["--upstream", &upstream]);
     let ours = Target {
         port: relay.port(),
         cert: &cert,

@@ -8,7 +8,11 @@ certificate check: this is a prober), sends the bytes, reads for one second
 and prints one line: the case, whether the server closed, and the frames it
 sent (type, flags, stream, the interesting payload fields).
 """
-import socket, ssl, struct, sys, time
+import concurrent.futures
+import socket
+import ssl
+import struct
+import sys
 def frame(t, flags, sid, payload=b""):
     return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -48,19 +52,36 @@ def names(data):
         out.append("%s f=%d s=%d %s" % (tn, f, sid, extra)); i += 9 + l
     if i != len(data): out.append("trailing %d bytes" % (len(data) - i))
     return out
-port = int(sys.argv[1])
-only = set(sys.argv[2:])
-for name, data in cases.items():
-    if only and name not in only:
-        continue
-    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE; ctx.set_alpn_protocols(["h2"])
+QUIET = 3.0  # seconds without a byte before a connection counts as left open
+
+
+def probe(port, name, data):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
     s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
-    s.sendall(data); s.settimeout(1.0); got = b""; closed = False
+    s.sendall(data)
+    s.settimeout(QUIET)
+    got = b""
+    closed = False
     try:
         while True:
             c = s.recv(65536)
-            if not c: closed = True; break
+            if not c:
+                closed = True
+                break
             got += c
     except (socket.timeout, ssl.SSLError, ConnectionResetError) as e:
         closed = not isinstance(e, socket.timeout)
-    print(name, "closed" if closed else "open", "|", "; ".join(names(got)))
+    s.close()
+    return "%s %s | %s" % (name, "closed" if closed else "open", "; ".join(names(got)))
+
+
+port = int(sys.argv[1])
+only = set(sys.argv[2:])
+chosen = [(n, d) for n, d in cases.items() if not only or n in only]
+# All cases at once (each on its own connection), printed in order.
+with concurrent.futures.ThreadPoolExecutor(len(chosen) or 1) as pool:
+    for line in pool.map(lambda c: probe(port, *c), chosen):
+        print(line)
