@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burrow_obfs::{
-    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
-    RelayLine, Site, Source, Tunnel,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
+    Source, Tunnel,
 };
 use http::{header, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::guarded::GuardedSockets;
 use crate::relay_cmd::echo;
 
 const NAME: &str = "slowclay.example";
@@ -59,10 +60,12 @@ pub async fn run(bytes: usize) -> Result<()> {
     println!(
         "2. What a browser, a scanner or a censor's probe sees: a small pottery studio's website."
     );
-    let client = Client::new(line.clone(), Arc::new(LoopbackSockets))?;
+    // Every dial goes through the firewall, allowed to reach this relay only.
+    let sockets = Arc::new(GuardedSockets::for_relay(&line, "demo")?);
+    let client = Client::new(line.clone(), sockets.clone())?;
     let mut no_key = line.clone();
     no_key.key = GateSecret::generate(&mut rand::rngs::OsRng).public();
-    let prober = Client::new(no_key, Arc::new(LoopbackSockets))?;
+    let prober = Client::new(no_key, sockets)?;
     for (carrier, method, path) in [
         (Carrier::H2, Method::GET, "/"),
         (Carrier::H3, Method::GET, "/"),

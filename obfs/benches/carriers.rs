@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use burrow_obfs::tls::{client_config, Trust, ALPN_QUIC, ALPN_TCP};
 use burrow_obfs::{
-    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
-    RelayLine, Site, Source, Tunnels,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
+    Source, Tunnels,
 };
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::LoopbackSockets;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -45,51 +45,14 @@ const CHROME_CONNECTION_WINDOW: u32 = 15_663_105 + 65_535;
 /// The future a [`Sockets`] dial returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How the client gets its sockets. The node passes the firewall's guarded
-/// dialer here; tests and the demo use [`LoopbackSockets`] on loopback.
+/// How the client gets its sockets. The `burrow` binary passes the
+/// firewall's guarded dialer here (`burrow_node::guarded::GuardedSockets`);
+/// this crate opens no outbound socket of its own.
 pub trait Sockets: Send + Sync + std::fmt::Debug {
     /// A connected TCP stream to exactly `addr`.
     fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
     /// A UDP socket that will send to exactly `addr`.
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
-}
-
-/// Sockets to loopback addresses only, for the demo, the tests and the
-/// benchmarks. They are not checked by any policy, so they refuse every
-/// other destination; the messaging node uses the firewall's guarded dialer.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoopbackSockets;
-
-fn loopback_only(addr: SocketAddr) -> io::Result<()> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("LoopbackSockets reaches only loopback addresses, not {addr}"),
-        ))
-    }
-}
-
-impl Sockets for LoopbackSockets {
-    fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
-        Box::pin(async move {
-            loopback_only(addr)?;
-            // egress-check: allowed: loopback only, checked just above (tests, demo, benchmarks).
-            TcpStream::connect(addr).await
-        })
-    }
-
-    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        loopback_only(addr)?;
-        let local: SocketAddr = if addr.is_ipv4() {
-            (IpAddr::from([127u8, 0, 0, 1]), 0).into()
-        } else {
-            (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 0).into()
-        };
-        // egress-check: allowed: bound to loopback, for a loopback peer only.
-        std::net::UdpSocket::bind(local)
-    }
 }
 
 /// Dials one relay.
@@ -490,24 +453,5 @@ fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> 
                 status: status.as_u16(),
             },
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn loopback_sockets_refuse_other_destinations() {
-        // Refused before any packet is sent.
-        let remote: SocketAddr = "192.0.2.1:443".parse().expect("addr");
-        let err = LoopbackSockets.tcp(remote).await.expect_err("not loopback");
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        let err = LoopbackSockets.udp(remote).expect_err("not loopback");
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        let local = LoopbackSockets
-            .udp("127.0.0.1:443".parse().expect("addr"))
-            .expect("loopback");
-        assert!(local.local_addr().expect("bound").ip().is_loopback());
     }
 }

@@ -26,7 +26,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
-pub use client::{Client, LoopbackSockets, Sockets};
+pub use client::{Client, Sockets};
 pub use error::{ConfigError, Error};
 pub use front::{Front, FrontConfig, Limits, Tunnels};
 pub use gate::{Gate, GatePublic, GateSecret};

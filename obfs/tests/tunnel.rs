@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_obfs::{
-    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, LoopbackSockets,
-    RelayLine, Site, Sockets, Source, Tunnel, Tunnels,
+    Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
+    Sockets, Source, Tunnel, Tunnels,
 };
+
+mod support;
+use support::LoopbackSockets;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;

@@ -188,7 +188,8 @@ fn aioquic_fetches_the_site_over_http3() {
 async fn upstream_mode_serves_the_origin_on_every_carrier_and_still_tunnels() {
     use std::sync::Arc;
 
-    use burrow_obfs::{Carrier, Client, GateSecret, LoopbackSockets};
+    use burrow_node::guarded::GuardedSockets;
+    use burrow_obfs::{Carrier, Client, GateSecret};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let origin = burrow_tests::origin::Origin::start();
@@ -232,7 +233,8 @@ async fn upstream_mode_serves_the_origin_on_every_carrier_and_still_tunnels() {
     for carrier in [Carrier::H2, Carrier::H3] {
         // The client learns the answer at its first read; ending the
         // request body lets the proxy hand the request to the origin.
-        let probe = Client::new(wrong.clone(), Arc::new(LoopbackSockets)).expect("client");
+        let sockets = GuardedSockets::for_relay(&relay.line, "test").expect("sockets");
+        let probe = Client::new(wrong.clone(), Arc::new(sockets.clone())).expect("client");
         let mut t = probe.connect_via(carrier).await.expect("request sent");
         t.shutdown().await.expect("end of request body");
         let mut buf = [0u8; 16];
@@ -246,7 +248,7 @@ async fn upstream_mode_serves_the_origin_on_every_carrier_and_still_tunnels() {
             "{carrier:?} with a wrong key: {err}"
         );
 
-        let client = Client::new(relay.line.clone(), Arc::new(LoopbackSockets)).expect("client");
+        let client = Client::new(relay.line.clone(), Arc::new(sockets)).expect("client");
         let mut tunnel = client.connect_via(carrier).await.expect("tunnel");
         tunnel.write_all(b"through the proxy").await.expect("write");
         let mut echo = [0u8; 17];
