@@ -80,6 +80,10 @@ pub struct RelayArgs {
     /// Where the relay keeps its key, certificate and settings.
     #[arg(long, value_name = "DIR", env = "BURROW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Serve only these users (their ids; repeat the flag). Default: anyone
+    /// who has the relay line may reserve and use the mailbox.
+    #[arg(long, value_name = "USER_ID")]
+    pub allow_user: Vec<libp2p::PeerId>,
 }
 
 #[derive(Debug, Args)]

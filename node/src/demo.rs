@@ -50,6 +50,7 @@ pub async fn run(bytes: usize) -> Result<()> {
         carriers: vec![Carrier::H2, Carrier::H3],
         pin,
         ip: Some(addr.ip()),
+        id: None,
     };
     println!(
         "1. Relay listening on {addr}: TCP (TLS 1.3, HTTP/1.1 + HTTP/2) and UDP (QUIC, HTTP/3)."

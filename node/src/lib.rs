@@ -6,4 +6,6 @@ pub mod cli;
 pub mod datadir;
 pub mod demo;
 pub mod guarded;
+pub mod p2p;
 pub mod relay_cmd;
+pub mod seal;

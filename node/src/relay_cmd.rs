@@ -26,9 +26,13 @@ use tracing::{info, warn};
 use crate::cli::RelayArgs;
 use crate::datadir;
 use crate::guarded::GuardedSockets;
+use crate::p2p::transport::{authenticated, relay_addrs, CarrierTransport, Directory};
+use burrow_relay::{Admission, RelayLimits, RelayNode};
+use libp2p::Transport as _;
 
 const STATE_FILE: &str = "relay.toml";
 const GATE_KEY_FILE: &str = "gate.key";
+const NODE_KEY_FILE: &str = "node.key";
 const SELF_SIGNED_CERT: &str = "self-signed.crt";
 const SELF_SIGNED_KEY: &str = "self-signed.key";
 
@@ -92,6 +96,28 @@ fn gate_secret(dir: &Path) -> Result<GateSecret> {
     Ok(secret)
 }
 
+/// The relay's libp2p identity (its node id in the relay line): loaded, or
+/// created on first run.
+fn node_key(dir: &Path) -> Result<libp2p::identity::Keypair> {
+    let path = dir.join(NODE_KEY_FILE);
+    if path.exists() {
+        let text = datadir::read(&path)?;
+        return URL_SAFE_NO_PAD
+            .decode(text.trim_ascii())
+            .ok()
+            .and_then(|raw| libp2p::identity::Keypair::from_protobuf_encoding(&raw).ok())
+            .with_context(|| format!("{} is damaged", path.display()));
+    }
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let raw = keypair
+        .to_protobuf_encoding()
+        .context("cannot encode the node key")?;
+    let mut text = URL_SAFE_NO_PAD.encode(raw);
+    text.push('\n');
+    datadir::write_private(&path, text.as_bytes())?;
+    Ok(keypair)
+}
+
 /// A self-signed certificate for `name`: reused while the name stays the same.
 fn self_signed(dir: &Path, name: &str, previous: Option<&RelayState>) -> Result<Identity> {
     let cert = dir.join(SELF_SIGNED_CERT);
@@ -125,6 +151,7 @@ fn random_path() -> String {
 fn line_for(
     state: &RelayState,
     key: &GateSecret,
+    node: &libp2p::PeerId,
     pin: Option<CertPin>,
     ip: Option<IpAddr>,
 ) -> RelayLine {
@@ -140,6 +167,7 @@ fn line_for(
         carriers: vec![Carrier::H2, Carrier::H3],
         pin,
         ip,
+        id: Some(node.to_base58()),
     }
 }
 
@@ -162,8 +190,9 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
         );
     };
     let key = gate_secret(&dir)?;
+    let node = node_key(&dir)?.public().to_peer_id();
     let pin = pin_of(&dir, &state)?;
-    println!("{}", line_for(&state, &key, pin, ip));
+    println!("{}", line_for(&state, &key, &node, pin, ip));
     Ok(())
 }
 
@@ -195,6 +224,12 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     datadir::ensure_dir(&dir)?;
     let previous = load_state(&dir)?;
     let secret = gate_secret(&dir)?;
+    let keypair = node_key(&dir)?;
+    let admission = if args.allow_user.is_empty() {
+        Admission::Open
+    } else {
+        Admission::Listed(args.allow_user.iter().copied().collect())
+    };
 
     let (identity, host, self_signed_name) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
@@ -270,7 +305,31 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         self_signed: self_signed_name,
     };
     save_state(&dir, &state)?;
-    let line = line_for(&state, &secret, identity.pin(), None);
+    let line = line_for(
+        &state,
+        &secret,
+        &keypair.public().to_peer_id(),
+        identity.pin(),
+        None,
+    );
+    let public = relay_addrs(&line);
+    let listen = public
+        .first()
+        .cloned()
+        .context("the relay line names no carrier")?;
+    let transport = authenticated(
+        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+        &keypair,
+    )
+    .boxed();
+    let node = RelayNode::new(
+        transport,
+        &keypair,
+        listen,
+        &public,
+        &RelayLimits::default(),
+        &admission,
+    )?;
     info!(
         "serving {} on {bound} (TCP: TLS, HTTP/1.1 and HTTP/2; UDP: QUIC, HTTP/3)",
         match &source {
@@ -283,23 +342,14 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     println!("{line}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(front.run(stop_rx));
-    let service = tokio::spawn(serve_tunnels(tunnels));
+    let server = tokio::spawn(front.run(stop_rx.clone()));
+    let relay = tokio::spawn(node.run(stop_rx));
     wait_for_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
-    service.abort();
+    let _ = relay.await;
     Ok(())
-}
-
-/// What the relay does with a tunnel at this stage: echo the bytes back,
-/// so clients and operators can check a carrier end to end. Messaging
-/// (libp2p over the tunnel) replaces this.
-async fn serve_tunnels(mut tunnels: burrow_obfs::Tunnels) {
-    while let Some(t) = tunnels.accept().await {
-        tokio::spawn(echo(t));
-    }
 }
 
 /// Echoes until the client half-closes, then closes too.

@@ -124,6 +124,7 @@ async fn setup() -> Env {
         carriers: vec![Carrier::H2, Carrier::H3],
         pin: Some(pin),
         ip: Some(addr.ip()),
+        id: None,
     };
     let relay = Client::new(line, Arc::new(LoopbackSockets)).expect("client");
     Env {

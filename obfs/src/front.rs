@@ -115,6 +115,15 @@ impl Tunnels {
     pub async fn accept(&mut self) -> Option<Tunnel> {
         self.0.recv().await
     }
+
+    /// Polling form of [`Tunnels::accept`], for callers that are themselves
+    /// state machines (a libp2p transport).
+    pub fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Tunnel>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 impl Front {

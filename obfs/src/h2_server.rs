@@ -37,6 +37,7 @@ const CONNECTION_WINDOW: u32 = i32::MAX as u32;
 
 pub(crate) async fn serve(tls: TlsStream<TcpStream>, binding: Binding, shared: SharedRef) {
     let limits = shared.limits().clone();
+    let peer = tls.get_ref().0.peer_addr().ok();
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_streams)
         .initial_window_size(SITE_STREAM_WINDOW)
@@ -62,7 +63,7 @@ pub(crate) async fn serve(tls: TlsStream<TcpStream>, binding: Binding, shared: S
                 Some(Ok((req, respond))) => {
                     let shared = shared.clone();
                     let raise = raise_tx.clone();
-                    tokio::spawn(async move { handle(req, respond, binding, shared, raise).await });
+                    tokio::spawn(async move { handle(req, respond, binding, peer, shared, raise).await });
                 }
                 Some(Err(e)) => {
                     debug!("h2 connection ended: {e}");
@@ -84,6 +85,7 @@ async fn handle(
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     binding: Binding,
+    peer: Option<std::net::SocketAddr>,
     shared: SharedRef,
     raise: mpsc::Sender<()>,
 ) {
@@ -94,7 +96,11 @@ async fn handle(
     {
         let _ = raise.try_send(());
         match respond.send_response(tunnel_response(), false) {
-            Ok(send) => shared.hand_over(Tunnel::h2(send, open(body))).await,
+            Ok(send) => {
+                shared
+                    .hand_over(Tunnel::h2(send, open(body)).with_peer(peer))
+                    .await
+            }
             Err(e) => debug!("tunnel response failed: {e}"),
         }
         return;

@@ -28,6 +28,7 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: SharedRef) {
         return;
     }
     let binding = Binding::Exporter(exporter);
+    let peer = conn.remote_address();
     let mut h3 = match h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -45,7 +46,7 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: SharedRef) {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => handle(req, stream, binding, shared).await,
+                        Ok((req, stream)) => handle(req, stream, binding, peer, shared).await,
                         Err(e) => debug!("h3 request failed: {e}"),
                     }
                 });
@@ -59,7 +60,13 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: SharedRef) {
     }
 }
 
-async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: SharedRef) {
+async fn handle(
+    req: Request<()>,
+    mut stream: Stream,
+    binding: Binding,
+    peer: std::net::SocketAddr,
+    shared: SharedRef,
+) {
     if shared
         .classify(&binding, req.method(), req.uri().path(), req.headers())
         .is_ok()
@@ -70,7 +77,7 @@ async fn handle(req: Request<()>, mut stream: Stream, binding: Binding, shared: 
         }
         let (send, recv) = stream.split();
         shared
-            .hand_over(Tunnel::h3(Box::new(send), open(Box::new(recv)), None))
+            .hand_over(Tunnel::h3(Box::new(send), open(Box::new(recv)), None).with_peer(Some(peer)))
             .await;
         return;
     }

@@ -2,7 +2,7 @@
 //! to reach a relay, and a checksum so a typo is caught rather than dialled.
 //!
 //! ```text
-//! burrow-relay://HOST:PORT/PATH?k=KEY&c=CARRIERS[&pin=PIN][&ip=IP]&x=CHECK
+//! burrow-relay://HOST:PORT/PATH?k=KEY&c=CARRIERS[&pin=PIN][&ip=IP][&id=ID]&x=CHECK
 //!
 //! HOST      DNS name used for TLS (SNI and certificate), or an IP literal
 //! PORT      TCP and UDP port of the relay's web server
@@ -13,6 +13,8 @@
 //!           certificate must verify against the usual web roots for HOST
 //! IP        address to dial instead of resolving HOST (tests, demos, or a
 //!           relay without DNS)
+//! ID        the relay's node id inside the tunnel (base58, opaque here;
+//!           the messaging node checks it is the peer it reaches)
 //! CHECK     first 4 bytes of SHA-256 over everything before "&x=", hex
 //! ```
 
@@ -76,6 +78,7 @@ pub struct RelayLine {
     pub carriers: Vec<Carrier>,
     pub pin: Option<CertPin>,
     pub ip: Option<IpAddr>,
+    pub id: Option<String>,
 }
 
 /// Why a relay line was rejected.
@@ -124,6 +127,10 @@ impl RelayLine {
             s.push_str("&ip=");
             s.push_str(&ip.to_string());
         }
+        if let Some(id) = &self.id {
+            s.push_str("&id=");
+            s.push_str(id);
+        }
         s
     }
 }
@@ -167,6 +174,7 @@ impl FromStr for RelayLine {
         let mut carriers = None;
         let mut pin = None;
         let mut ip = None;
+        let mut id = None;
         for pair in query.split('&') {
             let (name, value) = pair.split_once('=').ok_or_else(|| LineError::Bad {
                 field: "query",
@@ -187,6 +195,16 @@ impl FromStr for RelayLine {
                         field: "ip",
                         reason: format!("{value:?} is not an IP address"),
                     })?)
+                }
+                "id" => {
+                    let base58 = |c: char| c.is_ascii_alphanumeric() && !"0OIl".contains(c);
+                    if value.is_empty() || value.len() > 64 || !value.chars().all(base58) {
+                        return Err(LineError::Bad {
+                            field: "id",
+                            reason: "not a base58 node id".into(),
+                        });
+                    }
+                    id = Some(value.to_string());
                 }
                 other => return Err(LineError::UnknownField(other.to_string())),
             }
@@ -209,6 +227,7 @@ impl FromStr for RelayLine {
             carriers,
             pin,
             ip,
+            id,
         })
     }
 }
@@ -288,6 +307,7 @@ mod tests {
             carriers: vec![Carrier::H2, Carrier::H3],
             pin: Some(CertPin([9; 32])),
             ip: Some("127.0.0.1".parse().expect("literal")),
+            id: None,
         }
     }
 
@@ -301,7 +321,15 @@ mod tests {
         v6.pin = None;
         v6.ip = None;
         v6.carriers = vec![Carrier::H3];
-        assert_eq!(v6.to_string().parse::<RelayLine>(), Ok(v6));
+        v6.id = Some("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into());
+        assert_eq!(v6.to_string().parse::<RelayLine>(), Ok(v6.clone()));
+        let mut bad = v6.to_string().replace("&id=12D3", "&id=0D3");
+        let body = &bad[..bad.rfind("&x=").expect("check")];
+        bad = format!("{body}&x={}", checksum(body));
+        assert!(matches!(
+            bad.parse::<RelayLine>(),
+            Err(LineError::Bad { field: "id", .. })
+        ));
     }
 
     #[test]

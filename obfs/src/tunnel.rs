@@ -14,6 +14,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -30,6 +31,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A gated byte stream through a relay's web front.
 pub struct Tunnel {
     carrier: Carrier,
+    peer: Option<SocketAddr>,
     io: Io,
 }
 
@@ -75,6 +77,16 @@ impl Tunnel {
         self.carrier
     }
 
+    /// The client's address (relay side; `None` on the client side).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    pub(crate) fn with_peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+
     /// Waits until the relay has accepted the tunnel (client side); returns
     /// at once on the relay side.
     pub async fn established(&mut self) -> io::Result<()> {
@@ -88,6 +100,7 @@ impl Tunnel {
     pub(crate) fn h2(send: h2::SendStream<Bytes>, recv: RecvState<h2::RecvStream>) -> Self {
         Self {
             carrier: Carrier::H2,
+            peer: None,
             io: Io::H2(H2Io {
                 send,
                 recv,
@@ -104,6 +117,7 @@ impl Tunnel {
     ) -> Self {
         Self {
             carrier: Carrier::H3,
+            peer: None,
             io: Io::H3(H3Io {
                 send: SendState::Idle(send),
                 recv,

@@ -50,6 +50,7 @@ async fn relay() -> Relay {
         carriers: vec![Carrier::H2, Carrier::H3],
         pin,
         ip: Some(addr.ip()),
+        id: None,
     };
     Relay {
         line,

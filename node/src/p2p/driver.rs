@@ -1,0 +1,487 @@
+//! The task that owns the swarm: keeps the reservation at the home relay,
+//! fetches the home mailbox, answers contacts' messages through a
+//! [`Handler`], and carries out [`Command`]s (deliver to a contact, leave a
+//! sealed message at a relay).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_obfs::{RelayLine, Sockets};
+use burrow_relay::proto::{MailboxItem, MailboxRequest, MailboxResponse};
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{relay, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::proto::{Envelope, Reply};
+use super::swarm::{NodeBehaviour, NodeBehaviourEvent};
+use super::transport::{relay_addrs, Directory};
+
+/// A relay as the swarm needs it: its line, node id and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRef {
+    pub line: RelayLine,
+    pub peer: PeerId,
+    addrs: Vec<Multiaddr>,
+}
+
+/// Why a relay line cannot be used for messaging.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayRefError {
+    #[error("the relay line has no id= (print a current one with `burrow relay address`)")]
+    NoId,
+    #[error("the relay line's id= is not a valid node id")]
+    BadId,
+}
+
+impl RelayRef {
+    pub fn new(line: RelayLine) -> Result<Self, RelayRefError> {
+        let id = line.id.as_deref().ok_or(RelayRefError::NoId)?;
+        let peer: PeerId = id.parse().map_err(|_| RelayRefError::BadId)?;
+        let addrs = relay_addrs(&line)
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer)))
+            .collect();
+        Ok(Self { line, peer, addrs })
+    }
+
+    /// The relay's addresses, `/p2p/RELAY` included.
+    pub fn addrs(&self) -> &[Multiaddr] {
+        &self.addrs
+    }
+
+    /// Addresses of `user` through this relay, one per carrier.
+    pub fn circuit_to(&self, user: PeerId) -> Vec<Multiaddr> {
+        self.addrs
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(user))
+            })
+            .collect()
+    }
+}
+
+/// Why a delivery or a deposit did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    #[error("not reachable: {0}")]
+    Unreachable(String),
+    #[error("no answer in time")]
+    Timeout,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// What the driver is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Sends an envelope to a contact reachable through `via`, over a
+    /// direct connection if one exists, else a circuit.
+    Deliver {
+        to: PeerId,
+        via: RelayRef,
+        envelope: Envelope,
+        done: oneshot::Sender<Result<Reply, DeliverError>>,
+    },
+    /// Leaves a sealed message for `to` in the mailbox at `via`.
+    Deposit {
+        via: RelayRef,
+        to: PeerId,
+        sealed: Vec<u8>,
+        done: oneshot::Sender<Result<(), DeliverError>>,
+    },
+    /// Looks in the home mailbox now.
+    FetchMailbox,
+}
+
+/// The state of the link to the home relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeState {
+    /// Reservation held: contacts can reach this node.
+    Online,
+    /// No reservation; retrying.
+    Offline,
+}
+
+/// The daemon's side of the driver: what to do with what arrives.
+pub trait Handler: Send + 'static {
+    /// A contact's envelope; the reply is sent back at once.
+    fn on_envelope(&mut self, from: PeerId, envelope: Envelope) -> Reply;
+    /// Sealed items from the home mailbox; returns the ids to delete there
+    /// (those stored safely, or unreadable and never going to be).
+    fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64>;
+    fn on_home(&mut self, state: HomeState);
+}
+
+/// Cheap handle for sending commands to the driver.
+#[derive(Debug, Clone)]
+pub struct DriverHandle(mpsc::Sender<Command>);
+
+impl DriverHandle {
+    pub async fn deliver(
+        &self,
+        to: PeerId,
+        via: RelayRef,
+        envelope: Envelope,
+    ) -> Result<Reply, DeliverError> {
+        let (done, rx) = oneshot::channel();
+        self.0
+            .send(Command::Deliver {
+                to,
+                via,
+                envelope,
+                done,
+            })
+            .await
+            .map_err(|_| DeliverError::Stopped)?;
+        rx.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    pub async fn deposit(
+        &self,
+        via: RelayRef,
+        to: PeerId,
+        sealed: Vec<u8>,
+    ) -> Result<(), DeliverError> {
+        let (done, rx) = oneshot::channel();
+        self.0
+            .send(Command::Deposit {
+                via,
+                to,
+                sealed,
+                done,
+            })
+            .await
+            .map_err(|_| DeliverError::Stopped)?;
+        rx.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    pub async fn fetch_mailbox(&self) {
+        let _ = self.0.send(Command::FetchMailbox).await;
+    }
+}
+
+enum BoxOp {
+    Put(oneshot::Sender<Result<(), DeliverError>>),
+    Fetch,
+    Ack,
+}
+
+/// Commands queued before the driver handles them.
+const COMMAND_QUEUE: usize = 64;
+/// How often the home mailbox is checked while online.
+const MAILBOX_POLL: Duration = Duration::from_secs(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Driver<H> {
+    swarm: Swarm<NodeBehaviour>,
+    directory: Directory,
+    sockets: Arc<dyn Sockets>,
+    home: RelayRef,
+    handler: H,
+    commands: mpsc::Receiver<Command>,
+    messages: HashMap<OutboundRequestId, oneshot::Sender<Result<Reply, DeliverError>>>,
+    mailbox: HashMap<OutboundRequestId, BoxOp>,
+    home_listener: Option<ListenerId>,
+    online: bool,
+    backoff: Duration,
+}
+
+impl<H> fmt::Debug for Driver<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("peer", self.swarm.local_peer_id())
+            .field("online", &self.online)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Driver<H> {
+    pub fn new(
+        swarm: Swarm<NodeBehaviour>,
+        directory: Directory,
+        sockets: Arc<dyn Sockets>,
+        home: RelayRef,
+        handler: H,
+    ) -> (Self, DriverHandle) {
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let driver = Self {
+            swarm,
+            directory,
+            sockets,
+            home,
+            handler,
+            commands,
+            messages: HashMap::new(),
+            mailbox: HashMap::new(),
+            home_listener: None,
+            online: false,
+            backoff: Duration::from_millis(250),
+        };
+        (driver, DriverHandle(tx))
+    }
+
+    fn know_relay(&mut self, relay: &RelayRef) {
+        if let Err(e) = self.directory.add(&relay.line, self.sockets.clone()) {
+            warn!("relay {} unusable: {e}", relay.line.host);
+        }
+        for addr in relay.addrs() {
+            self.swarm.add_peer_address(relay.peer, addr.clone());
+        }
+    }
+
+    fn listen_home(&mut self) {
+        let home = self.home.clone();
+        self.know_relay(&home);
+        let Some(addr) = home.addrs().first().cloned() else {
+            return;
+        };
+        match self.swarm.listen_on(addr.with(Protocol::P2pCircuit)) {
+            Ok(id) => self.home_listener = Some(id),
+            Err(e) => warn!("cannot reserve at the home relay: {e}"),
+        }
+    }
+
+    fn request_fetch(&mut self) {
+        let peer = self.home.peer;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&peer, MailboxRequest::Fetch);
+        self.mailbox.insert(id, BoxOp::Fetch);
+    }
+
+    /// Runs until every [`DriverHandle`] is dropped.
+    pub async fn run(mut self) {
+        self.listen_home();
+        let mut poll = tokio::time::interval(MAILBOX_POLL);
+        let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => {
+                    if self.on_event(event) {
+                        let wait = self.backoff;
+                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                        retry = Some(Box::pin(tokio::time::sleep(wait)));
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = poll.tick() => if self.online { self.request_fetch() },
+                _ = async { retry.as_mut().expect("guarded").await }, if retry.is_some() => {
+                    retry = None;
+                    self.listen_home();
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Deliver {
+                to,
+                via,
+                envelope,
+                done,
+            } => {
+                self.know_relay(&via);
+                for addr in via.circuit_to(to) {
+                    self.swarm.add_peer_address(to, addr);
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .messages
+                    .send_request(&to, envelope);
+                self.messages.insert(id, done);
+            }
+            Command::Deposit {
+                via,
+                to,
+                sealed,
+                done,
+            } => {
+                self.know_relay(&via);
+                let id = self.swarm.behaviour_mut().mailbox.send_request(
+                    &via.peer,
+                    MailboxRequest::Put {
+                        to: to.to_bytes(),
+                        sealed,
+                    },
+                );
+                self.mailbox.insert(id, BoxOp::Put(done));
+            }
+            Command::FetchMailbox => self.request_fetch(),
+        }
+    }
+
+    /// Handles one swarm event; returns true when the home reservation
+    /// must be retried later.
+    fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) -> bool {
+        match event {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { renewal, .. },
+            )) => {
+                self.backoff = Duration::from_millis(250);
+                if !renewal || !self.online {
+                    info!("reachable through the home relay");
+                    self.online = true;
+                    self.handler.on_home(HomeState::Online);
+                    self.request_fetch();
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if Some(listener_id) == self.home_listener => {
+                debug!("home reservation ended: {reason:?}");
+                self.home_listener = None;
+                self.set_offline();
+                return true;
+            }
+            SwarmEvent::ListenerError { listener_id, error }
+                if Some(listener_id) == self.home_listener =>
+            {
+                debug!("home reservation error: {error}");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if peer_id == self.home.peer => {
+                self.set_offline();
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Messages(e)) => self.on_message_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Mailbox(e)) => self.on_mailbox_event(e),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!("dial to {peer_id:?} failed: {error}")
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn set_offline(&mut self) {
+        if self.online {
+            info!("lost the home relay; reconnecting");
+            self.online = false;
+            self.handler.on_home(HomeState::Offline);
+        }
+    }
+
+    fn on_message_event(&mut self, e: request_response::Event<Envelope, Reply>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let reply = self.handler.on_envelope(peer, request);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .messages
+                        .send_response(channel, reply);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(done) = self.messages.remove(&request_id) {
+                        let _ = done.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(done) = self.messages.remove(&request_id) {
+                    let _ = done.send(Err(outbound_error(error)));
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                debug!("inbound message failed: {error}")
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_mailbox_event(&mut self, e: request_response::Event<MailboxRequest, MailboxResponse>) {
+        let (request_id, result) = match e {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => (request_id, Ok(response)),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => (request_id, Err(outbound_error(error))),
+            _ => return,
+        };
+        match (self.mailbox.remove(&request_id), result) {
+            (Some(BoxOp::Put(done)), Ok(MailboxResponse::Stored { .. })) => {
+                let _ = done.send(Ok(()));
+            }
+            (Some(BoxOp::Put(done)), Ok(MailboxResponse::Refused { reason })) => {
+                let _ = done.send(Err(DeliverError::Refused(reason)));
+            }
+            (Some(BoxOp::Put(done)), Ok(other)) => {
+                let _ = done.send(Err(DeliverError::Refused(format!(
+                    "unexpected answer from the relay: {other:?}"
+                ))));
+            }
+            (Some(BoxOp::Put(done)), Err(e)) => {
+                let _ = done.send(Err(e));
+            }
+            (Some(BoxOp::Fetch), Ok(MailboxResponse::Items { items })) => {
+                let more = items.len() >= 64;
+                if items.is_empty() {
+                    return;
+                }
+                let ids = self.handler.on_mailbox(items);
+                if !ids.is_empty() {
+                    let peer = self.home.peer;
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .mailbox
+                        .send_request(&peer, MailboxRequest::Ack { ids });
+                    self.mailbox.insert(id, BoxOp::Ack);
+                    if more {
+                        self.request_fetch();
+                    }
+                }
+            }
+            (Some(BoxOp::Fetch), other) => debug!("mailbox fetch failed: {other:?}"),
+            (Some(BoxOp::Ack), Ok(_)) => {}
+            (Some(BoxOp::Ack), Err(e)) => debug!("mailbox ack failed: {e}"),
+            (None, _) => {}
+        }
+    }
+}
+
+fn outbound_error(e: request_response::OutboundFailure) -> DeliverError {
+    match e {
+        request_response::OutboundFailure::Timeout => DeliverError::Timeout,
+        request_response::OutboundFailure::DialFailure => DeliverError::Unreachable(
+            "no connection (offline, or no reservation at its relay)".into(),
+        ),
+        other => DeliverError::Unreachable(other.to_string()),
+    }
+}

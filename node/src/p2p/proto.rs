@@ -1,0 +1,43 @@
+//! The messaging protocol between two users, over libp2p request-response
+//! (CBOR) on [`MESSAGE_PROTOCOL`], inside the end-to-end Noise session
+//! between them (direct, or through a relay circuit that sees only
+//! ciphertext).
+//!
+//! ```text
+//! sender -> recipient                        recipient -> sender
+//! Message { id: 16 bytes, sent_at_ms, text } Reply::Received   (the receipt)
+//! Receipts { ids }                           Reply::Received
+//!                                            Reply::Refused { reason }
+//! ```
+//!
+//! `Receipts` confirm messages that arrived through a mailbox, whose
+//! sender was not there to get the `Reply`.
+
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/burrow/msg/1");
+
+/// Longest message text, in bytes of UTF-8.
+pub const MAX_TEXT: usize = 16 * 1024;
+
+/// A message id: random, 16 bytes.
+pub type MessageId = [u8; 16];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Envelope {
+    Message {
+        id: MessageId,
+        sent_at_ms: u64,
+        text: String,
+    },
+    Receipts {
+        ids: Vec<MessageId>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Received,
+    Refused { reason: String },
+}

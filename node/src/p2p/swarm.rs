@@ -1,0 +1,80 @@
+//! The node's swarm: the relay client (to be reachable through the home
+//! relay and to reach contacts through theirs), identify and ping, the
+//! messaging protocol and the mailbox client — over the carrier transport
+//! and, for relayed circuits, the relay client transport.
+
+use std::io;
+use std::time::Duration;
+
+use burrow_relay::proto::{MailboxRequest, MailboxResponse, MAILBOX_PROTOCOL};
+use burrow_relay::server::identify_config;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, OrTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{identify, noise, ping, relay, yamux, PeerId, Swarm, Transport};
+
+use super::proto::{Envelope, Reply, MAX_TEXT, MESSAGE_PROTOCOL};
+use super::transport::{authenticated, CarrierTransport, UPGRADE_TIMEOUT};
+
+/// How long a request may wait for its answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    pub relay_client: relay::client::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub messages: request_response::cbor::Behaviour<Envelope, Reply>,
+    pub mailbox: request_response::cbor::Behaviour<MailboxRequest, MailboxResponse>,
+}
+
+impl std::fmt::Debug for NodeBehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBehaviour").finish_non_exhaustive()
+    }
+}
+
+/// A swarm for a node that never listens except through relay circuits.
+pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<NodeBehaviour>> {
+    let peer_id = keypair.public().to_peer_id();
+    let (relay_transport, relay_client) = relay::client::new(peer_id);
+    // Circuits run inside a tunnel that is already encrypted to the relay,
+    // so the usual negotiated upgrade is invisible on the wire here.
+    let relayed = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(keypair).map_err(io::Error::other)?)
+        .multiplex(yamux::Config::default())
+        .timeout(UPGRADE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let transport: Boxed<(PeerId, StreamMuxerBox)> =
+        OrTransport::new(relayed, authenticated(carriers, keypair))
+            .map(|either, _| either.into_inner())
+            .boxed();
+    let messages = request_response::Behaviour::with_codec(
+        request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum((MAX_TEXT + 1024) as u64)
+            .set_response_size_maximum(4 * 1024),
+        [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    );
+    let mailbox = request_response::Behaviour::with_codec(
+        request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(128 * 1024)
+            .set_response_size_maximum(8 * 1024 * 1024),
+        [(MAILBOX_PROTOCOL, ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    );
+    let behaviour = NodeBehaviour {
+        relay_client,
+        identify: identify::Behaviour::new(identify_config(keypair)),
+        ping: ping::Behaviour::default(),
+        messages,
+        mailbox,
+    };
+    let config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(Duration::from_secs(60));
+    Ok(Swarm::new(transport, behaviour, peer_id, config))
+}

@@ -1,0 +1,405 @@
+//! libp2p over the camouflaged carriers.
+//!
+//! A dial opens a gated tunnel through a relay's web front (`burrow_obfs`);
+//! a listener hands out the tunnels a relay's front accepted. Noise and
+//! yamux are applied directly on the tunnel, with no multistream-select
+//! negotiation, so the first bytes after the gate are already a Noise
+//! handshake message:
+//!
+//! ```text
+//! tunnel (HTTP/2 or HTTP/3 request stream, after the gate)
+//!   -> Noise XX (libp2p-noise, authenticates both PeerIds)
+//!     -> yamux
+//!       -> libp2p protocols (multistream-select runs inside, encrypted)
+//! ```
+//!
+//! Relays are named in multiaddrs the way libp2p writes a web server:
+//! `/ip4/A/tcp/P/tls/http` (HTTP/2) and `/ip4/A/udp/P/quic-v1` (HTTP/3),
+//! with `/dns/NAME` for names. The gate key, path and certificate pin are
+//! not in the multiaddr: they come from the relay line registered in the
+//! [`Directory`], so only relays the node was told about can be dialled.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use burrow_obfs::{Carrier, Client, RelayLine, Sockets, Tunnel, Tunnels};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeoutError;
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
+use libp2p::core::{ConnectedPoint, Endpoint, Transport};
+use libp2p::multiaddr::Protocol;
+use libp2p::{identity, noise, yamux, Multiaddr, PeerId};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+/// Time allowed from dial to an authenticated, multiplexed connection.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where a relay is, as written in a multiaddr.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Endpointish {
+    host: String,
+    port: u16,
+}
+
+/// The relays this node may dial, by the address libp2p knows them under.
+#[derive(Clone, Default)]
+pub struct Directory {
+    relays: Arc<RwLock<HashMap<Endpointish, Client>>>,
+}
+
+impl fmt::Debug for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.relays.read().map(|r| r.len()).unwrap_or(0);
+        f.debug_struct("Directory").field("relays", &n).finish()
+    }
+}
+
+impl Directory {
+    /// Registers a relay and returns the multiaddrs that reach it, one per
+    /// carrier in the line's order.
+    pub fn add(
+        &self,
+        line: &RelayLine,
+        sockets: Arc<dyn Sockets>,
+    ) -> Result<Vec<Multiaddr>, burrow_obfs::Error> {
+        let client = Client::new(line.clone(), sockets)?;
+        let key = Endpointish {
+            host: line.host.clone(),
+            port: line.port,
+        };
+        if let Ok(mut relays) = self.relays.write() {
+            relays.insert(key, client);
+        }
+        Ok(relay_addrs(line))
+    }
+
+    fn client(&self, key: &Endpointish) -> Option<Client> {
+        self.relays.read().ok()?.get(key).cloned()
+    }
+}
+
+/// The multiaddrs of a relay line, one per carrier.
+pub fn relay_addrs(line: &RelayLine) -> Vec<Multiaddr> {
+    line.carriers
+        .iter()
+        .map(|&c| carrier_addr(&line.host, line.port, c))
+        .collect()
+}
+
+fn host_protocol(host: &str) -> Protocol<'static> {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Protocol::Ip4(a),
+        Ok(IpAddr::V6(a)) => Protocol::Ip6(a),
+        Err(_) => Protocol::Dns(host.to_string().into()),
+    }
+}
+
+fn carrier_addr(host: &str, port: u16, carrier: Carrier) -> Multiaddr {
+    let base = Multiaddr::empty().with(host_protocol(host));
+    match carrier {
+        Carrier::H2 => base
+            .with(Protocol::Tcp(port))
+            .with(Protocol::Tls)
+            .with(Protocol::Http),
+        Carrier::H3 => base.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+    }
+}
+
+fn socket_addr_multiaddr(addr: SocketAddr, carrier: Carrier) -> Multiaddr {
+    carrier_addr(&addr.ip().to_string(), addr.port(), carrier)
+}
+
+/// Reads a relay multiaddr: host, port and carrier. A trailing `/p2p/ID`
+/// is allowed; anything else (notably `/p2p-circuit`) is not ours.
+fn parse_addr(addr: &Multiaddr) -> Option<(Endpointish, Carrier)> {
+    let mut it = addr.iter();
+    let host = match it.next()? {
+        Protocol::Ip4(a) => a.to_string(),
+        Protocol::Ip6(a) => a.to_string(),
+        Protocol::Dns(n) | Protocol::Dns4(n) | Protocol::Dns6(n) => n.to_string(),
+        _ => return None,
+    };
+    let (port, carrier) = match (it.next()?, it.next()?) {
+        (Protocol::Tcp(p), Protocol::Tls) => match it.next()? {
+            Protocol::Http => (p, Carrier::H2),
+            _ => return None,
+        },
+        (Protocol::Udp(p), Protocol::QuicV1) => (p, Carrier::H3),
+        _ => return None,
+    };
+    match it.next() {
+        None | Some(Protocol::P2p(_)) if it.next().is_none() => {}
+        _ => return None,
+    }
+    Some((Endpointish { host, port }, carrier))
+}
+
+/// The relay side's source of connections: the tunnels its front accepted.
+struct Listener {
+    id: ListenerId,
+    tunnels: Tunnels,
+    /// Addresses announced to the swarm once.
+    announce: Vec<Multiaddr>,
+    local: Multiaddr,
+}
+
+/// The raw transport: tunnels in, tunnels out. Wrap it with [`authenticated`].
+pub struct CarrierTransport {
+    directory: Directory,
+    /// Tunnels to hand to the first `listen_on` (relay mode).
+    idle_tunnels: Option<(Tunnels, Vec<Multiaddr>)>,
+    listener: Option<Listener>,
+}
+
+impl fmt::Debug for CarrierTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CarrierTransport")
+            .field("directory", &self.directory)
+            .field("listening", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl CarrierTransport {
+    /// A dial-only transport (a node: it never accepts connections).
+    pub fn dialer(directory: Directory) -> Self {
+        Self {
+            directory,
+            idle_tunnels: None,
+            listener: None,
+        }
+    }
+
+    /// A relay's transport: `listen_on` takes the front's tunnels and
+    /// announces `public` as the relay's addresses.
+    pub fn relay(directory: Directory, tunnels: Tunnels, public: Vec<Multiaddr>) -> Self {
+        Self {
+            directory,
+            idle_tunnels: Some((tunnels, public)),
+            listener: None,
+        }
+    }
+}
+
+type DialFuture = BoxFuture<'static, io::Result<Compat<Tunnel>>>;
+type Incoming = futures::future::Ready<io::Result<Compat<Tunnel>>>;
+
+impl Transport for CarrierTransport {
+    type Output = Compat<Tunnel>;
+    type Error = io::Error;
+    type ListenerUpgrade = Incoming;
+    type Dial = DialFuture;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        if parse_addr(&addr).is_none() {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        let Some((tunnels, announce)) = self.idle_tunnels.take() else {
+            return Err(TransportError::Other(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this node does not accept connections (only a relay listens)",
+            )));
+        };
+        self.listener = Some(Listener {
+            id,
+            tunnels,
+            announce,
+            local: addr,
+        });
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        match &self.listener {
+            Some(l) if l.id == id => {
+                self.listener = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        let Some((key, carrier)) = parse_addr(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        let Some(client) = self.directory.client(&key) else {
+            // Not a relay we were given: no key, no pin, nothing to dial.
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        Ok(async move {
+            let mut tunnel = client
+                .connect_via(carrier)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
+            tunnel.established().await?;
+            Ok(tunnel.compat())
+        }
+        .boxed())
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        let Some(listener) = self.listener.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Some(listen_addr) = listener.announce.pop() {
+            return Poll::Ready(TransportEvent::NewAddress {
+                listener_id: listener.id,
+                listen_addr,
+            });
+        }
+        match listener.tunnels.poll_accept(cx) {
+            Poll::Ready(Some(tunnel)) => {
+                let send_back_addr = match tunnel.peer() {
+                    Some(peer) => socket_addr_multiaddr(peer, tunnel.carrier()),
+                    None => listener.local.clone(),
+                };
+                Poll::Ready(TransportEvent::Incoming {
+                    listener_id: listener.id,
+                    upgrade: futures::future::ready(Ok(tunnel.compat())),
+                    local_addr: listener.local.clone(),
+                    send_back_addr,
+                })
+            }
+            Poll::Ready(None) => {
+                let listener_id = listener.id;
+                self.listener = None;
+                Poll::Ready(TransportEvent::ListenerClosed {
+                    listener_id,
+                    reason: Ok(()),
+                })
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// yamux settings for tunnels: the default stream count, and nothing that
+/// caps a single stream below what the carrier carries.
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(256);
+    c
+}
+
+/// The carrier transport with Noise and yamux applied directly, wrapped in
+/// a timeout: what a swarm runs on.
+pub fn authenticated(
+    raw: CarrierTransport,
+    keypair: &identity::Keypair,
+) -> impl Transport<
+    Output = (PeerId, StreamMuxerBox),
+    Error = io::Error,
+    ListenerUpgrade: Send,
+    Dial: Send,
+> + Send
+       + Unpin
+       + 'static {
+    let keypair = keypair.clone();
+    let upgraded = raw.and_then(move |io, endpoint: ConnectedPoint| {
+        let keypair = keypair.clone();
+        async move {
+            let noise = noise::Config::new(&keypair).map_err(io::Error::other)?;
+            let dialer = matches!(
+                endpoint,
+                ConnectedPoint::Dialer {
+                    role_override: Endpoint::Dialer,
+                    ..
+                }
+            );
+            let (peer, secured) = if dialer {
+                noise.upgrade_outbound(io, "/noise").await
+            } else {
+                noise.upgrade_inbound(io, "/noise").await
+            }
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            let muxer = if dialer {
+                yamux_config()
+                    .upgrade_outbound(secured, "/yamux/1.0.0")
+                    .await
+            } else {
+                yamux_config()
+                    .upgrade_inbound(secured, "/yamux/1.0.0")
+                    .await
+            }
+            .map_err(io::Error::other)?;
+            Ok::<_, io::Error>((peer, StreamMuxerBox::new(muxer)))
+        }
+    });
+    libp2p::core::transport::timeout::TransportTimeout::new(upgraded, UPGRADE_TIMEOUT).map_err(
+        |e| match e {
+            TransportTimeoutError::Timeout => {
+                io::Error::new(io::ErrorKind::TimedOut, "connection set-up timed out")
+            }
+            TransportTimeoutError::TimerError(e) => e,
+            TransportTimeoutError::Other(e) => e.into_inner(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_multiaddrs_round_trip() {
+        for (text, host, port, carrier) in [
+            (
+                "/ip4/127.0.0.1/tcp/8443/tls/http",
+                "127.0.0.1",
+                8443,
+                Carrier::H2,
+            ),
+            ("/ip6/::1/udp/443/quic-v1", "::1", 443, Carrier::H3),
+            (
+                "/dns/example.org/tcp/443/tls/http",
+                "example.org",
+                443,
+                Carrier::H2,
+            ),
+        ] {
+            let addr: Multiaddr = text.parse().expect("multiaddr");
+            let (key, c) = parse_addr(&addr).expect("ours");
+            assert_eq!((key.host.as_str(), key.port, c), (host, port, carrier));
+            assert_eq!(carrier_addr(host, port, carrier), addr);
+            let with_id = addr.with(Protocol::P2p(PeerId::random()));
+            assert!(parse_addr(&with_id).is_some(), "{with_id}");
+        }
+    }
+
+    #[test]
+    fn other_addresses_are_not_ours() {
+        let relay = PeerId::random();
+        for text in [
+            "/ip4/127.0.0.1/tcp/8443".to_string(),
+            "/ip4/127.0.0.1/tcp/8443/http".to_string(),
+            "/ip4/127.0.0.1/udp/443/quic".to_string(),
+            "/ip4/127.0.0.1/tcp/8443/tls/ws".to_string(),
+            format!("/ip4/127.0.0.1/tcp/8443/tls/http/p2p/{relay}/p2p-circuit"),
+            format!("/ip4/127.0.0.1/udp/443/quic-v1/p2p/{relay}/p2p-circuit/p2p/{relay}"),
+        ] {
+            let addr: Multiaddr = text.parse().expect("multiaddr");
+            assert!(parse_addr(&addr).is_none(), "{addr}");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Two nodes that do not listen reach each other through a relay's
+//! camouflaged front, over each carrier: reservation, a circuit, a message
+//! and its receipt, and the mailbox when the recipient is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_node::guarded::GuardedSockets;
+use burrow_node::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef};
+use burrow_node::p2p::proto::{Envelope, Reply};
+use burrow_node::p2p::swarm;
+use burrow_node::p2p::transport::{authenticated, relay_addrs, CarrierTransport, Directory};
+use burrow_obfs::{
+    Carrier, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Source,
+};
+use burrow_relay::proto::MailboxItem;
+use burrow_relay::{Admission, RelayLimits, RelayNode, RelayStats};
+use libp2p::identity::Keypair;
+use libp2p::{PeerId, Transport as _};
+use tokio::sync::{mpsc, watch};
+
+struct Relay {
+    line: RelayLine,
+    stats: Arc<std::sync::Mutex<RelayStats>>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn relay(carriers: Vec<Carrier>) -> Relay {
+    let (identity, _, _) = Identity::self_signed("relay.example").expect("cert");
+    let secret = GateSecret::generate(&mut rand::rngs::OsRng);
+    let pin = identity.pin();
+    let config = FrontConfig {
+        identity,
+        gate: Gate::new(secret.clone()),
+        tunnel_path: "/api/v2/events".into(),
+        site: Site::new(Source::Builtin, 0, true),
+        limits: Limits::default(),
+    };
+    let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let addr = front.local_addr();
+    let keypair = Keypair::generate_ed25519();
+    let line = RelayLine {
+        host: "relay.example".into(),
+        port: addr.port(),
+        path: "/api/v2/events".into(),
+        key: secret.public(),
+        carriers,
+        pin,
+        ip: Some(addr.ip()),
+        id: Some(keypair.public().to_peer_id().to_base58()),
+    };
+    let public = relay_addrs(&line);
+    let transport = authenticated(
+        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+        &keypair,
+    )
+    .boxed();
+    let node = RelayNode::new(
+        transport,
+        &keypair,
+        public[0].clone(),
+        &public,
+        &RelayLimits::default(),
+        &Admission::Open,
+    )
+    .expect("relay node");
+    let stats = node.stats();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(front.run(rx.clone()));
+    tokio::spawn(node.run(rx));
+    Relay {
+        line,
+        stats,
+        _stop: stop,
+    }
+}
+
+#[derive(Debug)]
+enum Seen {
+    Envelope(PeerId, Envelope),
+    Mailbox(Vec<MailboxItem>),
+    Home(HomeState),
+}
+
+struct Recorder(mpsc::UnboundedSender<Seen>);
+
+impl Handler for Recorder {
+    fn on_envelope(&mut self, from: PeerId, envelope: Envelope) -> Reply {
+        let _ = self.0.send(Seen::Envelope(from, envelope));
+        Reply::Received
+    }
+    fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64> {
+        let ids = items.iter().map(|i| i.id).collect();
+        let _ = self.0.send(Seen::Mailbox(items));
+        ids
+    }
+    fn on_home(&mut self, state: HomeState) {
+        let _ = self.0.send(Seen::Home(state));
+    }
+}
+
+struct User {
+    keypair: Keypair,
+    handle: DriverHandle,
+    seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+fn user(home: &RelayRef) -> User {
+    let keypair = Keypair::generate_ed25519();
+    let directory = Directory::default();
+    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "test").expect("sockets"));
+    let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone())).expect("swarm");
+    let (tx, seen) = mpsc::unbounded_channel();
+    let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Recorder(tx));
+    tokio::spawn(driver.run());
+    User {
+        keypair,
+        handle,
+        seen,
+    }
+}
+
+impl User {
+    fn id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(Duration::from_secs(30), self.seen.recv())
+            .await
+            .expect("event in time")
+            .expect("driver running")
+    }
+
+    async fn until_online(&mut self) {
+        loop {
+            if let Seen::Home(HomeState::Online) = self.next().await {
+                return;
+            }
+        }
+    }
+}
+
+fn message(n: u8, text: &str) -> Envelope {
+    Envelope::Message {
+        id: [n; 16],
+        sent_at_ms: 1_700_000_000_000 + u64::from(n),
+        text: text.into(),
+    }
+}
+
+async fn both_ways(carrier: Carrier) {
+    let relay = relay(vec![carrier]).await;
+    let home = RelayRef::new(relay.line.clone()).expect("relay ref");
+    let mut alice = user(&home);
+    let mut bob = user(&home);
+    alice.until_online().await;
+    bob.until_online().await;
+
+    let reply = alice
+        .handle
+        .deliver(bob.id(), home.clone(), message(1, "hello bob"))
+        .await
+        .expect("delivered");
+    assert_eq!(reply, Reply::Received);
+    match bob.next().await {
+        Seen::Envelope(from, env) => {
+            assert_eq!(from, alice.id());
+            assert_eq!(env, message(1, "hello bob"));
+        }
+        other => panic!("bob saw {other:?}"),
+    }
+    let reply = bob
+        .handle
+        .deliver(alice.id(), home.clone(), message(2, "hi alice"))
+        .await
+        .expect("delivered back");
+    assert_eq!(reply, Reply::Received);
+    loop {
+        if let Seen::Envelope(from, env) = alice.next().await {
+            assert_eq!(from, bob.id());
+            assert_eq!(env, message(2, "hi alice"));
+            break;
+        }
+    }
+    let stats = relay.stats.lock().expect("stats").clone();
+    assert_eq!(stats.reservations, 2, "{stats:?}");
+    assert!(stats.circuits >= 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_both_ways_through_the_relay_over_http2() {
+    both_ways(Carrier::H2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_both_ways_through_the_relay_over_http3() {
+    both_ways(Carrier::H3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_user_gets_the_message_from_the_mailbox() {
+    let relay = relay(vec![Carrier::H2, Carrier::H3]).await;
+    let home = RelayRef::new(relay.line.clone()).expect("relay ref");
+    let mut alice = user(&home);
+    alice.until_online().await;
+    let bob_key = Keypair::generate_ed25519();
+    let bob_id = bob_key.public().to_peer_id();
+
+    let err = alice
+        .handle
+        .deliver(bob_id, home.clone(), message(3, "are you there?"))
+        .await
+        .expect_err("bob is not connected");
+    assert!(matches!(err, DeliverError::Unreachable(_)), "{err}");
+    let sealed = burrow_node::seal::seal(
+        &alice.keypair,
+        &bob_key.public(),
+        &message(3, "are you there?"),
+        &mut rand::rngs::OsRng,
+    )
+    .expect("seal");
+    alice
+        .handle
+        .deposit(home.clone(), bob_id, sealed.clone())
+        .await
+        .expect("deposited");
+    assert_eq!(relay.stats.lock().expect("stats").mailbox_messages, 1);
+
+    // Bob comes online with his key: the mailbox is handed over and acked.
+    let directory = Directory::default();
+    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "test").expect("sockets"));
+    let swarm = swarm::build(&bob_key, CarrierTransport::dialer(directory.clone())).expect("swarm");
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let (driver, _bob) = Driver::new(swarm, directory, sockets, home.clone(), Recorder(tx));
+    tokio::spawn(driver.run());
+    let items = loop {
+        match tokio::time::timeout(Duration::from_secs(30), seen.recv()).await {
+            Ok(Some(Seen::Mailbox(items))) => break items,
+            Ok(Some(_)) => continue,
+            other => panic!("no mailbox: {other:?}"),
+        }
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].sealed, sealed);
+    let opened = burrow_node::seal::open(&bob_key, &items[0].sealed).expect("open");
+    assert_eq!(opened.from, alice.id());
+    assert_eq!(opened.envelope, message(3, "are you there?"));
+    // The ack empties the mailbox.
+    for _ in 0..100 {
+        if relay.stats.lock().expect("stats").mailbox_messages == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the mailbox was not emptied after the ack");
+}

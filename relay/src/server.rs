@@ -1,0 +1,409 @@
+//! The relay's libp2p side: a circuit relay v2 server for NAT-trapped
+//! users and the mailbox, on whatever transport the caller gives it (in
+//! the `burrow` binary: the tunnels of the camouflaged front).
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, ping, relay, Multiaddr, PeerId, Swarm};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::mailbox::{MailboxLimits, Mailboxes};
+use crate::proto::{MailboxItem, MailboxRequest, MailboxResponse, MAILBOX_PROTOCOL};
+
+/// What identify says about this program: nothing.
+pub const AGENT: &str = "node";
+/// The identify protocol version both sides send.
+pub const PROTOCOL_VERSION: &str = "/burrow/1";
+
+/// Who may hold a reservation (and so be reached through this relay).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Admission {
+    /// Anyone who has the relay's line.
+    #[default]
+    Open,
+    /// Only these users.
+    Listed(HashSet<PeerId>),
+}
+
+/// Every bound of the relay, each with a default.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    /// Reservations held at once, and per user.
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the user renews it.
+    pub reservation_duration: Duration,
+    /// Reservation requests per source IP per minute.
+    pub reservations_per_ip_per_minute: NonZeroU32,
+    /// Circuits open at once, and per user.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// Lifetime of one circuit (fits in u32 seconds; the relay announces it
+    /// in seconds). Users reconnect after it ends.
+    pub circuit_duration: Duration,
+    /// Bytes one circuit may carry; 0 means no limit.
+    pub circuit_bytes: u64,
+    /// New circuits one peer may ask for per minute, and one IP.
+    pub circuits_per_peer_per_minute: NonZeroU32,
+    pub circuits_per_ip_per_minute: NonZeroU32,
+    /// Connections with nothing going on are closed after this.
+    pub idle_timeout: Duration,
+    pub mailbox: MailboxLimits,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 4096,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            reservations_per_ip_per_minute: NonZeroU32::MIN.saturating_add(59),
+            max_circuits: 4096,
+            max_circuits_per_peer: 64,
+            circuit_duration: Duration::from_secs(24 * 3600),
+            circuit_bytes: 0,
+            circuits_per_peer_per_minute: NonZeroU32::MIN.saturating_add(119),
+            circuits_per_ip_per_minute: NonZeroU32::MIN.saturating_add(599),
+            idle_timeout: Duration::from_secs(120),
+            mailbox: MailboxLimits::default(),
+        }
+    }
+}
+
+/// Why a relay configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("circuit_duration must be between 1 s and {max} s", max = u32::MAX)]
+    CircuitDuration,
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl RelayLimits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let secs = self.circuit_duration.as_secs();
+        if secs == 0 || secs > u64::from(u32::MAX) {
+            return Err(LimitsError::CircuitDuration);
+        }
+        for (name, v) in [
+            ("max_reservations", self.max_reservations),
+            ("max_reservations_per_peer", self.max_reservations_per_peer),
+            ("max_circuits", self.max_circuits),
+            ("max_circuits_per_peer", self.max_circuits_per_peer),
+            ("mailbox.per_recipient", self.mailbox.per_recipient),
+            ("mailbox.max_item", self.mailbox.max_item),
+        ] {
+            if v == 0 {
+                return Err(LimitsError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    fn relay_config(&self, admission: &Admission) -> relay::Config {
+        let mut c = relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            reservation_rate_limiters: Vec::new(),
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.circuit_duration,
+            max_circuit_bytes: self.circuit_bytes,
+            circuit_src_rate_limiters: Vec::new(),
+        }
+        .reservation_rate_per_ip(self.reservations_per_ip_per_minute, Duration::from_secs(60))
+        .circuit_src_per_peer(self.circuits_per_peer_per_minute, Duration::from_secs(60))
+        .circuit_src_per_ip(self.circuits_per_ip_per_minute, Duration::from_secs(60));
+        if let Admission::Listed(users) = admission {
+            c.reservation_rate_limiters
+                .push(Box::new(ListedUsers(users.clone())));
+        }
+        c
+    }
+}
+
+/// Reservations only for listed users (the relay's hook for admission is
+/// its rate limiter: refusing is "rate limit 0" for everyone else).
+struct ListedUsers(HashSet<PeerId>);
+
+impl relay::RateLimiter for ListedUsers {
+    fn try_next(&mut self, peer: PeerId, _addr: &Multiaddr, _now: Instant) -> bool {
+        self.0.contains(&peer)
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub struct RelayBehaviour {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mailbox: request_response::cbor::Behaviour<MailboxRequest, MailboxResponse>,
+}
+
+impl std::fmt::Debug for RelayBehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBehaviour").finish_non_exhaustive()
+    }
+}
+
+/// Identify as every Burrow peer sends it: no listen addresses, no
+/// program name.
+pub fn identify_config(keypair: &Keypair) -> identify::Config {
+    identify::Config::new(PROTOCOL_VERSION.to_string(), keypair.public())
+        .with_agent_version(AGENT.to_string())
+        .with_hide_listen_addrs(true)
+        .with_push_listen_addr_updates(false)
+}
+
+/// A live view of the relay for tests and metrics: counts only, never
+/// identities or addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub connected: usize,
+    pub reservations: usize,
+    pub circuits: usize,
+    pub mailbox_messages: usize,
+    pub mailbox_bytes: usize,
+}
+
+/// The relay's libp2p node.
+pub struct RelayNode {
+    swarm: Swarm<RelayBehaviour>,
+    mailboxes: Mailboxes,
+    stats: Arc<Mutex<RelayStats>>,
+    reservations: HashSet<PeerId>,
+    admission: Admission,
+}
+
+impl std::fmt::Debug for RelayNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayNode")
+            .field("peer_id", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayNode {
+    /// `listen` is handed to the transport's `listen_on`; `public` are the
+    /// addresses users reach the relay at (announced in reservations).
+    pub fn new(
+        transport: Boxed<(PeerId, StreamMuxerBox)>,
+        keypair: &Keypair,
+        listen: Multiaddr,
+        public: &[Multiaddr],
+        limits: &RelayLimits,
+        admission: &Admission,
+    ) -> Result<Self, crate::Error> {
+        limits.validate()?;
+        let peer_id = keypair.public().to_peer_id();
+        let codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(limits.mailbox.max_item as u64 + 1024)
+            .set_response_size_maximum(
+                (limits.mailbox.max_item * limits.mailbox.max_fetch) as u64 + 64 * 1024,
+            );
+        let behaviour = RelayBehaviour {
+            relay: relay::Behaviour::new(peer_id, limits.relay_config(admission)),
+            identify: identify::Behaviour::new(identify_config(keypair)),
+            ping: ping::Behaviour::default(),
+            mailbox: request_response::Behaviour::with_codec(
+                codec,
+                [(MAILBOX_PROTOCOL, ProtocolSupport::Inbound)],
+                request_response::Config::default(),
+            ),
+        };
+        let config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(limits.idle_timeout);
+        let mut swarm = Swarm::new(transport, behaviour, peer_id, config);
+        swarm
+            .listen_on(listen)
+            .map_err(|e| crate::Error::Listen(e.to_string()))?;
+        for addr in public {
+            swarm.add_external_address(addr.clone());
+        }
+        Ok(Self {
+            swarm,
+            mailboxes: Mailboxes::new(limits.mailbox.clone()),
+            stats: Arc::default(),
+            reservations: HashSet::new(),
+            admission: admission.clone(),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Counts, updated as the relay runs.
+    pub fn stats(&self) -> Arc<Mutex<RelayStats>> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` becomes true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut expiry = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = expiry.tick() => self.mailboxes.expire(Instant::now()),
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.connected = self.swarm.connected_peers().count();
+            s.reservations = self.reservations.len();
+            s.mailbox_messages = self.mailboxes.len();
+            s.mailbox_bytes = self.mailboxes.bytes();
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<RelayBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Mailbox(
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                },
+            )) => {
+                let response = self.on_mailbox(peer, request);
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("mailbox answer not delivered: the user went away");
+                }
+            }
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => self.on_relay(e),
+            SwarmEvent::NewListenAddr { .. } => info!("relay listening for tunnels"),
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!("incoming connection failed: {error}")
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                warn!("tunnel listener closed: {reason:?}")
+            }
+            _ => {}
+        }
+    }
+
+    fn on_relay(&mut self, e: relay::Event) {
+        match e {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.reservations.insert(src_peer_id);
+            }
+            relay::Event::ReservationTimedOut { src_peer_id }
+            | relay::Event::ReservationClosed { src_peer_id } => {
+                self.reservations.remove(&src_peer_id);
+            }
+            relay::Event::CircuitReqAccepted { .. } => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.circuits += 1;
+                }
+            }
+            relay::Event::CircuitClosed { .. } => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.circuits = s.circuits.saturating_sub(1);
+                }
+            }
+            relay::Event::ReservationReqDenied { .. } => debug!("reservation refused"),
+            relay::Event::CircuitReqDenied { .. } => debug!("circuit refused"),
+            _ => {}
+        }
+    }
+
+    fn on_mailbox(&mut self, peer: PeerId, request: MailboxRequest) -> MailboxResponse {
+        let now = Instant::now();
+        match request {
+            MailboxRequest::Put { to, sealed } => {
+                let Ok(to) = PeerId::from_bytes(&to) else {
+                    return MailboxResponse::Refused {
+                        reason: "the recipient is not a valid user id".into(),
+                    };
+                };
+                if let Admission::Listed(users) = &self.admission {
+                    if !users.contains(&to) {
+                        return MailboxResponse::Refused {
+                            reason: "the recipient is not a user of this relay".into(),
+                        };
+                    }
+                }
+                match self.mailboxes.put(now, to, sealed) {
+                    Ok(id) => MailboxResponse::Stored { id },
+                    Err(refusal) => MailboxResponse::Refused {
+                        reason: refusal.to_string(),
+                    },
+                }
+            }
+            MailboxRequest::Fetch => MailboxResponse::Items {
+                items: self
+                    .mailboxes
+                    .fetch(now, &peer)
+                    .into_iter()
+                    .map(|(id, sealed)| MailboxItem { id, sealed })
+                    .collect(),
+            },
+            MailboxRequest::Ack { ids } => MailboxResponse::Acked {
+                removed: u32::try_from(self.mailboxes.ack(&peer, &ids)).unwrap_or(u32::MAX),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked() {
+        assert_eq!(RelayLimits::default().validate(), Ok(()));
+        let too_long = RelayLimits {
+            circuit_duration: Duration::from_secs(u64::from(u32::MAX) + 1),
+            ..RelayLimits::default()
+        };
+        assert_eq!(too_long.validate(), Err(LimitsError::CircuitDuration));
+        let zero = RelayLimits {
+            max_circuits: 0,
+            ..RelayLimits::default()
+        };
+        assert_eq!(zero.validate(), Err(LimitsError::Zero("max_circuits")));
+    }
+
+    #[test]
+    fn listed_admission_refuses_everyone_else() {
+        let listed = PeerId::random();
+        let mut l = ListedUsers([listed].into_iter().collect());
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1/tls/http".parse().expect("addr");
+        assert!(relay::RateLimiter::try_next(
+            &mut l,
+            listed,
+            &addr,
+            Instant::now()
+        ));
+        assert!(!relay::RateLimiter::try_next(
+            &mut l,
+            PeerId::random(),
+            &addr,
+            Instant::now()
+        ));
+    }
+}
