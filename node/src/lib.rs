@@ -6,6 +6,8 @@ pub mod cli;
 pub mod datadir;
 pub mod demo;
 pub mod guarded;
+pub mod identity;
 pub mod p2p;
 pub mod relay_cmd;
 pub mod seal;
+pub mod store;

@@ -110,6 +110,12 @@ impl RelayLine {
         }
     }
 
+    /// The line without its scheme and checksum; [`RelayLine::from_body`]
+    /// reads it back.
+    pub fn body_text(&self) -> String {
+        self.body()[SCHEME.len()..].to_string()
+    }
+
     fn body(&self) -> String {
         let carriers: Vec<&str> = self.carriers.iter().map(|c| c.name()).collect();
         let mut s = format!(
@@ -163,7 +169,17 @@ impl FromStr for RelayLine {
         if checksum(&line[..body_len]) != check {
             return Err(LineError::Checksum);
         }
-        let rest = &rest[..body_len - SCHEME.len()];
+        Self::from_body(&rest[..body_len - SCHEME.len()])
+    }
+}
+
+impl RelayLine {
+    /// Parses the part of a line between the scheme and `&x=` — for formats
+    /// that embed a relay line under their own checksum (a user's address).
+    pub fn from_body(rest: &str) -> Result<Self, LineError> {
+        if rest.len() > MAX_LINE_LEN {
+            return Err(LineError::TooLong);
+        }
         let (location, query) = rest.split_once('?').ok_or(LineError::Missing("key"))?;
         let slash = location.find('/').ok_or(LineError::Missing("path"))?;
         let (authority, path) = location.split_at(slash);

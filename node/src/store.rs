@@ -1,0 +1,500 @@
+//! The local store: settings, contacts, messages and the outbox in one
+//! SQLite database encrypted as a whole (SQLCipher; the raw key comes from
+//! the password through the keystore's Argon2id).
+//!
+//! Every change is a transaction with `synchronous = FULL`: a killed
+//! process or a full disk leaves the last committed state, never half of
+//! one. A database that does not open with the key is reported as damaged
+//! and left untouched.
+
+use std::path::Path;
+
+use burrow_obfs::RelayLine;
+use libp2p::PeerId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::identity::Address;
+use crate::p2p::proto::MessageId;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the message database is damaged or belongs to another identity; it was left as it is"
+    )]
+    Damaged,
+    #[error("the disk is full: nothing was changed")]
+    DiskFull,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no contact named {0:?}")]
+    NoContact(String),
+    #[error("database error: {0}")]
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull,
+            Some(rusqlite::ErrorCode::NotADatabase)
+            | Some(rusqlite::ErrorCode::DatabaseCorrupt) => StoreError::Damaged,
+            _ => StoreError::Sql(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A contact as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub name: String,
+    pub address: Address,
+    pub verified: bool,
+}
+
+impl Contact {
+    pub fn peer(&self) -> PeerId {
+        self.address.user
+    }
+}
+
+/// Which way a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// Where an outgoing message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// Not yet handed over.
+    Pending,
+    /// Left in the contact's mailbox; waiting for the receipt.
+    Deposited,
+    /// The contact's receipt arrived.
+    Delivered,
+}
+
+impl OutState {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutState::Pending => "pending",
+            OutState::Deposited => "deposited",
+            OutState::Delivered => "delivered",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "delivered" => OutState::Delivered,
+            "deposited" => OutState::Deposited,
+            _ => OutState::Pending,
+        }
+    }
+}
+
+/// One message, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: MessageId,
+    pub contact: String,
+    pub peer: PeerId,
+    pub direction: Direction,
+    pub sent_at_ms: u64,
+    pub text: String,
+    /// For outgoing messages.
+    pub state: OutState,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    name TEXT PRIMARY KEY,
+    peer TEXT NOT NULL UNIQUE,
+    address TEXT NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0,
+    added_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    peer TEXT NOT NULL,
+    id BLOB NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    sent_at_ms INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    changed_ms INTEGER NOT NULL,
+    PRIMARY KEY (peer, id, direction)
+);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (sent_at_ms);
+";
+
+/// The open database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` with `key`.
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        // A raw 256-bit key: SQLCipher skips its own password hashing.
+        // SQLCipher logs decryption failures to stderr itself; we report them.
+        let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex(key)))?;
+        // The first read proves the key (and the file) are right.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Sql(_) => StoreError::Damaged,
+                other => other,
+            })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    // ------------------------------------------------------------ settings
+
+    pub fn home_relay(&self) -> Result<Option<RelayLine>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'home_relay'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| t.parse().map_err(|_| StoreError::Damaged))
+            .transpose()
+    }
+
+    pub fn set_home_relay(&self, line: &RelayLine) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES ('home_relay', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![line.to_string()],
+        )?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ contacts
+
+    /// Adds a contact; a name or a user already present is a conflict.
+    pub fn add_contact(&self, name: &str, address: &Address, now_ms: u64) -> Result<Contact> {
+        if let Some(existing) = self.contact_by_peer(&address.user)? {
+            return Err(StoreError::Conflict(format!(
+                "this user is already a contact, named {:?}",
+                existing.name
+            )));
+        }
+        if self.contact(name)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "a contact named {name:?} already exists"
+            )));
+        }
+        self.conn.execute(
+            "INSERT INTO contacts (name, peer, address, verified, added_ms) VALUES (?1, ?2, ?3, 0, ?4)",
+            params![name, address.user.to_base58(), address.to_string(), now_ms as i64],
+        )?;
+        Ok(Contact {
+            name: name.to_string(),
+            address: address.clone(),
+            verified: false,
+        })
+    }
+
+    /// Replaces a contact's address (a new home relay); keeps the rest.
+    pub fn update_address(&self, name: &str, address: &Address) -> Result<()> {
+        let c = self
+            .contact(name)?
+            .ok_or_else(|| StoreError::NoContact(name.into()))?;
+        if c.peer() != address.user {
+            return Err(StoreError::Conflict(
+                "the new address belongs to a different user".into(),
+            ));
+        }
+        self.conn.execute(
+            "UPDATE contacts SET address = ?2 WHERE name = ?1",
+            params![name, address.to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn row_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, bool)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    }
+
+    fn to_contact((name, address, verified): (String, String, bool)) -> Result<Contact> {
+        Ok(Contact {
+            name,
+            address: address.parse().map_err(|_| StoreError::Damaged)?,
+            verified,
+        })
+    }
+
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, address, verified FROM contacts ORDER BY name")?;
+        let rows = stmt.query_map([], Self::row_contact)?;
+        rows.map(|r| Self::to_contact(r?)).collect()
+    }
+
+    pub fn contact(&self, name: &str) -> Result<Option<Contact>> {
+        self.conn
+            .query_row(
+                "SELECT name, address, verified FROM contacts WHERE name = ?1",
+                params![name],
+                Self::row_contact,
+            )
+            .optional()?
+            .map(Self::to_contact)
+            .transpose()
+    }
+
+    pub fn contact_by_peer(&self, peer: &PeerId) -> Result<Option<Contact>> {
+        self.conn
+            .query_row(
+                "SELECT name, address, verified FROM contacts WHERE peer = ?1",
+                params![peer.to_base58()],
+                Self::row_contact,
+            )
+            .optional()?
+            .map(Self::to_contact)
+            .transpose()
+    }
+
+    pub fn set_verified(&self, name: &str, verified: bool) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE contacts SET verified = ?2 WHERE name = ?1",
+            params![name, verified],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoContact(name.into()));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Puts a new outgoing message in the outbox.
+    pub fn queue_outgoing(
+        &self,
+        peer: &PeerId,
+        id: &MessageId,
+        sent_at_ms: u64,
+        text: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO messages (peer, id, direction, sent_at_ms, text, state, changed_ms)
+             VALUES (?1, ?2, 'out', ?3, ?4, 'pending', ?3)",
+            params![peer.to_base58(), &id[..], sent_at_ms as i64, text],
+        )?;
+        Ok(())
+    }
+
+    /// Records an outgoing message's progress; a receipt never goes back.
+    pub fn set_out_state(
+        &self,
+        peer: &PeerId,
+        id: &MessageId,
+        state: OutState,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE messages SET state = ?3, changed_ms = ?4
+             WHERE peer = ?1 AND id = ?2 AND direction = 'out' AND state != 'delivered'",
+            params![peer.to_base58(), &id[..], state.as_str(), now_ms as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Stores an incoming message; returns false if it was already there
+    /// (a duplicate, dropped).
+    pub fn store_incoming(
+        &self,
+        peer: &PeerId,
+        id: &MessageId,
+        sent_at_ms: u64,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO messages (peer, id, direction, sent_at_ms, text, state, changed_ms)
+             VALUES (?1, ?2, 'in', ?3, ?4, 'received', ?5)",
+            params![peer.to_base58(), &id[..], sent_at_ms as i64, text, now_ms as i64],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn messages_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Message>> {
+        let sql = format!(
+            "SELECT m.id, c.name, m.peer, m.direction, m.sent_at_ms, m.text, m.state
+             FROM messages m LEFT JOIN contacts c ON c.peer = m.peer
+             {clause}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let name: Option<String> = r.get(1)?;
+            let peer: String = r.get(2)?;
+            let direction: String = r.get(3)?;
+            let sent: i64 = r.get(4)?;
+            let text: String = r.get(5)?;
+            let state: String = r.get(6)?;
+            Ok((id, name, peer, direction, sent, text, state))
+        })?;
+        rows.map(|row| {
+            let (id, name, peer, direction, sent, text, state) = row?;
+            Ok(Message {
+                id: id.try_into().map_err(|_| StoreError::Damaged)?,
+                contact: name.unwrap_or_default(),
+                peer: peer.parse().map_err(|_| StoreError::Damaged)?,
+                direction: if direction == "in" {
+                    Direction::In
+                } else {
+                    Direction::Out
+                },
+                sent_at_ms: u64::try_from(sent).unwrap_or(0),
+                text,
+                state: OutState::parse(&state),
+            })
+        })
+        .collect()
+    }
+
+    /// Messages both ways, oldest first; with a contact, only theirs.
+    pub fn conversation(&self, peer: Option<&PeerId>) -> Result<Vec<Message>> {
+        match peer {
+            Some(p) => self.messages_where(
+                "WHERE m.peer = ?1 ORDER BY m.sent_at_ms, m.rowid",
+                &[&p.to_base58()],
+            ),
+            None => self.messages_where("ORDER BY m.sent_at_ms, m.rowid", &[]),
+        }
+    }
+
+    /// Outgoing messages without a receipt yet, oldest first.
+    pub fn outbox(&self) -> Result<Vec<Message>> {
+        self.messages_where(
+            "WHERE m.direction = 'out' AND m.state != 'delivered' ORDER BY m.sent_at_ms, m.rowid",
+            &[],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(user: PeerId) -> Address {
+        let line: RelayLine = RelayLine::from_body(
+            "relay.example:8443/api/v2/events?k=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc&c=h2&id=12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        )
+        .expect("line");
+        Address { user, relay: line }
+    }
+
+    fn user() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    #[test]
+    fn contacts_messages_and_the_outbox() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store.db");
+        let key = [5u8; 32];
+        let bob = user();
+        {
+            let s = Store::open(&path, &key).expect("open");
+            s.add_contact("bob", &address(bob), 1).expect("add");
+            assert!(matches!(
+                s.add_contact("bob", &address(user()), 2),
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                s.add_contact("robert", &address(bob), 2),
+                Err(StoreError::Conflict(_))
+            ));
+            s.set_verified("bob", true).expect("verify");
+            assert!(matches!(
+                s.set_verified("carol", true),
+                Err(StoreError::NoContact(_))
+            ));
+            s.queue_outgoing(&bob, &[1; 16], 100, "first")
+                .expect("queue");
+            s.queue_outgoing(&bob, &[2; 16], 300, "third")
+                .expect("queue");
+            assert!(s
+                .store_incoming(&bob, &[9; 16], 200, "second", 250)
+                .expect("in"));
+            assert!(!s
+                .store_incoming(&bob, &[9; 16], 200, "second", 260)
+                .expect("dup"));
+            s.set_out_state(&bob, &[1; 16], OutState::Delivered, 400)
+                .expect("receipt");
+            // A late "deposited" does not undo a receipt.
+            assert!(!s
+                .set_out_state(&bob, &[1; 16], OutState::Deposited, 500)
+                .expect("noop"));
+        }
+        // Everything is still there after reopening.
+        let s = Store::open(&path, &key).expect("reopen");
+        let contacts = s.contacts().expect("contacts");
+        assert_eq!(contacts.len(), 1);
+        assert!(contacts[0].verified);
+        let texts: Vec<String> = s
+            .conversation(Some(&bob))
+            .expect("conv")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["first", "second", "third"]);
+        let outbox = s.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].text, "third");
+        assert_eq!(outbox[0].contact, "bob");
+    }
+
+    #[test]
+    fn wrong_key_or_damage_is_refused_and_the_file_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store.db");
+        Store::open(&path, &[1; 32])
+            .expect("create")
+            .add_contact("bob", &address(user()), 1)
+            .expect("add");
+        let before = std::fs::read(&path).expect("read");
+        assert!(matches!(
+            Store::open(&path, &[2; 32]),
+            Err(StoreError::Damaged)
+        ));
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        // Nothing readable in the file.
+        assert!(!before.windows(3).any(|w| w == b"bob"));
+        let mut damaged = before.clone();
+        for b in damaged.iter_mut().take(64) {
+            *b ^= 0xff;
+        }
+        std::fs::write(&path, &damaged).expect("write");
+        assert!(matches!(
+            Store::open(&path, &[1; 32]),
+            Err(StoreError::Damaged)
+        ));
+    }
+}
