@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{datadir, demo, relay_cmd};
+use crate::{daemon, datadir, demo, relay_cmd, user_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,111 @@ enum Command {
     Relay(Box<RelayCommand>),
     /// Start a relay on loopback and show what a browser and a Burrow client see.
     Demo(DemoArgs),
+    /// Create your identity (a key, stored encrypted with a password).
+    Init {
+        /// Your home relay: the line `burrow relay address` prints.
+        #[arg(long, value_name = "LINE")]
+        relay: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Print your address (to give to contacts) and fingerprint.
+    Id {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Change your home relay (your address changes with it).
+    SetRelay {
+        #[arg(value_name = "LINE")]
+        relay: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Add, list and verify contacts.
+    Contact {
+        #[command(subcommand)]
+        sub: ContactSub,
+    },
+    /// Run the node: stay reachable through the home relay, receive, deliver.
+    Up {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Send a message (delivered now, or kept until it can be).
+    Send {
+        name: String,
+        text: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show messages, oldest first (all, or with one contact).
+    Inbox {
+        name: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Talk with a contact interactively (needs `burrow up` running).
+    Chat {
+        name: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactSub {
+    /// Add a contact from the address they gave you.
+    Add {
+        name: String,
+        address: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// List contacts.
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show the code to compare with a contact; --confirm marks them verified.
+    Verify {
+        name: String,
+        #[arg(long)]
+        confirm: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// Options every user command takes.
+#[derive(Debug, Args, Clone)]
+struct NodeArgs {
+    /// Where your keystore and messages live.
+    #[arg(long, value_name = "DIR", env = "BURROW_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read the password from this file (else BURROW_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+impl NodeArgs {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        datadir::resolve(self.data_dir.clone())
+    }
+    fn password(&self) -> user_cmd::PasswordSource {
+        user_cmd::PasswordSource {
+            file: self.password_file.clone(),
+        }
+    }
+    fn output(&self) -> user_cmd::Output {
+        if self.json {
+            user_cmd::Output::Json
+        } else {
+            user_cmd::Output::Text
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +235,62 @@ pub fn main() -> ExitCode {
                 RelayCommand { sub: None, run } => relay_cmd::run(run).await,
             },
             Command::Demo(d) => demo::run(d.bytes).await,
+            Command::Init { relay, node } => user_cmd::init(
+                &node.dir()?,
+                &node.password(),
+                &relay,
+                crate::identity::KdfCost::default(),
+            ),
+            Command::Id { node } => {
+                user_cmd::id(&node.dir()?, &node.password(), node.output()).await
+            }
+            Command::SetRelay { relay, node } => {
+                user_cmd::set_relay(&node.dir()?, &node.password(), &relay)
+            }
+            Command::Contact { sub } => match sub {
+                ContactSub::Add {
+                    name,
+                    address,
+                    node,
+                } => {
+                    user_cmd::contact_add(
+                        &node.dir()?,
+                        &node.password(),
+                        &name,
+                        &address,
+                        node.output(),
+                    )
+                    .await
+                }
+                ContactSub::List { node } => {
+                    user_cmd::contact_list(&node.dir()?, &node.password(), node.output()).await
+                }
+                ContactSub::Verify {
+                    name,
+                    confirm,
+                    node,
+                } => {
+                    user_cmd::contact_verify(
+                        &node.dir()?,
+                        &node.password(),
+                        &name,
+                        confirm,
+                        node.output(),
+                    )
+                    .await
+                }
+            },
+            Command::Up { node } => {
+                let password = node.password().read(false)?;
+                daemon::run(&node.dir()?, &password).await
+            }
+            Command::Send { name, text, node } => {
+                user_cmd::send(&node.dir()?, &node.password(), &name, &text, node.output()).await
+            }
+            Command::Inbox { name, node } => {
+                user_cmd::inbox(&node.dir()?, &node.password(), name, node.output()).await
+            }
+            Command::Chat { name, node } => user_cmd::chat(&node.dir()?, &name).await,
         }
     });
     match result {

@@ -3,7 +3,7 @@
 //! exactly the approved address.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use burrow_firewall::policy::is_local;
 use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
@@ -29,26 +29,59 @@ impl GuardedSockets {
     /// The line must carry the relay's address (`ip=` or an IP host) until
     /// the firewall resolves names.
     pub fn for_relay(line: &RelayLine, component: &'static str) -> io::Result<Self> {
-        let ip = line.ip.or_else(|| line.host.parse().ok()).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is a name; add ip=ADDRESS to the relay line", line.host),
-            )
-        })?;
-        let addr = SocketAddr::new(ip, line.port);
-        let entries = [Proto::Tcp, Proto::Udp]
-            .into_iter()
-            .map(|proto| {
-                Entry::new(
-                    Target::addr(addr, proto),
-                    EntrySource::HomeRelay,
-                    format!("relay {}", line.host),
-                )
-            })
-            .collect();
+        let (entries, ip) = relay_entries(line, EntrySource::HomeRelay)?;
         let dialer = Dialer::new(Policy::new(entries, is_local(ip)), Audit::default());
         Ok(Self::new(dialer, component))
     }
+}
+
+/// The address a relay line is dialled at.
+pub fn relay_ip(line: &RelayLine) -> io::Result<IpAddr> {
+    line.ip.or_else(|| line.host.parse().ok()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a name; add ip=ADDRESS to the relay line", line.host),
+        )
+    })
+}
+
+/// Allowlist entries for one relay: its address and port, TCP and UDP.
+pub fn relay_entries(line: &RelayLine, source: EntrySource) -> io::Result<(Vec<Entry>, IpAddr)> {
+    let ip = relay_ip(line)?;
+    let addr = SocketAddr::new(ip, line.port);
+    let entries = [Proto::Tcp, Proto::Udp]
+        .into_iter()
+        .map(|proto| {
+            Entry::new(
+                Target::addr(addr, proto),
+                source.clone(),
+                format!("relay {}", line.host),
+            )
+        })
+        .collect();
+    Ok((entries, ip))
+}
+
+/// A node's allowlist: its home relay and the relays in its contacts'
+/// addresses. Local networks are allowed only when the home relay is on
+/// one (a loopback demo or test).
+pub fn node_policy<'a>(
+    home: &RelayLine,
+    contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine)>,
+) -> io::Result<Policy> {
+    let (mut entries, home_ip) = relay_entries(home, EntrySource::HomeRelay)?;
+    for (name, line) in contacts {
+        match relay_entries(
+            line,
+            EntrySource::ContactRelay {
+                contact: name.to_string(),
+            },
+        ) {
+            Ok((e, _)) => entries.extend(e),
+            Err(e) => tracing::warn!("contact {name}: relay not reachable: {e}"),
+        }
+    }
+    Ok(Policy::new(entries, is_local(home_ip)))
 }
 
 impl Sockets for GuardedSockets {

@@ -369,7 +369,7 @@ pub async fn echo(mut t: Tunnel) {
     let _ = t.shutdown().await;
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,574 @@
+//! `burrow up`: the node in the foreground. Keeps the reservation at the
+//! home relay, receives and stores messages, delivers the outbox (directly
+//! through the contact's relay, else into its mailbox) until each receipt
+//! is back, and serves the control socket.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use burrow_firewall::{Audit, Dialer};
+use burrow_relay::proto::MailboxItem;
+use libp2p::PeerId;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, Notify};
+use tracing::{debug, info, warn};
+
+use crate::control::{MessageView, Request, Response, MAX_LINE};
+use crate::guarded::{node_policy, GuardedSockets};
+use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
+use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef};
+use crate::p2p::proto::{Envelope, MessageId, Reply};
+use crate::p2p::swarm;
+use crate::p2p::transport::{CarrierTransport, Directory};
+use crate::seal;
+use crate::store::{Direction, Message, OutState};
+
+/// How often the outbox is retried when nothing else wakes it.
+const RETRY: Duration = Duration::from_secs(3);
+/// A message already in a mailbox is retried directly this often.
+const DEPOSITED_RETRY: Duration = Duration::from_secs(20);
+/// Time allowed for one delivery attempt.
+const ATTEMPT: Duration = Duration::from_secs(20);
+/// Watchers that fall this far behind miss events (they can re-read the inbox).
+const EVENT_BUFFER: usize = 256;
+
+/// What the driver, the outbox and the control socket share.
+struct Core {
+    messenger: Mutex<Messenger>,
+    events: broadcast::Sender<MessageView>,
+    kick: Notify,
+    /// Receipts owed for messages that came through a mailbox.
+    receipts: Mutex<HashMap<PeerId, Vec<MessageId>>>,
+    online: Mutex<bool>,
+    dialer: Dialer,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Messenger> {
+        self.messenger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refresh_policy(&self) {
+        let m = self.lock();
+        let contacts = match m.store.contacts() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot read contacts for the firewall: {e}");
+                return;
+            }
+        };
+        match node_policy(
+            &m.home,
+            contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
+        ) {
+            Ok(p) => self.dialer.set_policy(p),
+            Err(e) => warn!("firewall policy not updated: {e}"),
+        }
+    }
+
+    fn publish(&self, peer: &PeerId, id: &MessageId) {
+        let m = self.lock();
+        if let Ok(conv) = m.store.conversation(Some(peer)) {
+            if let Some(msg) = conv.iter().find(|x| &x.id == id) {
+                let _ = self.events.send(message_view(msg));
+            }
+        }
+    }
+}
+
+/// The driver's handler: stores what arrives.
+struct Inbound(Arc<Core>);
+
+impl Inbound {
+    /// Applies a contact's envelope; `Err` means "could not store, do not
+    /// confirm" (the sender keeps it and tries again).
+    fn apply(&self, from: PeerId, envelope: Envelope, via_mailbox: bool) -> Result<(), String> {
+        let core = &self.0;
+        let known = core
+            .lock()
+            .store
+            .contact_by_peer(&from)
+            .map_err(|e| e.to_string())?;
+        if known.is_none() {
+            return Err("not a contact".into());
+        }
+        match envelope {
+            Envelope::Message {
+                id,
+                sent_at_ms,
+                text,
+            } => {
+                if text.len() > crate::p2p::proto::MAX_TEXT {
+                    return Err("message too long".into());
+                }
+                let new = core
+                    .lock()
+                    .store
+                    .store_incoming(&from, &id, sent_at_ms, &text, now_ms())
+                    .map_err(|e| e.to_string())?;
+                if new {
+                    core.publish(&from, &id);
+                }
+                if via_mailbox {
+                    let mut owed = core.receipts.lock().unwrap_or_else(|p| p.into_inner());
+                    owed.entry(from).or_default().push(id);
+                    core.kick.notify_one();
+                }
+            }
+            Envelope::Receipts { ids } => {
+                for id in ids {
+                    let changed = core
+                        .lock()
+                        .store
+                        .set_out_state(&from, &id, OutState::Delivered, now_ms())
+                        .map_err(|e| e.to_string())?;
+                    if changed {
+                        core.publish(&from, &id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Inbound {
+    fn on_envelope(&mut self, from: PeerId, envelope: Envelope) -> Reply {
+        match self.apply(from, envelope, false) {
+            Ok(()) => Reply::Received,
+            Err(reason) => Reply::Refused { reason },
+        }
+    }
+
+    fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64> {
+        let keypair = self.0.lock().keypair.clone();
+        let mut done = Vec::new();
+        for item in items {
+            match seal::open(&keypair, &item.sealed) {
+                Ok(opened) => match self.apply(opened.from, opened.envelope, true) {
+                    Ok(()) => done.push(item.id),
+                    Err(reason) if reason == "not a contact" => {
+                        debug!("mailbox item from a stranger dropped");
+                        done.push(item.id);
+                    }
+                    // Not stored (disk full…): leave it at the relay.
+                    Err(reason) => warn!("mailbox item kept at the relay: {reason}"),
+                },
+                Err(e) => {
+                    debug!("unreadable mailbox item dropped: {e}");
+                    done.push(item.id);
+                }
+            }
+        }
+        done
+    }
+
+    fn on_home(&mut self, state: HomeState) {
+        *self.0.online.lock().unwrap_or_else(|p| p.into_inner()) = state == HomeState::Online;
+        if state == HomeState::Online {
+            self.0.kick.notify_one();
+        }
+    }
+}
+
+/// Runs the node until SIGINT/SIGTERM.
+pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
+    let paths = NodePaths::new(data_dir);
+    let messenger = Messenger::open(&paths, password)?;
+    let home = RelayRef::new(messenger.home.clone())?;
+    let keypair = messenger.keypair.clone();
+    let address = messenger.address();
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let core = Arc::new(Core {
+        messenger: Mutex::new(messenger),
+        events,
+        kick: Notify::new(),
+        receipts: Mutex::default(),
+        online: Mutex::new(false),
+        dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
+    });
+    core.refresh_policy();
+
+    let listener = bind_control(&paths.socket())?;
+    let directory = Directory::default();
+    let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
+    let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone()))?;
+    let (driver, handle) = Driver::new(swarm, directory, sockets, home, Inbound(core.clone()));
+    let driver = tokio::spawn(driver.run());
+    info!("node up as {}", crate::identity::fingerprint(&address.user));
+    println!("{address}");
+
+    let outbox = tokio::spawn(outbox_loop(core.clone(), handle.clone()));
+    let control = tokio::spawn(serve_control(listener, core.clone(), handle.clone()));
+    crate::relay_cmd::wait_for_signal().await;
+    info!("shutting down");
+    control.abort();
+    outbox.abort();
+    drop(handle);
+    driver.abort();
+    let _ = std::fs::remove_file(paths.socket());
+    Ok(())
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        // A live node answers; a stale socket from a killed one does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("a node is already running with this data directory");
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
+// ---------------------------------------------------------------- outbox
+
+/// The outcome of one attempt, for the user.
+struct Attempt {
+    state: OutState,
+    outcome: String,
+}
+
+async fn attempt(core: &Core, driver: &DriverHandle, m: &Message) -> Attempt {
+    let contact = match core.lock().store.contact_by_peer(&m.peer) {
+        Ok(Some(c)) => c,
+        _ => {
+            return Attempt {
+                state: m.state,
+                outcome: "the contact is gone".into(),
+            }
+        }
+    };
+    let via = match RelayRef::new(contact.address.relay.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            return Attempt {
+                state: m.state,
+                outcome: format!("contact's relay unusable: {e}"),
+            }
+        }
+    };
+    let envelope = Envelope::Message {
+        id: m.id,
+        sent_at_ms: m.sent_at_ms,
+        text: m.text.clone(),
+    };
+    let direct = tokio::time::timeout(
+        ATTEMPT,
+        driver.deliver(m.peer, via.clone(), envelope.clone()),
+    )
+    .await
+    .unwrap_or(Err(DeliverError::Timeout));
+    match direct {
+        Ok(Reply::Received) => {
+            let _ = core
+                .lock()
+                .store
+                .set_out_state(&m.peer, &m.id, OutState::Delivered, now_ms());
+            core.publish(&m.peer, &m.id);
+            return Attempt {
+                state: OutState::Delivered,
+                outcome: "delivered".into(),
+            };
+        }
+        Ok(Reply::Refused { reason }) => {
+            return Attempt {
+                state: m.state,
+                outcome: format!("{} refused it: {reason}", contact.name),
+            }
+        }
+        Err(e) => debug!("direct delivery failed: {e}"),
+    }
+    if m.state == OutState::Deposited {
+        return Attempt {
+            state: m.state,
+            outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
+        };
+    }
+    let keypair = core.lock().keypair.clone();
+    let sealed = match contact
+        .address
+        .public_key()
+        .map_err(|e| e.to_string())
+        .and_then(|pk| {
+            seal::seal(&keypair, &pk, &envelope, &mut rand::rngs::OsRng).map_err(|e| e.to_string())
+        }) {
+        Ok(s) => s,
+        Err(e) => {
+            return Attempt {
+                state: m.state,
+                outcome: format!("cannot seal: {e}"),
+            }
+        }
+    };
+    match tokio::time::timeout(ATTEMPT, driver.deposit(via, m.peer, sealed))
+        .await
+        .unwrap_or(Err(DeliverError::Timeout))
+    {
+        Ok(()) => {
+            let _ = core
+                .lock()
+                .store
+                .set_out_state(&m.peer, &m.id, OutState::Deposited, now_ms());
+            core.publish(&m.peer, &m.id);
+            Attempt {
+                state: OutState::Deposited,
+                outcome: format!(
+                    "{} is offline; left in their mailbox at their relay",
+                    contact.name
+                ),
+            }
+        }
+        Err(e) => Attempt {
+            state: m.state,
+            outcome: format!("not delivered yet ({e}); will retry"),
+        },
+    }
+}
+
+async fn send_receipts(core: &Core, driver: &DriverHandle) {
+    let owed: Vec<(PeerId, Vec<MessageId>)> = core
+        .receipts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for (peer, ids) in owed {
+        let contact = match core.lock().store.contact_by_peer(&peer) {
+            Ok(Some(c)) => c,
+            _ => continue,
+        };
+        let Ok(via) = RelayRef::new(contact.address.relay.clone()) else {
+            continue;
+        };
+        let envelope = Envelope::Receipts { ids: ids.clone() };
+        let direct =
+            tokio::time::timeout(ATTEMPT, driver.deliver(peer, via.clone(), envelope.clone()))
+                .await
+                .unwrap_or(Err(DeliverError::Timeout));
+        if let Ok(Reply::Received) = direct {
+            continue;
+        }
+        let keypair = core.lock().keypair.clone();
+        let deposited = match contact.address.public_key() {
+            Ok(pk) => match seal::seal(&keypair, &pk, &envelope, &mut rand::rngs::OsRng) {
+                Ok(sealed) => tokio::time::timeout(ATTEMPT, driver.deposit(via, peer, sealed))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if !deposited {
+            core.receipts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(peer)
+                .or_default()
+                .extend(ids);
+        }
+    }
+}
+
+async fn outbox_loop(core: Arc<Core>, driver: DriverHandle) {
+    let mut last_try: HashMap<(PeerId, MessageId), Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = core.kick.notified() => {}
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+        send_receipts(&core, &driver).await;
+        let pending = match core.lock().store.outbox() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("cannot read the outbox: {e}");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        last_try.retain(|_, t| now.duration_since(*t) < Duration::from_secs(600));
+        for m in pending {
+            let key = (m.peer, m.id);
+            if m.state == OutState::Deposited
+                && last_try
+                    .get(&key)
+                    .is_some_and(|t| now.duration_since(*t) < DEPOSITED_RETRY)
+            {
+                continue;
+            }
+            last_try.insert(key, now);
+            let a = attempt(&core, &driver, &m).await;
+            debug!("outbox: {}", a.outcome);
+        }
+    }
+}
+
+// --------------------------------------------------------------- control
+
+async fn serve_control(listener: UnixListener, core: Arc<Core>, driver: DriverHandle) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(control_connection(stream, core.clone(), driver.clone()));
+            }
+            Err(e) => {
+                warn!("control socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write_response(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> bool {
+    let Ok(mut line) = serde_json::to_vec(r) else {
+        return false;
+    };
+    line.push(b'\n');
+    w.write_all(&line).await.is_ok()
+}
+
+async fn control_connection(stream: UnixStream, core: Arc<Core>, driver: DriverHandle) {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // At most MAX_LINE + 1 bytes per request: a longer one is refused.
+        let mut bounded = (&mut reader).take(MAX_LINE as u64 + 1);
+        match bounded.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n > MAX_LINE => {
+                let _ = write_response(
+                    &mut w,
+                    &Response::Error {
+                        error: "request too long".into(),
+                    },
+                )
+                .await;
+                return;
+            }
+            Ok(_) => {}
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = write_response(
+                    &mut w,
+                    &Response::Error {
+                        error: format!("bad request: {e}"),
+                    },
+                )
+                .await;
+                continue;
+            }
+        };
+        let response = match req {
+            Request::Watch { name } => {
+                watch(&core, &mut w, name).await;
+                return;
+            }
+            Request::Send { name, text } => send_now(&core, &driver, &name, &text).await,
+            other => {
+                let contacts_changed = matches!(other, Request::AddContact { .. });
+                let online = *core.online.lock().unwrap_or_else(|p| p.into_inner());
+                let r = core.lock().execute(other, online);
+                if contacts_changed && r.is_ok() {
+                    core.refresh_policy();
+                }
+                r.unwrap_or_else(|e| Response::Error {
+                    error: format!("{e:#}"),
+                })
+            }
+        };
+        if !write_response(&mut w, &response).await {
+            return;
+        }
+    }
+}
+
+/// Queues a message and makes the first attempt at once, so the sender
+/// learns what happened (delivered, in the mailbox, or why not).
+async fn send_now(core: &Core, driver: &DriverHandle, name: &str, text: &str) -> Response {
+    let queued = core.lock().queue(name, text);
+    let (contact, id) = match queued {
+        Ok(q) => q,
+        Err(e) => {
+            return Response::Error {
+                error: format!("{e:#}"),
+            }
+        }
+    };
+    let msg = core
+        .lock()
+        .store
+        .conversation(Some(&contact.peer()))
+        .ok()
+        .and_then(|c| {
+            c.into_iter()
+                .find(|m| m.id == id && m.direction == Direction::Out)
+        });
+    let Some(msg) = msg else {
+        return Response::Error {
+            error: "the message was queued but cannot be read back".into(),
+        };
+    };
+    core.publish(&contact.peer(), &id);
+    let a = attempt(core, driver, &msg).await;
+    Response::Sent {
+        id: message_view(&msg).id,
+        outcome: a.outcome,
+        state: match a.state {
+            OutState::Pending => "pending",
+            OutState::Deposited => "deposited",
+            OutState::Delivered => "delivered",
+        }
+        .into(),
+    }
+}
+
+async fn watch(core: &Core, w: &mut tokio::net::unix::OwnedWriteHalf, name: Option<String>) {
+    let mut rx = core.events.subscribe();
+    let found = name.as_ref().map(|n| core.lock().store.contact(n));
+    let filter = match (&name, found) {
+        (Some(n), Some(found)) => match found {
+            Ok(Some(c)) => Some(c.name),
+            _ => {
+                let _ = write_response(
+                    w,
+                    &Response::Error {
+                        error: format!("no contact named {n:?}"),
+                    },
+                )
+                .await;
+                return;
+            }
+        },
+        _ => None,
+    };
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                if filter.as_ref().is_some_and(|f| f != &message.contact) {
+                    continue;
+                }
+                if !write_response(w, &Response::Event { message }).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
