@@ -189,6 +189,9 @@ pub struct RelayArgs {
     /// who has the relay line may reserve and use the mailbox.
     #[arg(long, value_name = "USER_ID")]
     pub allow_user: Vec<libp2p::PeerId>,
+    /// Messages the mailbox keeps for one offline user.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub mailbox_per_user: usize,
 }
 
 #[derive(Debug, Args)]

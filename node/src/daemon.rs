@@ -31,6 +31,10 @@ use crate::store::{Direction, Message, OutState};
 const RETRY: Duration = Duration::from_secs(3);
 /// A message already in a mailbox is retried directly this often.
 const DEPOSITED_RETRY: Duration = Duration::from_secs(20);
+/// A message still without a receipt is left in the mailbox again after
+/// this long (the relay may have restarted and lost its RAM); the
+/// recipient drops duplicates.
+const REDEPOSIT: Duration = Duration::from_secs(600);
 /// Time allowed for one delivery attempt.
 const ATTEMPT: Duration = Duration::from_secs(20);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
@@ -45,6 +49,9 @@ struct Core {
     receipts: Mutex<HashMap<PeerId, Vec<MessageId>>>,
     online: Mutex<bool>,
     dialer: Dialer,
+    /// When this process last left each outbox message in a mailbox; a
+    /// deposited message not in here was left by an earlier run.
+    deposited: Mutex<HashMap<(PeerId, MessageId), Instant>>,
 }
 
 impl Core {
@@ -189,6 +196,7 @@ pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
         kick: Notify::new(),
         receipts: Mutex::default(),
         online: Mutex::new(false),
+        deposited: Mutex::default(),
         dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
     });
     core.refresh_policy();
@@ -240,7 +248,8 @@ struct Attempt {
     outcome: String,
 }
 
-async fn attempt(core: &Core, driver: &DriverHandle, m: &Message) -> Attempt {
+/// `redeposit`: leave it in the mailbox even if it was left there before.
+async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: bool) -> Attempt {
     let contact = match core.lock().store.contact_by_peer(&m.peer) {
         Ok(Some(c)) => c,
         _ => {
@@ -290,7 +299,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message) -> Attempt {
         }
         Err(e) => debug!("direct delivery failed: {e}"),
     }
-    if m.state == OutState::Deposited {
+    if m.state == OutState::Deposited && !redeposit {
         return Attempt {
             state: m.state,
             outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
@@ -317,6 +326,10 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message) -> Attempt {
         .unwrap_or(Err(DeliverError::Timeout))
     {
         Ok(()) => {
+            core.deposited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((m.peer, m.id), Instant::now());
             let _ = core
                 .lock()
                 .store
@@ -399,6 +412,10 @@ async fn outbox_loop(core: Arc<Core>, driver: DriverHandle) {
         };
         let now = Instant::now();
         last_try.retain(|_, t| now.duration_since(*t) < Duration::from_secs(600));
+        core.deposited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| pending.iter().any(|m| (m.peer, m.id) == *k));
         for m in pending {
             let key = (m.peer, m.id);
             if m.state == OutState::Deposited
@@ -409,7 +426,14 @@ async fn outbox_loop(core: Arc<Core>, driver: DriverHandle) {
                 continue;
             }
             last_try.insert(key, now);
-            let a = attempt(&core, &driver, &m).await;
+            let redeposit = m.state == OutState::Deposited
+                && core
+                    .deposited
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .is_none_or(|t| now.duration_since(*t) >= REDEPOSIT);
+            let a = attempt(&core, &driver, &m, redeposit).await;
             debug!("outbox: {}", a.outcome);
         }
     }
@@ -525,7 +549,7 @@ async fn send_now(core: &Core, driver: &DriverHandle, name: &str, text: &str) ->
         };
     };
     core.publish(&contact.peer(), &id);
-    let a = attempt(core, driver, &msg).await;
+    let a = attempt(core, driver, &msg, false).await;
     Response::Sent {
         id: message_view(&msg).id,
         outcome: a.outcome,

@@ -327,7 +327,13 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         &keypair,
         listen,
         &public,
-        &RelayLimits::default(),
+        &RelayLimits {
+            mailbox: burrow_relay::MailboxLimits {
+                per_recipient: args.mailbox_per_user,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         &admission,
     )?;
     info!(

@@ -158,8 +158,10 @@ impl Store {
                 StoreError::Sql(_) => StoreError::Damaged,
                 other => other,
             })?;
+        // A rollback journal, not WAL: between transactions the database is
+        // this one file, so a copy or a backup of it is complete.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;

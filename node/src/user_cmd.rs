@@ -94,10 +94,7 @@ pub fn set_relay(data_dir: &Path, password: &PasswordSource, relay: &str) -> Res
         .parse()
         .map_err(|e| anyhow::anyhow!("not a valid relay line: {e}"))?;
     let paths = NodePaths::new(data_dir);
-    if matches!(
-        std::os::unix::net::UnixStream::connect(paths.socket()),
-        Ok(_)
-    ) {
+    if std::os::unix::net::UnixStream::connect(paths.socket()).is_ok() {
         bail!("stop the running node (`burrow up`) before changing its relay");
     }
     let mut m = Messenger::open(&paths, &password.read(false)?)?;

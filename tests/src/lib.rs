@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use burrow_obfs::RelayLine;
 
+pub mod node;
 pub mod origin;
 
 /// Set (to anything) in CI: a missing third-party tool fails the test.
@@ -29,9 +30,20 @@ pub fn burrow_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "--quiet", "-p", "burrow-node", "--bin", "burrow"])
-            .current_dir(workspace())
+            .current_dir(workspace());
+        // cargo test sets CARGO_MANIFEST_DIR and friends for the test; some
+        // build scripts (ring) track them, so passing them on would rebuild
+        // half the workspace here and again on the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                build.env_remove(&key);
+            }
+        }
+        let status = build
             .status()
             .expect("run cargo build for the burrow binary");
         assert!(status.success(), "building the burrow binary failed");
@@ -100,10 +112,20 @@ impl RelayProc {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> RelayProc {
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`RelayProc::start_in`] on a given address (a restart on the
+    /// same port keeps the relay line).
+    pub fn start_at(data_dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> RelayProc {
         let stderr = data_dir.path().join("relay.log");
-        let log = std::fs::File::create(&stderr).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)
+            .expect("log file");
         let mut cmd = Command::new(burrow_bin());
-        cmd.args(["relay", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["relay", "--listen", listen, "--data-dir"])
             .arg(data_dir.path());
         if !extra.contains(&"--cert") {
             cmd.args(["--self-signed", "example.org"]);

@@ -1,0 +1,209 @@
+//! A messaging node as real processes: `burrow init`, the commands, and
+//! `burrow up` in the background.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burrow_obfs::RelayLine;
+
+use crate::burrow_bin;
+
+/// The password every test node uses.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// One user: a data directory, and the daemon when it runs.
+#[derive(Debug)]
+pub struct NodeProc {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+/// What a command printed.
+#[derive(Debug)]
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl NodeProc {
+    /// `burrow init --relay LINE` in a fresh directory.
+    pub fn init(name: &str, relay: &RelayLine) -> NodeProc {
+        let node = NodeProc {
+            name: name.into(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            daemon: None,
+        };
+        let out = node.run(&["init", "--relay", &relay.to_string()]);
+        assert!(out.ok, "init {name}: {}", out.stderr);
+        node
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("up.log")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(burrow_bin());
+        c.args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env("BURROW_PASSWORD", PASSWORD)
+            .env("BURROW_LOG", "info");
+        c
+    }
+
+    /// Runs `burrow ARGS --data-dir DIR` and waits.
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("run burrow");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.ok,
+            "{}: burrow {args:?} failed: {}",
+            self.name, out.stderr
+        );
+        out.stdout
+    }
+
+    /// The user's address.
+    pub fn address(&self) -> String {
+        self.ok(&["id"])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Starts `burrow up` and waits until it holds its reservation.
+    pub fn up(&mut self) {
+        assert!(self.daemon.is_none(), "{} is already up", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let child = self
+            .command(&["up"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn burrow up");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(&["id", "--json"]);
+            if out.ok && out.stdout.contains("\"online\":true") {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                panic!("{}: burrow up exited ({status}): {}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come online: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the daemon (SIGKILL: no goodbye).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The inbox as JSON text.
+    pub fn inbox_json(&self, with: &str) -> serde_json::Value {
+        let text = self.ok(&["inbox", with, "--json"]);
+        serde_json::from_str(&text).expect("inbox JSON")
+    }
+
+    /// Messages with `with`: (direction, text, state), oldest first.
+    pub fn messages(&self, with: &str) -> Vec<(String, String, String)> {
+        let v = self.inbox_json(with);
+        v["messages"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["direction"].as_str().unwrap_or_default().to_string(),
+                            m["text"].as_str().unwrap_or_default().to_string(),
+                            m["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `check` holds for the messages with `with`.
+    pub fn wait_messages(
+        &self,
+        with: &str,
+        what: &str,
+        check: impl Fn(&[(String, String, String)]) -> bool,
+    ) -> Vec<(String, String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = self.messages(with);
+            if check(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {what} did not happen; messages: {m:#?}\nlog: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two users who added each other.
+pub fn pair(relay: &RelayLine) -> (NodeProc, NodeProc) {
+    let alice = NodeProc::init("alice", relay);
+    let bob = NodeProc::init("bob", relay);
+    let (a, b) = (alice.address(), bob.address());
+    alice.ok(&["contact", "add", "bob", &b]);
+    bob.ok(&["contact", "add", "alice", &a]);
+    (alice, bob)
+}
