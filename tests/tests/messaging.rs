@@ -48,9 +48,17 @@ fn messages_go_both_ways_over_each_carrier_and_the_relay_keeps_nothing() {
         let out = bob.ok(&["send", "alice", &reply]);
         assert_eq!(out.trim(), "delivered", "{carrier}: {out}");
         let seen = bob.messages("alice");
-        assert_eq!(texts(&seen, "in"), std::slice::from_ref(&hello), "{carrier}");
+        assert_eq!(
+            texts(&seen, "in"),
+            std::slice::from_ref(&hello),
+            "{carrier}"
+        );
         let seen = alice.messages("bob");
-        assert_eq!(texts(&seen, "in"), std::slice::from_ref(&reply), "{carrier}");
+        assert_eq!(
+            texts(&seen, "in"),
+            std::slice::from_ref(&reply),
+            "{carrier}"
+        );
         assert!(
             seen.iter()
                 .any(|(d, t, s)| d == "out" && t == &hello && s == "delivered"),

@@ -1,0 +1,72 @@
+//! A relay in this process (front + relay node) for the node's tests and
+//! benchmarks.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use burrow_node::p2p::transport::{authenticated, relay_addrs, CarrierTransport, Directory};
+use burrow_obfs::{
+    Carrier, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Source,
+};
+use burrow_relay::{Admission, RelayLimits, RelayNode, RelayStats};
+use libp2p::identity::Keypair;
+use libp2p::Transport as _;
+use tokio::sync::watch;
+
+pub struct Relay {
+    pub line: RelayLine,
+    pub stats: Arc<std::sync::Mutex<RelayStats>>,
+    pub _stop: watch::Sender<bool>,
+}
+
+pub async fn relay(carriers: Vec<Carrier>) -> Relay {
+    let (identity, _, _) = Identity::self_signed("relay.example").expect("cert");
+    let secret = GateSecret::generate(&mut rand::rngs::OsRng);
+    let pin = identity.pin();
+    let config = FrontConfig {
+        identity,
+        gate: Gate::new(secret.clone()),
+        tunnel_path: "/api/v2/events".into(),
+        site: Site::new(Source::Builtin, 0, true),
+        limits: Limits::default(),
+    };
+    let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let addr = front.local_addr();
+    let keypair = Keypair::generate_ed25519();
+    let line = RelayLine {
+        host: "relay.example".into(),
+        port: addr.port(),
+        path: "/api/v2/events".into(),
+        key: secret.public(),
+        carriers,
+        pin,
+        ip: Some(addr.ip()),
+        id: Some(keypair.public().to_peer_id().to_base58()),
+    };
+    let public = relay_addrs(&line);
+    let transport = authenticated(
+        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+        &keypair,
+    )
+    .boxed();
+    let node = RelayNode::new(
+        transport,
+        &keypair,
+        public[0].clone(),
+        &public,
+        &RelayLimits::default(),
+        &Admission::Open,
+    )
+    .expect("relay node");
+    let stats = node.stats();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(front.run(rx.clone()));
+    tokio::spawn(node.run(rx));
+    Relay {
+        line,
+        stats,
+        _stop: stop,
+    }
+}
