@@ -4,13 +4,15 @@
 #      plain quinn stream (throughput both ways, 64-byte echo round trips);
 #   2. relay memory per idle open tunnel at 1,000 tunnels, per carrier;
 #   3. static-file requests per second, the front vs nginx on the same files
-#      (h2load), alternating rounds.
-# Usage: bench/run.sh [carriers|memory|rps]...   (default: all)
+#      (h2load), alternating rounds;
+#   4. messages: send -> receipt round trips through a relay over each
+#      carrier vs a plain rustls TLS echo.
+# Usage: bench/run.sh [carriers|memory|rps|messages]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers),
 #              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -28,6 +30,14 @@ start_relay() { # $1: data dir, rest: extra args; prints the line
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 for w in "${what[@]}"; do case $w in
+messages)
+  echo "## Messages"
+  echo
+  echo "Command: \`BENCH_MESSAGES=${BENCH_MESSAGES:-2000} bench/run.sh messages\`"
+  echo
+  cargo bench --quiet -p burrow-node --bench messages 2>/dev/null
+  echo
+  ;;
 carriers)
   echo "## Carriers"
   echo

@@ -199,3 +199,71 @@ async fn an_absent_user_gets_the_message_from_the_mailbox() {
     }
     panic!("the mailbox was not emptied after the ack");
 }
+
+/// The first bytes after the gate are a Noise XX first message (a 2-byte
+/// length and a 32-byte ephemeral key), not a multistream-select header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_starts_with_noise_not_a_plaintext_header() {
+    use burrow_obfs::{
+        Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Source,
+    };
+    use libp2p::core::transport::{DialOpts, PortUse};
+    use libp2p::core::Endpoint;
+    use libp2p::Transport as _;
+    use tokio::io::AsyncReadExt;
+
+    let (identity, _, _) = Identity::self_signed("relay.example").expect("cert");
+    let secret = GateSecret::generate(&mut rand::rngs::OsRng);
+    let pin = identity.pin();
+    let config = FrontConfig {
+        identity,
+        gate: Gate::new(secret.clone()),
+        tunnel_path: "/api/v2/events".into(),
+        site: Site::new(Source::Builtin, 0, true),
+        limits: Limits::default(),
+    };
+    let (front, mut tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let addr = front.local_addr();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(front.run(rx));
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let line = RelayLine {
+            host: "relay.example".into(),
+            port: addr.port(),
+            path: "/api/v2/events".into(),
+            key: secret.public(),
+            carriers: vec![carrier],
+            pin,
+            ip: Some(addr.ip()),
+            id: None,
+        };
+        let directory = Directory::default();
+        let sockets = Arc::new(GuardedSockets::for_relay(&line, "test").expect("sockets"));
+        let target = directory.add(&line, sockets).expect("add")[0].clone();
+        let mut transport = burrow_node::p2p::transport::authenticated(
+            CarrierTransport::dialer(directory),
+            &Keypair::generate_ed25519(),
+        );
+        let dial = transport
+            .dial(
+                target,
+                DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: PortUse::New,
+                },
+            )
+            .expect("dial");
+        let pending = tokio::spawn(dial);
+        let mut tunnel = tokio::time::timeout(Duration::from_secs(10), tunnels.accept())
+            .await
+            .expect("tunnel in time")
+            .expect("tunnel");
+        let mut first = [0u8; 34];
+        tunnel.read_exact(&mut first).await.expect("first bytes");
+        assert_eq!(&first[..2], &[0x00, 0x20], "{carrier}: {first:02x?}");
+        assert!(!first.windows(11).any(|w| w == b"multistream"));
+        pending.abort();
+    }
+}
