@@ -222,8 +222,11 @@ impl RelayNode {
                 request_response::Config::default(),
             ),
         };
+        // V1Lazy: streams the relay opens (a circuit's STOP to the user)
+        // start at once instead of after a negotiation round trip.
         let config = libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(limits.idle_timeout);
+            .with_idle_connection_timeout(limits.idle_timeout)
+            .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy);
         let mut swarm = Swarm::new(transport, behaviour, peer_id, config);
         swarm
             .listen_on(listen)

@@ -74,7 +74,11 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
         messages,
         mailbox,
     };
+    // V1Lazy: a new stream's protocol is proposed and used at once instead
+    // of waiting a round trip for the answer (it matters most through a
+    // relay circuit, where each round trip crosses two tunnels).
     let config = libp2p::swarm::Config::with_tokio_executor()
-        .with_idle_connection_timeout(Duration::from_secs(60));
+        .with_idle_connection_timeout(Duration::from_secs(60))
+        .with_substream_upgrade_protocol_override(Version::V1Lazy);
     Ok(Swarm::new(transport, behaviour, peer_id, config))
 }
