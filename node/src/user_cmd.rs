@@ -61,6 +61,12 @@ async fn request(data_dir: &Path, password: &PasswordSource, req: Request) -> Re
     match ControlClient::connect(&paths.socket()).await {
         Ok(mut c) => Ok(c.call(&req).await?),
         Err(ControlError::NotRunning) => {
+            if !paths.keystore().exists() {
+                bail!(
+                    "no identity in {}; create one with `burrow init --relay LINE`",
+                    paths.dir.display()
+                );
+            }
             let mut m = Messenger::open(&paths, &password.read(false)?)?;
             m.execute(req, false)
         }
