@@ -77,12 +77,10 @@ impl Core {
         }
     }
 
-    fn publish(&self, peer: &PeerId, id: &MessageId) {
-        let m = self.lock();
-        if let Ok(conv) = m.store.conversation(Some(peer)) {
-            if let Some(msg) = conv.iter().find(|x| &x.id == id) {
-                let _ = self.events.send(message_view(msg));
-            }
+    /// Tells watchers (`burrow chat`) about a new or changed message.
+    fn publish(&self, peer: &PeerId, id: &MessageId, direction: Direction) {
+        if let Ok(Some(msg)) = self.lock().store.message(peer, id, direction) {
+            let _ = self.events.send(message_view(&msg));
         }
     }
 }
@@ -118,7 +116,7 @@ impl Inbound {
                     .store_incoming(&from, &id, sent_at_ms, &text, now_ms())
                     .map_err(|e| e.to_string())?;
                 if new {
-                    core.publish(&from, &id);
+                    core.publish(&from, &id, Direction::In);
                 }
                 if via_mailbox {
                     let mut owed = core.receipts.lock().unwrap_or_else(|p| p.into_inner());
@@ -134,7 +132,7 @@ impl Inbound {
                         .set_out_state(&from, &id, OutState::Delivered, now_ms())
                         .map_err(|e| e.to_string())?;
                     if changed {
-                        core.publish(&from, &id);
+                        core.publish(&from, &id, Direction::Out);
                     }
                 }
             }
@@ -285,7 +283,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
                 .lock()
                 .store
                 .set_out_state(&m.peer, &m.id, OutState::Delivered, now_ms());
-            core.publish(&m.peer, &m.id);
+            core.publish(&m.peer, &m.id, Direction::Out);
             return Attempt {
                 state: OutState::Delivered,
                 outcome: "delivered".into(),
@@ -334,7 +332,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
                 .lock()
                 .store
                 .set_out_state(&m.peer, &m.id, OutState::Deposited, now_ms());
-            core.publish(&m.peer, &m.id);
+            core.publish(&m.peer, &m.id, Direction::Out);
             Attempt {
                 state: OutState::Deposited,
                 outcome: format!(
@@ -537,18 +535,15 @@ async fn send_now(core: &Core, driver: &DriverHandle, name: &str, text: &str) ->
     let msg = core
         .lock()
         .store
-        .conversation(Some(&contact.peer()))
+        .message(&contact.peer(), &id, Direction::Out)
         .ok()
-        .and_then(|c| {
-            c.into_iter()
-                .find(|m| m.id == id && m.direction == Direction::Out)
-        });
+        .flatten();
     let Some(msg) = msg else {
         return Response::Error {
             error: "the message was queued but cannot be read back".into(),
         };
     };
-    core.publish(&contact.peer(), &id);
+    core.publish(&contact.peer(), &id, Direction::Out);
     let a = attempt(core, driver, &msg, false).await;
     Response::Sent {
         id: message_view(&msg).id,

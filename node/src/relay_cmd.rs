@@ -26,9 +26,8 @@ use tracing::{info, warn};
 use crate::cli::RelayArgs;
 use crate::datadir;
 use crate::guarded::GuardedSockets;
-use crate::p2p::transport::{authenticated, relay_addrs, CarrierTransport, Directory};
-use burrow_relay::{Admission, RelayLimits, RelayNode};
-use libp2p::Transport as _;
+use crate::p2p::transport::relay_node;
+use burrow_relay::{Admission, RelayLimits};
 
 const STATE_FILE: &str = "relay.toml";
 const GATE_KEY_FILE: &str = "gate.key";
@@ -312,21 +311,10 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         identity.pin(),
         None,
     );
-    let public = relay_addrs(&line);
-    let listen = public
-        .first()
-        .cloned()
-        .context("the relay line names no carrier")?;
-    let transport = authenticated(
-        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+    let node = relay_node(
+        tunnels,
         &keypair,
-    )
-    .boxed();
-    let node = RelayNode::new(
-        transport,
-        &keypair,
-        listen,
-        &public,
+        &line,
         &RelayLimits {
             mailbox: burrow_relay::MailboxLimits {
                 per_recipient: args.mailbox_per_user,

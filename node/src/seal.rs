@@ -101,13 +101,22 @@ pub fn seal(
     ciborium::into_writer(envelope, &mut body).map_err(|_| SealError::Malformed)?;
     let sig = sender.sign(&signed_bytes(&recipient, &body));
     let inner = [&sender.public().to_bytes()[..], &sig, &body].concat();
-
     let mut e_secret = [0u8; 32];
     rng.fill_bytes(&mut e_secret);
-    let e = MontgomeryPoint::mul_base_clamped(e_secret);
-    let shared = r.mul_clamped(e_secret);
+    let out = encrypt_to(&r, &e_secret, &inner);
     e_secret.zeroize();
-    let cipher = ChaCha20Poly1305::new(&aead_key(&e, &r, &shared));
+    out
+}
+
+/// The outer layer: `inner` encrypted to `r` with the ephemeral secret.
+fn encrypt_to(
+    r: &MontgomeryPoint,
+    e_secret: &[u8; 32],
+    inner: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let e = MontgomeryPoint::mul_base_clamped(*e_secret);
+    let shared = r.mul_clamped(*e_secret);
+    let cipher = ChaCha20Poly1305::new(&aead_key(&e, r, &shared));
     let mut out = Vec::with_capacity(HEAD + inner.len() + TAG);
     out.push(VERSION);
     out.extend_from_slice(e.as_bytes());
@@ -116,7 +125,7 @@ pub fn seal(
         .encrypt(
             &Nonce::default(),
             Payload {
-                msg: &inner,
+                msg: inner,
                 aad: &aad,
             },
         )
@@ -227,22 +236,7 @@ mod tests {
         let sig = m.sign(&signed_bytes(&b, &body));
         let inner = [&a.to_bytes()[..], &sig, &body].concat();
         let r = montgomery(&b).expect("point");
-        let e_secret = [9u8; 32];
-        let e = MontgomeryPoint::mul_base_clamped(e_secret);
-        let cipher = ChaCha20Poly1305::new(&aead_key(&e, &r, &r.mul_clamped(e_secret)));
-        let mut sealed = vec![VERSION];
-        sealed.extend_from_slice(e.as_bytes());
-        let aad = [&sealed[..], r.as_bytes()].concat();
-        let ct = cipher
-            .encrypt(
-                &Nonce::default(),
-                Payload {
-                    msg: &inner,
-                    aad: &aad,
-                },
-            )
-            .expect("encrypt");
-        sealed.extend_from_slice(&ct);
+        let sealed = encrypt_to(&r, &[9u8; 32], &inner).expect("encrypt");
         assert_eq!(open(&bob, &sealed), Err(SealError::BadSignature));
     }
 }

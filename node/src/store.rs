@@ -389,6 +389,25 @@ impl Store {
         }
     }
 
+    /// One message by contact, id and direction.
+    pub fn message(
+        &self,
+        peer: &PeerId,
+        id: &MessageId,
+        direction: Direction,
+    ) -> Result<Option<Message>> {
+        let dir = match direction {
+            Direction::In => "in",
+            Direction::Out => "out",
+        };
+        Ok(self
+            .messages_where(
+                "WHERE m.peer = ?1 AND m.id = ?2 AND m.direction = ?3",
+                &[&peer.to_base58(), &&id[..], &dir],
+            )?
+            .pop())
+    }
+
     /// Outgoing messages without a receipt yet, oldest first.
     pub fn outbox(&self) -> Result<Vec<Message>> {
         self.messages_where(

@@ -357,6 +357,28 @@ pub fn authenticated(
     )
 }
 
+/// The relay's libp2p node on the tunnels its front accepts, announced at
+/// the addresses of its line.
+pub fn relay_node(
+    tunnels: Tunnels,
+    keypair: &identity::Keypair,
+    line: &RelayLine,
+    limits: &burrow_relay::RelayLimits,
+    admission: &burrow_relay::Admission,
+) -> Result<burrow_relay::RelayNode, burrow_relay::Error> {
+    let public = relay_addrs(line);
+    let listen = public
+        .first()
+        .cloned()
+        .ok_or_else(|| burrow_relay::Error::Listen("the relay line names no carrier".into()))?;
+    let transport = authenticated(
+        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+        keypair,
+    )
+    .boxed();
+    burrow_relay::RelayNode::new(transport, keypair, listen, &public, limits, admission)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use burrow_node::p2p::transport::{authenticated, relay_addrs, CarrierTransport, Directory};
+use burrow_node::p2p::transport::relay_node;
 use burrow_obfs::{
     Carrier, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site, Source,
 };
-use burrow_relay::{Admission, RelayLimits, RelayNode, RelayStats};
+use burrow_relay::{Admission, RelayLimits, RelayStats};
 use libp2p::identity::Keypair;
-use libp2p::Transport as _;
 use tokio::sync::watch;
 
 pub struct Relay {
@@ -45,17 +44,10 @@ pub async fn relay(carriers: Vec<Carrier>) -> Relay {
         ip: Some(addr.ip()),
         id: Some(keypair.public().to_peer_id().to_base58()),
     };
-    let public = relay_addrs(&line);
-    let transport = authenticated(
-        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+    let node = relay_node(
+        tunnels,
         &keypair,
-    )
-    .boxed();
-    let node = RelayNode::new(
-        transport,
-        &keypair,
-        public[0].clone(),
-        &public,
+        &line,
         &RelayLimits::default(),
         &Admission::Open,
     )
