@@ -15,9 +15,10 @@ use crate::{daemon, datadir, demo, relay_cmd, user_cmd};
     about = "Censorship-resistant transport node"
 )]
 struct Cli {
-    /// Log verbosity (error, warn, info, debug, trace), or a tracing filter.
-    #[arg(long, global = true, default_value = "info", env = "BURROW_LOG")]
-    log: String,
+    /// Log verbosity (error, warn, info, debug, trace), or a tracing filter
+    /// [default: info; warn for the demo].
+    #[arg(long, global = true, env = "BURROW_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,8 +27,9 @@ struct Cli {
 enum Command {
     /// Run a relay: a website to the world, a tunnel endpoint to Burrow users.
     Relay(Box<RelayCommand>),
-    /// Start a relay on loopback and show what a browser and a Burrow client see.
-    Demo(DemoArgs),
+    /// The whole story on loopback: a relay, two users, messages both ways
+    /// over each carrier and through the mailbox.
+    Demo,
     /// Create your identity (a key, stored encrypted with a password).
     Init {
         /// Your home relay: the line `burrow relay address` prints.
@@ -204,17 +206,14 @@ struct AddressArgs {
     ip: Option<std::net::IpAddr>,
 }
 
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Bytes sent each way through each tunnel.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    bytes: usize,
-}
-
 /// Entry point: returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    let default_log = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log.as_deref().unwrap_or(default_log));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,7 +236,7 @@ pub fn main() -> ExitCode {
                 }
                 RelayCommand { sub: None, run } => relay_cmd::run(run).await,
             },
-            Command::Demo(d) => demo::run(d.bytes).await,
+            Command::Demo => demo::run().await,
             Command::Init { relay, node } => user_cmd::init(
                 &node.dir()?,
                 &node.password(),

@@ -180,8 +180,22 @@ impl Handler for Inbound {
     }
 }
 
-/// Runs the node until SIGINT/SIGTERM.
+/// Runs the node until SIGINT/SIGTERM; prints the user's address first.
 pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
+    run_until(data_dir, password, |address| {
+        println!("{address}");
+        crate::relay_cmd::wait_for_signal()
+    })
+    .await
+}
+
+/// Runs the node until the future `until` returns (given the user's
+/// address once the node is up) resolves.
+pub async fn run_until<F, Fut>(data_dir: &Path, password: &[u8], until: F) -> Result<()>
+where
+    F: FnOnce(&crate::identity::Address) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let paths = NodePaths::new(data_dir);
     let messenger = Messenger::open(&paths, password)?;
     let home = RelayRef::new(messenger.home.clone())?;
@@ -206,11 +220,10 @@ pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
     let (driver, handle) = Driver::new(swarm, directory, sockets, home, Inbound(core.clone()));
     let driver = tokio::spawn(driver.run());
     info!("node up as {}", crate::identity::fingerprint(&address.user));
-    println!("{address}");
 
     let outbox = tokio::spawn(outbox_loop(core.clone(), handle.clone()));
     let control = tokio::spawn(serve_control(listener, core.clone(), handle.clone()));
-    crate::relay_cmd::wait_for_signal().await;
+    until(&address).await;
     info!("shutting down");
     control.abort();
     outbox.abort();

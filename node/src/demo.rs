@@ -1,27 +1,39 @@
-//! `burrow demo`: a relay on loopback, what a browser sees, and a tunnel
-//! over each carrier with data both ways — nothing to configure.
+//! `burrow demo`: the whole story on loopback with nothing to configure —
+//! a relay that is a website to everyone without its key, two users who
+//! never accept a connection, a verified contact, sealed messages both ways
+//! over each carrier with receipts, and one message that waits in the
+//! relay's RAM mailbox while its recipient is offline.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use burrow_obfs::{
     Carrier, Client, Front, FrontConfig, Gate, GateSecret, Identity, Limits, RelayLine, Site,
-    Source, Tunnel,
+    Source,
 };
+use burrow_relay::{Admission, RelayLimits, RelayStats};
 use http::{header, Method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use libp2p::identity::Keypair;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
+use crate::control::{ControlClient, Request, Response};
 use crate::guarded::GuardedSockets;
-use crate::relay_cmd::echo;
+use crate::identity::KdfCost;
+use crate::messenger::{self, NodePaths};
+use crate::p2p::transport::relay_node;
 
 const NAME: &str = "slowclay.example";
 const PATH: &str = "/api/v2/events/5e1f0c2a";
+/// The demo users' passwords (their keystores live in a temporary
+/// directory removed at the end).
+const PASSWORD: &[u8] = b"correct horse battery staple";
 
-/// Runs the demo; `bytes` is how much goes each way through each tunnel.
-pub async fn run(bytes: usize) -> Result<()> {
-    println!("Burrow demo: a relay and a client on 127.0.0.1, nothing to configure.\n");
+/// Runs the demo.
+pub async fn run() -> Result<()> {
+    println!("Burrow demo: a relay and two users on 127.0.0.1, nothing to configure.\n");
 
     let (identity, _, _) = Identity::self_signed(NAME)?;
     let secret = GateSecret::generate(&mut rand::rngs::OsRng);
@@ -33,15 +45,9 @@ pub async fn run(bytes: usize) -> Result<()> {
         site: Site::new(Source::Builtin, 0, true),
         limits: Limits::default(),
     };
-    let (front, mut tunnels) = Front::bind("127.0.0.1:0".parse()?, config).await?;
+    let (front, tunnels) = Front::bind("127.0.0.1:0".parse()?, config).await?;
     let addr = front.local_addr();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(front.run(stop_rx));
-    tokio::spawn(async move {
-        while let Some(t) = tunnels.accept().await {
-            tokio::spawn(echo(t));
-        }
-    });
+    let keypair = Keypair::generate_ed25519();
     let line = RelayLine {
         host: NAME.into(),
         port: addr.port(),
@@ -50,13 +56,25 @@ pub async fn run(bytes: usize) -> Result<()> {
         carriers: vec![Carrier::H2, Carrier::H3],
         pin,
         ip: Some(addr.ip()),
-        id: None,
+        id: Some(keypair.public().to_peer_id().to_base58()),
     };
+    let node = relay_node(
+        tunnels,
+        &keypair,
+        &line,
+        &RelayLimits::default(),
+        &Admission::Open,
+    )?;
+    let relay_stats = node.stats();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(front.run(stop_rx.clone()));
+    let relay = tokio::spawn(node.run(stop_rx));
     println!(
         "1. Relay listening on {addr}: TCP (TLS 1.3, HTTP/1.1 + HTTP/2) and UDP (QUIC, HTTP/3)."
     );
     println!("   The line a user adds to reach it (key and certificate pin included):");
-    println!("   {line}\n");
+    println!("   {line}");
+    println!("   Behind it: a circuit relay (a meeting point) and a mailbox held in RAM only.\n");
 
     println!(
         "2. What a browser, a scanner or a censor's probe sees: a small pottery studio's website."
@@ -104,28 +122,11 @@ pub async fn run(bytes: usize) -> Result<()> {
         }
     }
 
-    println!("3. A Burrow client that knows the relay's key opens a tunnel inside ordinary HTTPS:");
-    for carrier in [Carrier::H2, Carrier::H3] {
-        let mut t = client.connect_via(carrier).await?;
-        t.established()
-            .await
-            .with_context(|| format!("{carrier} tunnel"))?;
-        let rtt = round_trips(&mut t, 200).await?;
-        let (elapsed, ok) = bulk(t, bytes).await?;
-        if !ok {
-            bail!("{carrier} tunnel: the bytes that came back differ from those sent");
-        }
-        let rate = (2 * bytes) as f64 / elapsed.as_secs_f64() / 1e6;
-        println!(
-            "   {carrier}: {} MiB each way, byte-exact, {:.0} MB/s combined; 64-byte echo round trip p50 {} µs",
-            bytes / (1024 * 1024),
-            rate,
-            rtt.as_micros()
-        );
-    }
-    println!("\nDone: the relay looked like a website to everyone without the key, and carried data both ways over each carrier.");
+    messaging(&line, &relay_stats).await?;
+    println!("\nDone: the relay looked like a website to everyone without the key, and carried sealed messages both ways over each carrier.");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = relay.await;
     Ok(())
 }
 
@@ -136,41 +137,244 @@ fn title(body: &[u8]) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-/// Median time for `n` 64-byte echoes.
-async fn round_trips(t: &mut Tunnel, n: usize) -> Result<Duration> {
-    let msg = [0x42u8; 64];
-    let mut back = [0u8; 64];
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
+/// One demo user: a data directory and, while online, a node in this process.
+struct User {
+    name: &'static str,
+    data_dir: std::path::PathBuf,
+    paths: NodePaths,
+    node: Option<(oneshot::Sender<()>, JoinHandle<Result<()>>)>,
+}
+
+impl User {
+    fn create(root: &Path, name: &'static str, home: &RelayLine) -> Result<(Self, String)> {
+        let data_dir = root.join(name);
+        let paths = NodePaths::new(&data_dir);
+        let address = messenger::init(&paths, PASSWORD, home, KdfCost::default())
+            .with_context(|| format!("creating {name}"))?;
+        let user = Self {
+            name,
+            data_dir,
+            paths,
+            node: None,
+        };
+        Ok((user, address.to_string()))
+    }
+
+    /// Starts `burrow up` for this user and waits for the home reservation.
+    async fn up(&mut self) -> Result<()> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let dir = self.data_dir.clone();
+        let task = tokio::spawn(async move {
+            crate::daemon::run_until(&dir, PASSWORD, |_| async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if task.is_finished() {
+                return match task.await? {
+                    Ok(()) => Err(anyhow::anyhow!("{}'s node stopped", self.name)),
+                    Err(e) => Err(e.context(format!("{}'s node", self.name))),
+                };
+            }
+            if let Ok(Response::Id { online: true, .. }) = self.call(Request::Id).await {
+                self.node = Some((stop, task));
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not reach the relay within 30 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn down(&mut self) -> Result<()> {
+        if let Some((stop, task)) = self.node.take() {
+            let _ = stop.send(());
+            task.await??;
+        }
+        Ok(())
+    }
+
+    async fn call(&self, request: Request) -> Result<Response> {
+        let mut client = ControlClient::connect(&self.paths.socket()).await?;
+        Ok(client.call(&request).await?)
+    }
+
+    async fn add_contact(&self, name: &str, address: &str) -> Result<()> {
+        self.call(Request::AddContact {
+            name: name.into(),
+            address: address.into(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn verify(&self, name: &str, confirm: bool) -> Result<String> {
+        match self
+            .call(Request::Verify {
+                name: name.into(),
+                confirm,
+            })
+            .await?
+        {
+            Response::Verify { code, .. } => Ok(code),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Sends and returns what happened on the first attempt.
+    async fn send(&self, to: &str, text: &str) -> Result<(String, String)> {
+        match self
+            .call(Request::Send {
+                name: to.into(),
+                text: text.into(),
+            })
+            .await?
+        {
+            Response::Sent { outcome, state, .. } => Ok((outcome, state)),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+
+    /// Waits until the conversation with `with` holds a message with this
+    /// text, direction and state.
+    async fn wait_for(&self, with: &str, text: &str, direction: &str, state: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Response::Messages { messages } = self
+                .call(Request::Inbox {
+                    name: Some(with.into()),
+                })
+                .await?
+            {
+                if messages
+                    .iter()
+                    .any(|m| m.text == text && m.direction == direction && m.state == state)
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{}: \"{text}\" not {state} after 60 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn with_carrier(line: &RelayLine, carrier: Carrier) -> RelayLine {
+    let mut line = line.clone();
+    line.carriers = vec![carrier];
+    line
+}
+
+fn short(address: &str) -> String {
+    let cut: String = address.chars().take(48).collect();
+    format!("{cut}…")
+}
+
+async fn messaging(line: &RelayLine, relay: &Arc<Mutex<RelayStats>>) -> Result<()> {
+    let root = tempfile::Builder::new().prefix("burrow-demo-").tempdir()?;
+    println!("3. Two users who never accept a connection (as behind NAT or a censor's firewall).");
+    println!("   Alice reaches the relay over HTTP/2 (TCP), Bob over HTTP/3 (QUIC), so every");
+    println!("   message below crosses both carriers.");
+    let (mut alice, alice_addr) =
+        User::create(root.path(), "alice", &with_carrier(line, Carrier::H2))?;
+    let (mut bob, bob_addr) = User::create(root.path(), "bob", &with_carrier(line, Carrier::H3))?;
+    println!(
+        "   Each has an Ed25519 key in a password-protected keystore and an encrypted database."
+    );
+    println!("   alice's address: {}", short(&alice_addr));
+    println!("   bob's address:   {}\n", short(&bob_addr));
+
+    alice.up().await?;
+    bob.up().await?;
+    alice.add_contact("bob", &bob_addr).await?;
+    bob.add_contact("alice", &alice_addr).await?;
+    let code_a = alice.verify("bob", false).await?;
+    let code_b = bob.verify("alice", false).await?;
+    if code_a != code_b {
+        bail!("the verification codes differ: {code_a} / {code_b}");
+    }
+    alice.verify("bob", true).await?;
+    bob.verify("alice", true).await?;
+    println!("4. They swap addresses; each screen shows the code {code_a}: they read it aloud, it");
+    println!("   matches, both mark the other verified.\n");
+
+    println!("5. Messages, end-to-end encrypted, each confirmed by a receipt from the other side:");
+    for (from, to, to_name, text) in [
+        (
+            &alice,
+            &bob,
+            "bob",
+            "Hi Bob, it's Alice. Can you read this?",
+        ),
+        (
+            &bob,
+            &alice,
+            "alice",
+            "Loud and clear. The relay can't, though.",
+        ),
+    ] {
         let start = Instant::now();
-        t.write_all(&msg).await?;
-        t.flush().await?;
-        t.read_exact(&mut back).await?;
+        let (outcome, _) = from.send(to_name, text).await?;
+        to.wait_for(from.name, text, "in", "received").await?;
+        println!(
+            "   {} -> {}: \"{text}\" — {outcome} in {} ms",
+            from.name,
+            to.name,
+            start.elapsed().as_millis()
+        );
+    }
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let start = Instant::now();
+        let (outcome, _) = alice.send("bob", &format!("ping {i}")).await?;
+        if outcome != "delivered" {
+            bail!("ping {i}: {outcome}");
+        }
         times.push(start.elapsed());
     }
     times.sort();
-    Ok(times[n / 2])
-}
+    println!(
+        "   20 more, one after another: send -> receipt p50 {:.1} ms\n",
+        times[10].as_secs_f64() * 1e3
+    );
 
-/// Sends `bytes` and reads them back concurrently; returns time and equality.
-async fn bulk(mut t: Tunnel, bytes: usize) -> Result<(Duration, bool)> {
-    let data: Vec<u8> = (0..bytes).map(|i| (i as u8) ^ (i >> 9) as u8).collect();
+    println!("6. Bob goes offline. Alice writes anyway:");
+    bob.down().await?;
+    let text = "Saw your note; see you at 6.";
+    let (outcome, state) = alice.send("bob", text).await?;
+    if state != "deposited" {
+        bail!("the message for offline Bob was not left in his mailbox: {outcome}");
+    }
+    let held = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    println!("   alice -> bob: \"{text}\" — {outcome}");
+    println!(
+        "   The relay now holds {} sealed message{} for Bob ({} bytes, in RAM); only Bob's key opens it.",
+        held.mailbox_messages,
+        if held.mailbox_messages == 1 { "" } else { "s" },
+        held.mailbox_bytes
+    );
     let start = Instant::now();
-    let (mut r, mut w) = tokio::io::split(&mut t);
-    let send = async {
-        for chunk in data.chunks(256 * 1024) {
-            w.write_all(chunk).await?;
-        }
-        w.shutdown().await?;
-        Ok::<_, std::io::Error>(())
-    };
-    let recv = async {
-        let mut got = Vec::with_capacity(bytes);
-        r.read_to_end(&mut got).await?;
-        Ok::<_, std::io::Error>(got)
-    };
-    let (sent, got) = tokio::join!(send, recv);
-    sent?;
-    let got = got?;
-    Ok((start.elapsed(), got == data))
+    bob.up().await?;
+    bob.wait_for("alice", text, "in", "received").await?;
+    alice.wait_for("bob", text, "out", "delivered").await?;
+    let left = relay.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if left.mailbox_messages != 0 {
+        bail!(
+            "Bob acknowledged his mail but the relay still holds {} message(s)",
+            left.mailbox_messages
+        );
+    }
+    println!(
+        "   Bob comes back: he fetches and opens it, Alice has his receipt {} ms later, and the",
+        start.elapsed().as_millis()
+    );
+    println!("   relay's mailbox is empty again.");
+    alice.down().await?;
+    bob.down().await?;
+    Ok(())
 }

@@ -15,11 +15,10 @@ use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
     Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
-    Origin, RelayLine, Site, Source, Tunnel, Upstream,
+    Origin, RelayLine, Site, Source, Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -344,23 +343,6 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     let _ = server.await;
     let _ = relay.await;
     Ok(())
-}
-
-/// Echoes until the client half-closes, then closes too.
-pub async fn echo(mut t: Tunnel) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match t.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                if t.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = t.shutdown().await;
 }
 
 pub async fn wait_for_signal() {

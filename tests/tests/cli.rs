@@ -143,14 +143,34 @@ fn key_path_and_certificate_survive_a_restart() {
 
 #[test]
 fn the_demo_runs_end_to_end() {
-    let (ok, out, err) = run(Command::new(burrow_bin()).args(["demo", "--bytes", "1048576"]));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run(Command::new(burrow_bin())
+        .arg("demo")
+        .env("TMPDIR", tmp.path()));
     let text = String::from_utf8_lossy(&out);
     assert!(ok, "demo failed: {err}\n{text}");
     assert!(text.contains("h2 GET  /"), "{text}");
     assert!(text.contains("-> 200 text/html"), "{text}");
     assert!(text.contains("wrong key: refused"), "{text}");
-    assert!(text.contains("h2: 1 MiB each way, byte-exact"), "{text}");
-    assert!(text.contains("h3: 1 MiB each way, byte-exact"), "{text}");
+    assert!(text.contains("each screen shows the code "), "{text}");
+    assert!(
+        text.contains("alice -> bob: \"Hi Bob, it's Alice. Can you read this?\" — delivered"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bob -> alice: \"Loud and clear. The relay can't, though.\" — delivered"),
+        "{text}"
+    );
+    assert!(text.contains("left in their mailbox"), "{text}");
+    assert!(text.contains("holds 1 sealed message for Bob"), "{text}");
+    assert!(text.contains("mailbox is empty again"), "{text}");
+    // The demo's users live in a temporary directory that is gone afterwards.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
 /// The CI check that keeps outbound sockets inside the firewall crate
