@@ -6,13 +6,17 @@
 #   3. static-file requests per second, the front vs nginx on the same files
 #      (h2load), alternating rounds;
 #   4. messages: send -> receipt round trips through a relay over each
-#      carrier vs a plain rustls TLS echo.
-# Usage: bench/run.sh [carriers|memory|rps|messages]...   (default: all)
-# Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers),
+#      carrier vs a plain rustls TLS echo;
+#   5. relay: bulk throughput A -> relay -> B vs one rustls TLS stream,
+#      messages per second for 100 pairs vs 100 TLS echo connections, and
+#      relay memory per idle user at 1,000 users vs idle TLS connections.
+# Usage: bench/run.sh [carriers|memory|rps|messages|relay]...   (default: all)
+# Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
+#              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
 #              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -30,6 +34,14 @@ start_relay() { # $1: data dir, rest: extra args; prints the line
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 for w in "${what[@]}"; do case $w in
+relay)
+  echo "## What one relay carries"
+  echo
+  echo "Command: \`BENCH_MIB=${BENCH_MIB:-256} BENCH_PAIRS=${BENCH_PAIRS:-100} BENCH_USERS=${BENCH_USERS:-1000} bench/run.sh relay\`"
+  echo
+  cargo bench --quiet -p burrow-node --bench relay 2>/dev/null
+  echo
+  ;;
 messages)
   echo "## Messages"
   echo

@@ -5,55 +5,18 @@
 //! Run: `cargo bench -p burrow-node --bench messages` (or `bench/run.sh
 //! messages`). BENCH_MESSAGES sets the number of round trips (default 2000).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_node::guarded::GuardedSockets;
-use burrow_node::p2p::driver::{Driver, DriverHandle, Handler, HomeState, RelayRef};
+use burrow_node::p2p::driver::RelayRef;
 use burrow_node::p2p::proto::{Envelope, Reply};
-use burrow_node::p2p::swarm;
-use burrow_node::p2p::transport::{CarrierTransport, Directory};
-use burrow_obfs::tls::{client_config, Trust, ALPN_TCP};
-use burrow_obfs::{Carrier, Identity, Sockets};
-use burrow_relay::proto::MailboxItem;
-use libp2p::identity::Keypair;
-use libp2p::PeerId;
-use rustls::pki_types::ServerName;
+use burrow_obfs::Carrier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-struct Quiet(mpsc::UnboundedSender<HomeState>);
-
-impl Handler for Quiet {
-    fn on_envelope(&mut self, _: PeerId, _: Envelope) -> Reply {
-        Reply::Received
-    }
-    fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64> {
-        items.iter().map(|i| i.id).collect()
-    }
-    fn on_home(&mut self, state: HomeState) {
-        let _ = self.0.send(state);
-    }
-}
-
-async fn user(home: &RelayRef) -> (PeerId, DriverHandle) {
-    let keypair = Keypair::generate_ed25519();
-    let directory = Directory::default();
-    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "bench").expect("sockets"));
-    let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone())).expect("swarm");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Quiet(tx));
-    tokio::spawn(driver.run());
-    while rx.recv().await != Some(HomeState::Online) {}
-    (keypair.public().to_peer_id(), handle)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use common::{percentile, user, TlsServer};
 
 fn report(
     name: &str,
@@ -81,46 +44,16 @@ fn report(
 
 /// 200-byte echo round trips over a plain rustls TLS 1.3 connection.
 async fn tls_echo(n: usize) -> Vec<Duration> {
-    let (identity, _, _) = Identity::self_signed("bench.example").expect("cert");
-    let pin = identity.pin().expect("pin");
-    let server = identity.server_config_tcp().expect("server tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        tcp.set_nodelay(true).expect("nodelay");
-        let mut s = tokio_rustls::TlsAcceptor::from(server)
-            .accept(tcp)
-            .await
-            .expect("tls");
+    let server = TlsServer::start(|mut s| async move {
         let mut buf = [0u8; 200];
         while s.read_exact(&mut buf).await.is_ok() {
             if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
                 break;
             }
         }
-    });
-    // The client's socket comes from the firewall like every other dial.
-    let line = burrow_obfs::RelayLine {
-        host: "bench.example".into(),
-        port: addr.port(),
-        path: "/x".into(),
-        key: burrow_obfs::GateSecret::generate(&mut rand::rngs::OsRng).public(),
-        carriers: vec![Carrier::H2],
-        pin: Some(pin),
-        ip: Some(addr.ip()),
-        id: None,
-    };
-    let sockets = GuardedSockets::for_relay(&line, "bench").expect("sockets");
-    let tcp = sockets.tcp(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let config = client_config(&Trust::Pinned(pin), &ALPN_TCP).expect("client tls");
-    let mut c = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("bench.example").expect("name"), tcp)
-        .await
-        .expect("tls");
+    })
+    .await;
+    let mut c = server.connect().await;
     let msg = [7u8; 200];
     let mut back = [0u8; 200];
     let mut rtts = Vec::with_capacity(n);

@@ -170,7 +170,9 @@ pub fn identify_config(keypair: &Keypair) -> identify::Config {
 /// identities or addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayStats {
+    /// Users (and other peers) connected, and the connections they hold.
     pub connected: usize,
+    pub connections: usize,
     pub reservations: usize,
     pub circuits: usize,
     pub mailbox_messages: usize,
@@ -184,6 +186,7 @@ pub struct RelayNode {
     stats: Arc<Mutex<RelayStats>>,
     reservations: HashSet<PeerId>,
     admission: Admission,
+    connections: usize,
 }
 
 impl std::fmt::Debug for RelayNode {
@@ -240,6 +243,7 @@ impl RelayNode {
             stats: Arc::default(),
             reservations: HashSet::new(),
             admission: admission.clone(),
+            connections: 0,
         })
     }
 
@@ -268,6 +272,7 @@ impl RelayNode {
     fn publish_stats(&self) {
         if let Ok(mut s) = self.stats.lock() {
             s.connected = self.swarm.connected_peers().count();
+            s.connections = self.connections;
             s.reservations = self.reservations.len();
             s.mailbox_messages = self.mailboxes.len();
             s.mailbox_bytes = self.mailboxes.bytes();
@@ -299,6 +304,10 @@ impl RelayNode {
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => self.on_relay(e),
             SwarmEvent::NewListenAddr { .. } => info!("relay listening for tunnels"),
+            SwarmEvent::ConnectionEstablished { .. } => self.connections += 1,
+            SwarmEvent::ConnectionClosed { .. } => {
+                self.connections = self.connections.saturating_sub(1)
+            }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}")
             }

@@ -37,8 +37,13 @@ impl std::fmt::Debug for NodeBehaviour {
     }
 }
 
-/// A swarm for a node that never listens except through relay circuits.
-pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<NodeBehaviour>> {
+/// A node's transport: the carriers (to relays) and relay circuits (to
+/// other users), each authenticated with Noise and multiplexed with yamux;
+/// with the relay client behaviour that goes with it.
+pub fn transport(
+    keypair: &Keypair,
+    carriers: CarrierTransport,
+) -> io::Result<(Boxed<(PeerId, StreamMuxerBox)>, relay::client::Behaviour)> {
     let peer_id = keypair.public().to_peer_id();
     let (relay_transport, relay_client) = relay::client::new(peer_id);
     // Circuits run inside a tunnel that is already encrypted to the relay,
@@ -53,6 +58,23 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
         OrTransport::new(relayed, authenticated(carriers, keypair))
             .map(|either, _| either.into_inner())
             .boxed();
+    Ok((transport, relay_client))
+}
+
+/// Swarm settings for a node.
+pub fn config() -> libp2p::swarm::Config {
+    // V1Lazy: a new stream's protocol is proposed and used at once instead
+    // of waiting a round trip for the answer (it matters most through a
+    // relay circuit, where each round trip crosses two tunnels).
+    libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(Duration::from_secs(60))
+        .with_substream_upgrade_protocol_override(Version::V1Lazy)
+}
+
+/// A swarm for a node that never listens except through relay circuits.
+pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<NodeBehaviour>> {
+    let peer_id = keypair.public().to_peer_id();
+    let (transport, relay_client) = transport(keypair, carriers)?;
     let messages = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
             .set_request_size_maximum((MAX_TEXT + 1024) as u64)
@@ -74,11 +96,5 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
         messages,
         mailbox,
     };
-    // V1Lazy: a new stream's protocol is proposed and used at once instead
-    // of waiting a round trip for the answer (it matters most through a
-    // relay circuit, where each round trip crosses two tunnels).
-    let config = libp2p::swarm::Config::with_tokio_executor()
-        .with_idle_connection_timeout(Duration::from_secs(60))
-        .with_substream_upgrade_protocol_override(Version::V1Lazy);
-    Ok(Swarm::new(transport, behaviour, peer_id, config))
+    Ok(Swarm::new(transport, behaviour, peer_id, config()))
 }

@@ -19,6 +19,10 @@ pub struct Relay {
 }
 
 pub async fn relay(carriers: Vec<Carrier>) -> Relay {
+    relay_with(carriers, &RelayLimits::default()).await
+}
+
+pub async fn relay_with(carriers: Vec<Carrier>, limits: &RelayLimits) -> Relay {
     let (identity, _, _) = Identity::self_signed("relay.example").expect("cert");
     let secret = GateSecret::generate(&mut rand::rngs::OsRng);
     let pin = identity.pin();
@@ -44,14 +48,7 @@ pub async fn relay(carriers: Vec<Carrier>) -> Relay {
         ip: Some(addr.ip()),
         id: Some(keypair.public().to_peer_id().to_base58()),
     };
-    let node = relay_node(
-        tunnels,
-        &keypair,
-        &line,
-        &RelayLimits::default(),
-        &Admission::Open,
-    )
-    .expect("relay node");
+    let node = relay_node(tunnels, &keypair, &line, limits, &Admission::Open).expect("relay node");
     let stats = node.stats();
     let (stop, rx) = watch::channel(false);
     tokio::spawn(front.run(rx.clone()));
