@@ -15,4 +15,5 @@ pub mod p2p;
 pub mod relay_cmd;
 pub mod seal;
 pub mod store;
+pub mod tracker;
 pub mod user_cmd;

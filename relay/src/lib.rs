@@ -7,6 +7,8 @@
 //! - [`mailbox`]: sealed messages for offline users, in RAM only, bounded
 //!   per recipient (1,000), by age (7 days) and in total bytes.
 //! - [`proto`]: the mailbox wire messages.
+//! - [`tracker`]: the phone book (kad in server mode, records in RAM) that
+//!   tells someone who knows a user where that user is reachable now.
 //!
 //! Nothing about users is ever written to disk.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod mailbox;
 pub mod proto;
 pub mod server;
+pub mod tracker;
 
 pub use mailbox::{MailboxLimits, Mailboxes, Refusal};
 pub use server::{Admission, RelayLimits, RelayNode, RelayStats};

@@ -11,14 +11,16 @@ use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::mailbox::{MailboxLimits, Mailboxes};
 use crate::proto::{MailboxItem, MailboxRequest, MailboxResponse, MAILBOX_PROTOCOL};
+use crate::tracker;
 
 /// What identify says about this program: nothing.
 pub const AGENT: &str = "node";
@@ -59,6 +61,9 @@ pub struct RelayLimits {
     /// Connections with nothing going on are closed after this.
     pub idle_timeout: Duration,
     pub mailbox: MailboxLimits,
+    /// Users the tracker keeps a location for (one record each, at most
+    /// 2 KiB: 32 MiB at the default).
+    pub tracker_records: usize,
 }
 
 impl Default for RelayLimits {
@@ -76,6 +81,7 @@ impl Default for RelayLimits {
             circuits_per_ip_per_minute: NonZeroU32::MIN.saturating_add(599),
             idle_timeout: Duration::from_secs(120),
             mailbox: MailboxLimits::default(),
+            tracker_records: 16 * 1024,
         }
     }
 }
@@ -102,6 +108,7 @@ impl RelayLimits {
             ("max_circuits_per_peer", self.max_circuits_per_peer),
             ("mailbox.per_recipient", self.mailbox.per_recipient),
             ("mailbox.max_item", self.mailbox.max_item),
+            ("tracker_records", self.tracker_records),
         ] {
             if v == 0 {
                 return Err(LimitsError::Zero(name));
@@ -149,6 +156,7 @@ pub struct RelayBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mailbox: request_response::cbor::Behaviour<MailboxRequest, MailboxResponse>,
+    tracker: kad::Behaviour<MemoryStore>,
 }
 
 impl std::fmt::Debug for RelayBehaviour {
@@ -177,6 +185,8 @@ pub struct RelayStats {
     pub circuits: usize,
     pub mailbox_messages: usize,
     pub mailbox_bytes: usize,
+    /// Users whose current location this relay's tracker holds.
+    pub tracker_records: usize,
 }
 
 /// The relay's libp2p node.
@@ -187,6 +197,7 @@ pub struct RelayNode {
     reservations: HashSet<PeerId>,
     admission: Admission,
     connections: usize,
+    tracker_records: usize,
 }
 
 impl std::fmt::Debug for RelayNode {
@@ -224,6 +235,21 @@ impl RelayNode {
                 [(MAILBOX_PROTOCOL, ProtocolSupport::Inbound)],
                 request_response::Config::default(),
             ),
+            tracker: {
+                let store = MemoryStore::with_config(
+                    peer_id,
+                    MemoryStoreConfig {
+                        max_records: limits.tracker_records,
+                        max_value_bytes: tracker::MAX_VALUE,
+                        max_provided_keys: 0,
+                        max_providers_per_key: 0,
+                    },
+                );
+                let mut kad = kad::Behaviour::with_config(peer_id, store, tracker::kad_config());
+                // Set explicitly: a relay answers tracker lookups.
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            },
         };
         // V1Lazy: streams the relay opens (a circuit's STOP to the user)
         // start at once instead of after a negotiation round trip.
@@ -244,6 +270,7 @@ impl RelayNode {
             reservations: HashSet::new(),
             admission: admission.clone(),
             connections: 0,
+            tracker_records: 0,
         })
     }
 
@@ -273,6 +300,7 @@ impl RelayNode {
         if let Ok(mut s) = self.stats.lock() {
             s.connected = self.swarm.connected_peers().count();
             s.connections = self.connections;
+            s.tracker_records = self.tracker_records;
             s.reservations = self.reservations.len();
             s.mailbox_messages = self.mailboxes.len();
             s.mailbox_bytes = self.mailboxes.bytes();
@@ -303,6 +331,14 @@ impl RelayNode {
                 }
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Tracker(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            })) => self.on_record(source, record),
             SwarmEvent::NewListenAddr { .. } => info!("relay listening for tunnels"),
             SwarmEvent::ConnectionEstablished { .. } => self.connections += 1,
             SwarmEvent::ConnectionClosed { .. } => {
@@ -315,6 +351,27 @@ impl RelayNode {
                 warn!("tunnel listener closed: {reason:?}")
             }
             _ => {}
+        }
+    }
+
+    /// A user publishes where they are: kept if it is their own record and
+    /// they are admitted here.
+    fn on_record(&mut self, source: PeerId, record: kad::Record) {
+        if let Admission::Listed(users) = &self.admission {
+            if !users.contains(&source) {
+                debug!("tracker record from a user not on the list refused");
+                return;
+            }
+        }
+        match tracker::accept_record(source, record, Instant::now()) {
+            Ok(record) => {
+                let store = self.swarm.behaviour_mut().tracker.store_mut();
+                if let Err(e) = store.put(record) {
+                    warn!("tracker record not kept: {e}");
+                }
+                self.tracker_records = store.records().count();
+            }
+            Err(e) => debug!("tracker record refused: {e}"),
         }
     }
 
