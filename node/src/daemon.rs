@@ -25,7 +25,7 @@ use crate::p2p::proto::{Envelope, MessageId, Reply};
 use crate::p2p::swarm;
 use crate::p2p::transport::{CarrierTransport, Directory};
 use crate::seal;
-use crate::store::{Direction, Message, OutState};
+use crate::store::{Contact, Direction, Message, OutState};
 
 /// How often the outbox is retried when nothing else wakes it.
 const RETRY: Duration = Duration::from_secs(3);
@@ -37,6 +37,8 @@ const DEPOSITED_RETRY: Duration = Duration::from_secs(20);
 const REDEPOSIT: Duration = Duration::from_secs(600);
 /// Time allowed for one delivery attempt.
 const ATTEMPT: Duration = Duration::from_secs(20);
+/// How often the trackers may be asked about one unreachable contact.
+const LOCATE_EVERY: Duration = Duration::from_secs(60);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
 const EVENT_BUFFER: usize = 256;
 
@@ -52,6 +54,8 @@ struct Core {
     /// When this process last left each outbox message in a mailbox; a
     /// deposited message not in here was left by an earlier run.
     deposited: Mutex<HashMap<(PeerId, MessageId), Instant>>,
+    /// When the trackers were last asked where each contact is.
+    located: Mutex<HashMap<PeerId, Instant>>,
 }
 
 impl Core {
@@ -68,8 +72,10 @@ impl Core {
                 return;
             }
         };
+        let previous = m.store.previous_home_relay().ok().flatten();
         match node_policy(
             &m.home,
+            previous.iter(),
             contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
         ) {
             Ok(p) => self.dialer.set_policy(p),
@@ -209,6 +215,7 @@ where
         receipts: Mutex::default(),
         online: Mutex::new(false),
         deposited: Mutex::default(),
+        located: Mutex::default(),
         dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
     });
     core.refresh_policy();
@@ -217,7 +224,17 @@ where
     let directory = Directory::default();
     let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
     let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone()))?;
+    let location =
+        crate::tracker::make_record(&keypair, &home.line, now_ms(), &mut rand::rngs::OsRng)?;
+    let previous: Vec<RelayRef> = core
+        .lock()
+        .store
+        .previous_home_relay()?
+        .and_then(|line| RelayRef::new(line).ok())
+        .into_iter()
+        .collect();
     let (driver, handle) = Driver::new(swarm, directory, sockets, home, Inbound(core.clone()));
+    let driver = driver.publish_location(location, previous);
     let driver = tokio::spawn(driver.run());
     info!("node up as {}", crate::identity::fingerprint(&address.user));
 
@@ -284,33 +301,21 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
         sent_at_ms: m.sent_at_ms,
         text: m.text.clone(),
     };
-    let direct = tokio::time::timeout(
-        ATTEMPT,
-        driver.deliver(m.peer, via.clone(), envelope.clone()),
-    )
-    .await
-    .unwrap_or(Err(DeliverError::Timeout));
-    match direct {
-        Ok(Reply::Received) => {
-            let _ = core
-                .lock()
-                .store
-                .set_out_state(&m.peer, &m.id, OutState::Delivered, now_ms());
-            core.publish(&m.peer, &m.id, Direction::Out);
-            return Attempt {
-                state: OutState::Delivered,
-                outcome: "delivered".into(),
-            };
-        }
-        Ok(Reply::Refused { reason }) => {
-            return Attempt {
-                state: m.state,
-                outcome: format!("{} refused it: {reason}", contact.name),
-            }
-        }
-        Err(e) => debug!("direct delivery failed: {e}"),
+    if let Some(done) = attempt_direct(core, driver, m, &contact, &via, &envelope).await {
+        return done;
     }
-    if m.state == OutState::Deposited && !redeposit {
+    // Not reachable where we know them: perhaps they moved to another relay.
+    let (contact, via, moved) = match relocate(core, driver, &contact).await {
+        Some((moved, new_via)) => {
+            if let Some(done) = attempt_direct(core, driver, m, &moved, &new_via, &envelope).await {
+                return done;
+            }
+            (moved, new_via, true)
+        }
+        None => (contact, via, false),
+    };
+    // A message left at the relay they moved away from goes to the new one.
+    if m.state == OutState::Deposited && !redeposit && !moved {
         return Attempt {
             state: m.state,
             outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
@@ -361,6 +366,96 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
     }
 }
 
+/// One direct delivery through `via`: `Some` when it settled the message
+/// (delivered, or refused by the contact), `None` when they were not
+/// reachable.
+async fn attempt_direct(
+    core: &Core,
+    driver: &DriverHandle,
+    m: &Message,
+    contact: &Contact,
+    via: &RelayRef,
+    envelope: &Envelope,
+) -> Option<Attempt> {
+    let direct = tokio::time::timeout(
+        ATTEMPT,
+        driver.deliver(m.peer, via.clone(), envelope.clone()),
+    )
+    .await
+    .unwrap_or(Err(DeliverError::Timeout));
+    match direct {
+        Ok(Reply::Received) => {
+            let _ = core
+                .lock()
+                .store
+                .set_out_state(&m.peer, &m.id, OutState::Delivered, now_ms());
+            core.publish(&m.peer, &m.id, Direction::Out);
+            Some(Attempt {
+                state: OutState::Delivered,
+                outcome: "delivered".into(),
+            })
+        }
+        Ok(Reply::Refused { reason }) => Some(Attempt {
+            state: m.state,
+            outcome: format!("{} refused it: {reason}", contact.name),
+        }),
+        Err(e) => {
+            debug!("direct delivery failed: {e}");
+            None
+        }
+    }
+}
+
+/// Asks the trackers (at the contact's known relay and at home) where an
+/// unreachable contact is now — at most once a minute per contact. When
+/// the contact published a different relay, their address is updated (the
+/// record is signed by them) and the firewall follows.
+async fn relocate(
+    core: &Core,
+    driver: &DriverHandle,
+    contact: &Contact,
+) -> Option<(Contact, RelayRef)> {
+    {
+        let mut asked = core.located.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = contact.peer();
+        if asked.get(&peer).is_some_and(|t| t.elapsed() < LOCATE_EVERY) {
+            return None;
+        }
+        asked.insert(peer, Instant::now());
+    }
+    let user = contact.address.public_key().ok()?;
+    let mut trackers = Vec::new();
+    if let Ok(known) = RelayRef::new(contact.address.relay.clone()) {
+        trackers.push(known);
+    }
+    if let Ok(home) = RelayRef::new(core.lock().home.clone()) {
+        if !trackers.iter().any(|t| t.peer == home.peer) {
+            trackers.push(home);
+        }
+    }
+    let found = tokio::time::timeout(ATTEMPT, driver.locate(user, trackers))
+        .await
+        .ok()
+        .flatten()?;
+    if found.line == contact.address.relay {
+        return None;
+    }
+    let via = RelayRef::new(found.line.clone()).ok()?;
+    let mut moved = contact.clone();
+    moved.address.relay = found.line;
+    if let Err(e) = core
+        .lock()
+        .store
+        .update_address(&moved.name, &moved.address)
+    {
+        warn!("cannot record a contact's new relay: {e}");
+        return None;
+    }
+    core.refresh_policy();
+    info!("a contact moved to another relay; following them there");
+    Some((moved, via))
+}
+
 async fn send_receipts(core: &Core, driver: &DriverHandle) {
     let owed: Vec<(PeerId, Vec<MessageId>)> = core
         .receipts
@@ -384,6 +479,21 @@ async fn send_receipts(core: &Core, driver: &DriverHandle) {
         if let Ok(Reply::Received) = direct {
             continue;
         }
+        let (contact, via) = match relocate(core, driver, &contact).await {
+            Some((moved, new_via)) => {
+                let direct = tokio::time::timeout(
+                    ATTEMPT,
+                    driver.deliver(peer, new_via.clone(), envelope.clone()),
+                )
+                .await
+                .unwrap_or(Err(DeliverError::Timeout));
+                if let Ok(Reply::Received) = direct {
+                    continue;
+                }
+                (moved, new_via)
+            }
+            None => (contact, via),
+        };
         let keypair = core.lock().keypair.clone();
         let deposited = match contact.address.public_key() {
             Ok(pk) => match seal::seal(&keypair, &pk, &envelope, &mut rand::rngs::OsRng) {

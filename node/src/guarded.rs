@@ -62,14 +62,22 @@ pub fn relay_entries(line: &RelayLine, source: EntrySource) -> io::Result<(Vec<E
     Ok((entries, ip))
 }
 
-/// A node's allowlist: its home relay and the relays in its contacts'
+/// A node's allowlist: its home relay, the trackers it publishes its
+/// location at (its previous home relay), and the relays in its contacts'
 /// addresses. Local networks are allowed only when the home relay is on
 /// one (a loopback demo or test).
 pub fn node_policy<'a>(
     home: &RelayLine,
+    trackers: impl IntoIterator<Item = &'a RelayLine>,
     contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine)>,
 ) -> io::Result<Policy> {
     let (mut entries, home_ip) = relay_entries(home, EntrySource::HomeRelay)?;
+    for line in trackers {
+        match relay_entries(line, EntrySource::Tracker) {
+            Ok((e, _)) => entries.extend(e),
+            Err(e) => tracing::warn!("tracker {}: not reachable: {e}", line.host),
+        }
+    }
     for (name, line) in contacts {
         match relay_entries(
             line,

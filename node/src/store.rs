@@ -170,25 +170,46 @@ impl Store {
 
     // ------------------------------------------------------------ settings
 
-    pub fn home_relay(&self) -> Result<Option<RelayLine>> {
+    fn relay_setting(&self, key: &str) -> Result<Option<RelayLine>> {
         let text: Option<String> = self
             .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'home_relay'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()?;
         text.map(|t| t.parse().map_err(|_| StoreError::Damaged))
             .transpose()
     }
 
-    pub fn set_home_relay(&self, line: &RelayLine) -> Result<()> {
+    fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO settings (key, value) VALUES ('home_relay', ?1)
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![line.to_string()],
+            params![key, value],
         )?;
+        Ok(())
+    }
+
+    pub fn home_relay(&self) -> Result<Option<RelayLine>> {
+        self.relay_setting("home_relay")
+    }
+
+    /// The home relay before the last change: the node keeps telling its
+    /// tracker where it went, for contacts who still have the old address.
+    pub fn previous_home_relay(&self) -> Result<Option<RelayLine>> {
+        self.relay_setting("previous_home_relay")
+    }
+
+    /// Sets the home relay; a different one becomes the previous home.
+    pub fn set_home_relay(&self, line: &RelayLine) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        if let Some(old) = self.home_relay()? {
+            if &old != line {
+                self.set_setting("previous_home_relay", &old.to_string())?;
+            }
+        }
+        self.set_setting("home_relay", &line.to_string())?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -165,6 +165,15 @@ impl std::fmt::Debug for RelayBehaviour {
     }
 }
 
+/// Ping as every Burrow peer runs it: a connection that misses a ping is
+/// closed (a QUIC peer that vanished sends nothing that would tell), so
+/// circuits through a dead user end within half a minute.
+pub fn ping_config() -> ping::Config {
+    ping::Config::new()
+        .with_interval(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(15))
+}
+
 /// Identify as every Burrow peer sends it: no listen addresses, no
 /// program name.
 pub fn identify_config(keypair: &Keypair) -> identify::Config {
@@ -229,7 +238,7 @@ impl RelayNode {
         let behaviour = RelayBehaviour {
             relay: relay::Behaviour::new(peer_id, limits.relay_config(admission)),
             identify: identify::Behaviour::new(identify_config(keypair)),
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(ping_config()),
             mailbox: request_response::Behaviour::with_codec(
                 codec,
                 [(MAILBOX_PROTOCOL, ProtocolSupport::Inbound)],
@@ -331,6 +340,14 @@ impl RelayNode {
                 }
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Err(e),
+                ..
+            })) => {
+                debug!("ping failed ({e}); closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Tracker(kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {

@@ -55,7 +55,11 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(self.dir.path())
             .env("BURROW_PASSWORD", PASSWORD)
-            .env("BURROW_LOG", "info");
+            // BURROW_TEST_LOG raises the nodes' log level when debugging a test.
+            .env(
+                "BURROW_LOG",
+                std::env::var("BURROW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         c
     }
 

@@ -271,3 +271,55 @@ fn bad_input_is_refused_with_a_reason_and_loses_nothing() {
     // Restored: everything is still there.
     assert_eq!(alice.messages("bob").len(), 3);
 }
+
+/// Bob moves to another relay; Alice still has his old address. Bob's node
+/// tells the tracker at both relays where he is now (encrypted to whoever
+/// knows his key, signed by him), so Alice's node finds him there and
+/// delivers directly — and a relay that was not told keeps nothing.
+#[test]
+fn a_contact_who_moved_to_another_relay_is_found_through_the_tracker() {
+    let first = RelayProc::start(&[]);
+    let second = RelayProc::start(&[]);
+    let (mut alice, mut bob) = pair(&first.line);
+    alice.up();
+    bob.up();
+    assert_eq!(
+        alice.ok(&["send", "bob", "before the move"]).trim(),
+        "delivered"
+    );
+    bob.kill();
+    bob.ok(&["set-relay", &second.line.to_string()]);
+    bob.up();
+    // Once at the first relay before the move, then at both.
+    let told = "told a relay's tracker where to find you";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bob.log().matches(told).count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", bob.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = alice.ok(&["send", "bob", "after the move"]);
+    assert_eq!(out.trim(), "delivered", "{out}\nALICE {}", alice.log());
+    let got = bob.wait_messages("alice", "the message after the move", |m| m.len() >= 2);
+    assert_eq!(
+        texts(&got, "in"),
+        ["before the move".to_string(), "after the move".to_string()]
+    );
+    let contacts: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["contact", "list", "--json"])).expect("json");
+    let relay = contacts["contacts"][0]["relay"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        relay.contains(&format!(":{}", second.line.port)),
+        "alice now has bob at the second relay: {relay}"
+    );
+    // Bob's reply still goes to Alice's (unchanged) relay.
+    assert_eq!(alice.ok(&["send", "bob", "welcome"]).trim(), "delivered");
+    assert_eq!(bob.ok(&["send", "alice", "thanks"]).trim(), "delivered");
+    let log = alice.log();
+    assert!(log.contains("moved to another relay"), "{log}");
+    assert!(!log.contains("after the move"), "no message text in logs");
+    alice.kill();
+    bob.kill();
+}

@@ -1,7 +1,7 @@
 //! The task that owns the swarm: keeps the reservation at the home relay,
 //! fetches the home mailbox, answers contacts' messages through a
 //! [`Handler`], and carries out [`Command`]s (deliver to a contact, leave a
-//! sealed message at a relay).
+//! sealed message at a relay, find where a contact is now).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,16 +12,18 @@ use burrow_obfs::{RelayLine, Sockets};
 use burrow_relay::proto::{MailboxItem, MailboxRequest, MailboxResponse};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::identity::PublicKey;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{relay, Multiaddr, PeerId, Swarm};
+use libp2p::{kad, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::proto::{Envelope, Reply};
 use super::swarm::{NodeBehaviour, NodeBehaviourEvent};
 use super::transport::{relay_addrs, Directory};
+use crate::tracker::{open_record, record_key, Location};
 
 /// A relay as the swarm needs it: its line, node id and addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,12 @@ pub enum Command {
     },
     /// Looks in the home mailbox now.
     FetchMailbox,
+    /// Asks the trackers at `via` where `user` is reachable now.
+    Locate {
+        user: PublicKey,
+        via: Vec<RelayRef>,
+        done: oneshot::Sender<Option<Location>>,
+    },
 }
 
 /// The state of the link to the home relay.
@@ -169,6 +177,24 @@ impl DriverHandle {
     pub async fn fetch_mailbox(&self) {
         let _ = self.0.send(Command::FetchMailbox).await;
     }
+
+    /// The newest location `user` published at the trackers of `via`
+    /// (checked against their key), if any answered with one.
+    pub async fn locate(&self, user: PublicKey, via: Vec<RelayRef>) -> Option<Location> {
+        let (done, rx) = oneshot::channel();
+        self.0
+            .send(Command::Locate { user, via, done })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// A tracker lookup under way.
+struct Lookup {
+    user: PublicKey,
+    best: Option<Location>,
+    done: oneshot::Sender<Option<Location>>,
 }
 
 enum BoxOp {
@@ -195,6 +221,10 @@ pub struct Driver<H> {
     home_listener: Option<ListenerId>,
     online: bool,
     backoff: Duration,
+    /// This user's location record and the relays to file it at besides
+    /// home (an earlier home, so contacts who still have it find the new one).
+    location: Option<(kad::Record, Vec<RelayRef>)>,
+    lookups: HashMap<kad::QueryId, Lookup>,
 }
 
 impl<H> fmt::Debug for Driver<H> {
@@ -227,8 +257,51 @@ impl<H: Handler> Driver<H> {
             home_listener: None,
             online: false,
             backoff: Duration::from_millis(250),
+            location: None,
+            lookups: HashMap::new(),
         };
         (driver, DriverHandle(tx))
+    }
+
+    /// Publishes `record` at the home relay's tracker (and at `also_at`)
+    /// each time the home reservation is made.
+    pub fn publish_location(mut self, record: kad::Record, also_at: Vec<RelayRef>) -> Self {
+        self.location = Some((record, also_at));
+        self
+    }
+
+    fn know_tracker(&mut self, relay: &RelayRef) {
+        self.know_relay(relay);
+        for addr in relay.addrs() {
+            self.swarm
+                .behaviour_mut()
+                .tracker
+                .add_address(&relay.peer, addr.clone());
+        }
+    }
+
+    fn publish(&mut self) {
+        let Some((record, also_at)) = self.location.clone() else {
+            return;
+        };
+        let mut peers = vec![self.home.peer];
+        let home = self.home.clone();
+        self.know_tracker(&home);
+        for relay in &also_at {
+            self.know_tracker(relay);
+            if !peers.contains(&relay.peer) {
+                peers.push(relay.peer);
+            }
+        }
+        // One query per relay: a shared query would stop at the first
+        // success and leave the others with an older record.
+        for peer in peers {
+            self.swarm.behaviour_mut().tracker.put_record_to(
+                record.clone(),
+                std::iter::once(peer),
+                kad::Quorum::One,
+            );
+        }
     }
 
     fn know_relay(&mut self, relay: &RelayRef) {
@@ -325,6 +398,21 @@ impl<H: Handler> Driver<H> {
                 self.mailbox.insert(id, BoxOp::Put(done));
             }
             Command::FetchMailbox => self.request_fetch(),
+            Command::Locate { user, via, done } => {
+                for relay in &via {
+                    self.know_tracker(relay);
+                }
+                let key = record_key(&PeerId::from_public_key(&user));
+                let id = self.swarm.behaviour_mut().tracker.get_record(key);
+                self.lookups.insert(
+                    id,
+                    Lookup {
+                        user,
+                        best: None,
+                        done,
+                    },
+                );
+            }
         }
     }
 
@@ -341,6 +429,7 @@ impl<H: Handler> Driver<H> {
                     self.online = true;
                     self.handler.on_home(HomeState::Online);
                     self.request_fetch();
+                    self.publish();
                 }
             }
             SwarmEvent::ListenerClosed {
@@ -367,6 +456,15 @@ impl<H: Handler> Driver<H> {
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Messages(e)) => self.on_message_event(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mailbox(e)) => self.on_mailbox_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Tracker(e)) => self.on_tracker_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Err(e),
+                ..
+            })) => {
+                debug!("ping failed ({e}); closing the connection");
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!("dial to {peer_id:?} failed: {error}")
             }
@@ -380,6 +478,50 @@ impl<H: Handler> Driver<H> {
             info!("lost the home relay; reconnecting");
             self.online = false;
             self.handler.on_home(HomeState::Offline);
+        }
+    }
+
+    fn on_tracker_event(&mut self, e: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = e
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::PutRecord(r) => match r {
+                Ok(_) => info!("told a relay's tracker where to find you"),
+                Err(e) => info!("a relay's tracker was not told where to find you: {e}"),
+            },
+            kad::QueryResult::GetRecord(r) => {
+                let Some(lookup) = self.lookups.get_mut(&id) else {
+                    return;
+                };
+                match r {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                        match open_record(&lookup.user, &found.record.value) {
+                            Ok(loc) => {
+                                if lookup
+                                    .best
+                                    .as_ref()
+                                    .is_none_or(|b| loc.issued_ms > b.issued_ms)
+                                {
+                                    lookup.best = Some(loc);
+                                }
+                            }
+                            Err(e) => debug!("tracker record ignored: {e}"),
+                        }
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(e) => debug!("tracker lookup: {e}"),
+                }
+                if step.last {
+                    if let Some(lookup) = self.lookups.remove(&id) {
+                        let _ = lookup.done.send(lookup.best);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -406,8 +548,16 @@ impl<H: Handler> Driver<H> {
                 }
             },
             request_response::Event::OutboundFailure {
-                request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
+                // A connection that swallowed a message is not trusted with
+                // the next one: the next attempt dials afresh.
+                if matches!(error, request_response::OutboundFailure::Timeout) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
                 if let Some(done) = self.messages.remove(&request_id) {
                     let _ = done.send(Err(outbound_error(error)));
                 }

@@ -1,6 +1,6 @@
 //! The node's swarm: the relay client (to be reachable through the home
 //! relay and to reach contacts through theirs), identify and ping, the
-//! messaging protocol and the mailbox client — over the carrier transport
+//! messaging protocol, the mailbox client and the tracker client — over the carrier transport
 //! and, for relayed circuits, the relay client transport.
 
 use std::io;
@@ -12,6 +12,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, OrTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, noise, ping, relay, yamux, PeerId, Swarm, Transport};
@@ -19,8 +20,12 @@ use libp2p::{identify, noise, ping, relay, yamux, PeerId, Swarm, Transport};
 use super::proto::{Envelope, Reply, MAX_TEXT, MESSAGE_PROTOCOL};
 use super::transport::{authenticated, CarrierTransport, UPGRADE_TIMEOUT};
 
-/// How long a request may wait for its answer.
+/// How long a mailbox request may wait for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a message may wait for the contact's receipt on an open
+/// connection (a live one answers in milliseconds; a silent one is dropped
+/// and the next attempt dials afresh).
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
@@ -29,6 +34,9 @@ pub struct NodeBehaviour {
     pub ping: ping::Behaviour,
     pub messages: request_response::cbor::Behaviour<Envelope, Reply>,
     pub mailbox: request_response::cbor::Behaviour<MailboxRequest, MailboxResponse>,
+    /// The tracker, as a client: publishes this user's location at its
+    /// relays and looks contacts up; never answers kad requests.
+    pub tracker: kad::Behaviour<MemoryStore>,
 }
 
 impl std::fmt::Debug for NodeBehaviour {
@@ -80,7 +88,7 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
             .set_request_size_maximum((MAX_TEXT + 1024) as u64)
             .set_response_size_maximum(4 * 1024),
         [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+        request_response::Config::default().with_request_timeout(MESSAGE_TIMEOUT),
     );
     let mailbox = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
@@ -92,9 +100,46 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
     let behaviour = NodeBehaviour {
         relay_client,
         identify: identify::Behaviour::new(identify_config(keypair)),
-        ping: ping::Behaviour::default(),
+        ping: ping::Behaviour::new(burrow_relay::server::ping_config()),
         messages,
         mailbox,
+        tracker: {
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                MemoryStore::new(peer_id),
+                burrow_relay::tracker::kad_config(),
+            );
+            // Set explicitly: the relay client makes the circuit address
+            // "external", which would otherwise flip kad to server mode and
+            // advertise this node as a DHT server.
+            kad.set_mode(Some(kad::Mode::Client));
+            kad
+        },
     };
     Ok(Swarm::new(transport, behaviour, peer_id, config()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::transport::Directory;
+
+    /// A reservation makes the circuit address "external"; that must not
+    /// turn the node into a kad server that answers (and is listed by)
+    /// everyone's trackers.
+    #[tokio::test]
+    async fn the_node_stays_a_kad_client_when_it_becomes_reachable() {
+        let keypair = Keypair::generate_ed25519();
+        let mut swarm =
+            build(&keypair, CarrierTransport::dialer(Directory::default())).expect("swarm");
+        assert_eq!(swarm.behaviour().tracker.mode(), kad::Mode::Client);
+        let circuit: libp2p::Multiaddr = format!(
+            "/ip4/127.0.0.1/tcp/443/tls/http/p2p/{}/p2p-circuit",
+            Keypair::generate_ed25519().public().to_peer_id()
+        )
+        .parse()
+        .expect("addr");
+        swarm.add_external_address(circuit);
+        assert_eq!(swarm.behaviour().tracker.mode(), kad::Mode::Client);
+    }
 }
