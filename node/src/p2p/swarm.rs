@@ -74,9 +74,14 @@ pub fn config() -> libp2p::swarm::Config {
     // V1Lazy: a new stream's protocol is proposed and used at once instead
     // of waiting a round trip for the answer (it matters most through a
     // relay circuit, where each round trip crosses two tunnels).
+    //
+    // One address at a time: a relay's carriers are tried in its line's
+    // order, as a browser would, instead of opening TCP and QUIC
+    // connections at once and dropping the losers.
     libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(Duration::from_secs(60))
         .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
 }
 
 /// A swarm for a node that never listens except through relay circuits.
