@@ -16,6 +16,8 @@ pub enum Verdict {
 /// One decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// Position in this process's log, from 1; set by [`Audit::record`].
+    pub seq: u64,
     pub time: SystemTime,
     /// The part of the program that asked (`relay-upstream`, `carrier`, …).
     pub component: String,
@@ -31,6 +33,7 @@ pub struct Audit {
     log_approvals: bool,
     /// Records dropped because the log was full.
     dropped: u64,
+    last_seq: u64,
 }
 
 /// Records kept in memory unless configured otherwise.
@@ -49,13 +52,16 @@ impl Audit {
             capacity: capacity.max(1),
             log_approvals,
             dropped: 0,
+            last_seq: 0,
         }
     }
 
-    pub fn record(&mut self, record: Record) {
+    pub fn record(&mut self, mut record: Record) {
         if matches!(record.verdict, Verdict::Approved { .. }) && !self.log_approvals {
             return;
         }
+        self.last_seq += 1;
+        record.seq = self.last_seq;
         if self.records.len() == self.capacity {
             self.records.pop_front();
             self.dropped += 1;
@@ -70,6 +76,15 @@ impl Audit {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+
+    /// Records after `seq` (0: all still held), oldest first.
+    pub fn since(&self, seq: u64) -> Vec<Record> {
+        self.records
+            .iter()
+            .filter(|r| r.seq > seq)
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +95,7 @@ mod tests {
     fn rec(n: u16, approved: bool) -> Record {
         let reason = format!("r{n}");
         Record {
+            seq: 0,
             time: SystemTime::UNIX_EPOCH,
             component: "test".into(),
             target: Target::parse(&format!("10.0.0.1:{n}"), Proto::Tcp, None).expect("target"),
@@ -104,5 +120,9 @@ mod tests {
         let mut a = Audit::new(10, true);
         a.record(rec(1, true));
         assert_eq!(a.records().count(), 1);
+        a.record(rec(2, false));
+        let after: Vec<u64> = a.since(1).iter().map(|r| r.seq).collect();
+        assert_eq!(after, [2]);
+        assert_eq!(a.since(0).len(), 2);
     }
 }

@@ -50,6 +50,14 @@ impl Dialer {
             .clone()
     }
 
+    /// Audit records after `seq` (see [`Audit::since`]).
+    pub fn audit_since(&self, seq: u64) -> Vec<Record> {
+        self.audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .since(seq)
+    }
+
     /// Decides on `addr` for `target` and logs the decision.
     pub fn check(
         &self,
@@ -80,6 +88,7 @@ impl Dialer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .record(Record {
+                seq: 0,
                 time: SystemTime::now(),
                 component: component.to_string(),
                 target: target.clone(),

@@ -5,9 +5,11 @@
 //! [`Approved`] (the only thing [`Dialer`] dials) or a typed [`Denied`],
 //! and each decision lands in a bounded [`Audit`] log.
 //!
+//! [`Policy::explain`] answers `burrow firewall check` for a target before
+//! any resolution. The node persists the audit log in its encrypted store.
+//!
 //! Not built yet (see the firewall issue): encrypted DNS (names can be
-//! listed, but the dialer only takes addresses), a persisted audit log,
-//! and the `burrow firewall` commands.
+//! listed, but the dialer only takes addresses).
 #![forbid(unsafe_code)]
 
 pub mod audit;

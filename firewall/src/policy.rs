@@ -176,6 +176,51 @@ impl Policy {
         }
     }
 
+    /// Explains the decision for a target before any resolution: for an
+    /// address, exactly what [`Policy::decide`] would say; for a name, the
+    /// entry it would be dialled under (its resolved address is checked
+    /// again at dial time).
+    pub fn explain(&self, target: &Target) -> Result<Entry, Denied> {
+        match &target.host {
+            Host::Ip(ip) => self
+                .decide(target, SocketAddr::new(*ip, target.port))
+                .map(|a| a.entry),
+            Host::Name(name) => {
+                let deny = |reason| Denied {
+                    target: target.clone(),
+                    via: None,
+                    reason,
+                };
+                if name.is_localhost() && !self.allow_local {
+                    return Err(deny(DenyReason::LocalAddress));
+                }
+                self.match_entry(target).map_err(deny)
+            }
+        }
+    }
+
+    fn match_entry(&self, target: &Target) -> Result<Entry, DenyReason> {
+        let same_host: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.host == target.host)
+            .collect();
+        if same_host.is_empty() {
+            return Err(DenyReason::NotListed);
+        }
+        let on_port: Vec<&&Entry> = same_host.iter().filter(|e| e.port == target.port).collect();
+        if on_port.is_empty() {
+            let mut ports: Vec<u16> = same_host.iter().map(|e| e.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            return Err(DenyReason::WrongPort(ports));
+        }
+        match on_port.iter().find(|e| e.proto == target.proto) {
+            Some(entry) => Ok((**entry).clone()),
+            None => Err(DenyReason::WrongProtocol(on_port[0].proto)),
+        }
+    }
+
     /// Decides whether `addr` may be dialled for `target` (the endpoint as
     /// asked: a name, or the same address). Names are matched against name
     /// entries; the address they resolved to must still be a public unicast
@@ -209,28 +254,13 @@ impl Policy {
         if (is_local(ip) || local_name) && !self.allow_local {
             return Err(deny(DenyReason::LocalAddress));
         }
-        let same_host: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| e.host == target.host)
-            .collect();
-        if same_host.is_empty() {
-            return Err(deny(DenyReason::NotListed));
-        }
-        let on_port: Vec<&&Entry> = same_host.iter().filter(|e| e.port == target.port).collect();
-        if on_port.is_empty() {
-            let mut ports: Vec<u16> = same_host.iter().map(|e| e.port).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            return Err(deny(DenyReason::WrongPort(ports)));
-        }
-        match on_port.iter().find(|e| e.proto == target.proto) {
-            Some(entry) => Ok(Approved {
+        match self.match_entry(target) {
+            Ok(entry) => Ok(Approved {
                 addr,
                 proto: target.proto,
-                entry: (**entry).clone(),
+                entry,
             }),
-            None => Err(deny(DenyReason::WrongProtocol(on_port[0].proto))),
+            Err(reason) => Err(deny(reason)),
         }
     }
 }
@@ -442,5 +472,44 @@ mod tests {
         for s in ["9.9.9.9", "203.0.113.7", "2001:db8::1", "100.128.0.1"] {
             assert!(!is_local(s.parse().expect(s)), "{s}");
         }
+    }
+
+    #[test]
+    fn explain_says_what_a_dial_would_meet_before_any_resolution() {
+        let p = policy(false);
+        let entry = p
+            .explain(&t("RELAY.example.org.:443", Proto::Udp))
+            .expect("listed name, any spelling");
+        assert_eq!(entry.source, EntrySource::HomeRelay);
+        assert_eq!(
+            p.explain(&t("relay.example.org:80", Proto::Tcp))
+                .map_err(|d| d.reason),
+            Err(DenyReason::WrongPort(vec![443]))
+        );
+        assert_eq!(
+            p.explain(&t("9.9.9.9:443", Proto::Udp))
+                .map_err(|d| d.reason),
+            Err(DenyReason::WrongProtocol(Proto::Tcp))
+        );
+        assert_eq!(
+            p.explain(&t("[::ffff:9.9.9.9]:443", Proto::Tcp))
+                .map(|e| e.source),
+            Ok(EntrySource::Resolver)
+        );
+        assert_eq!(
+            p.explain(&t("localhost:8080", Proto::Tcp))
+                .map_err(|d| d.reason),
+            Err(DenyReason::LocalAddress)
+        );
+        assert_eq!(
+            p.explain(&t("0.0.0.0:443", Proto::Tcp))
+                .map_err(|d| d.reason),
+            Err(DenyReason::Unspecified)
+        );
+        assert_eq!(
+            p.explain(&t("example.net:443", Proto::Tcp))
+                .map_err(|d| d.reason),
+            Err(DenyReason::NotListed)
+        );
     }
 }

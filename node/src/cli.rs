@@ -79,6 +79,44 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// What the node may reach, what it refused, and why.
+    Firewall {
+        #[command(subcommand)]
+        sub: FirewallSub,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FirewallSub {
+    /// Every endpoint the node may reach, with where it comes from and why.
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Refused connection attempts, oldest first (kept across restarts).
+    Log {
+        /// Show at most this many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing new ones as they happen (needs `burrow up`).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Explain the decision for a host, address or URL (port 443 unless given).
+    Check {
+        target: String,
+        /// Decide for UDP (QUIC) instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// Also attempt the connection through the firewall (needs `burrow
+        /// up`; a refusal is logged like any other).
+        #[arg(long = "try")]
+        try_dial: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +331,41 @@ pub fn main() -> ExitCode {
                 user_cmd::inbox(&node.dir()?, &node.password(), name, node.output()).await
             }
             Command::Chat { name, node } => user_cmd::chat(&node.dir()?, &name).await,
+            Command::Firewall { sub } => match sub {
+                FirewallSub::List { node } => {
+                    user_cmd::firewall_list(&node.dir()?, &node.password(), node.output()).await
+                }
+                FirewallSub::Log {
+                    limit,
+                    follow,
+                    node,
+                } => {
+                    user_cmd::firewall_log(
+                        &node.dir()?,
+                        &node.password(),
+                        limit,
+                        follow,
+                        node.output(),
+                    )
+                    .await
+                }
+                FirewallSub::Check {
+                    target,
+                    udp,
+                    try_dial,
+                    node,
+                } => {
+                    user_cmd::firewall_check(
+                        &node.dir()?,
+                        &node.password(),
+                        &target,
+                        udp,
+                        try_dial,
+                        node.output(),
+                    )
+                    .await
+                }
+            },
         }
     });
     match result {

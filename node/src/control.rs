@@ -36,6 +36,41 @@ pub enum Request {
     Watch {
         name: Option<String>,
     },
+    /// Every endpoint the node may reach, and why.
+    FirewallList,
+    /// The decision for one host, address or URL; `try_dial` also makes
+    /// the connection attempt through the firewall (it is logged).
+    FirewallCheck {
+        target: String,
+        udp: bool,
+        try_dial: bool,
+    },
+    /// The newest `limit` refusals; `follow` then streams
+    /// [`Response::FirewallEvent`]s.
+    FirewallLog {
+        limit: usize,
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallEntryView {
+    /// `host:port/proto`.
+    pub endpoint: String,
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallLogView {
+    pub seq: u64,
+    pub time_ms: u64,
+    /// The part of the node that asked (`node`, `firewall-check`, …).
+    pub component: String,
+    pub target: String,
+    /// "refused" (or "approved" when approvals are logged).
+    pub verdict: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +125,28 @@ pub enum Response {
     },
     Event {
         message: MessageView,
+    },
+    Firewall {
+        /// Whether loopback and private networks may be reached (only when
+        /// the home relay is on one).
+        allow_local: bool,
+        entries: Vec<FirewallEntryView>,
+    },
+    FirewallDecision {
+        target: String,
+        allowed: bool,
+        /// Why: the entry's reason, or the refusal.
+        reason: String,
+        /// The entry's source when allowed.
+        source: Option<String>,
+        /// What the attempt did, when one was asked for.
+        attempt: Option<String>,
+    },
+    FirewallLog {
+        entries: Vec<FirewallLogView>,
+    },
+    FirewallEvent {
+        entry: FirewallLogView,
     },
     Error {
         error: String,

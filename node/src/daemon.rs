@@ -18,14 +18,14 @@ use tokio::sync::{broadcast, Notify};
 use tracing::{debug, info, warn};
 
 use crate::control::{MessageView, Request, Response, MAX_LINE};
-use crate::guarded::{node_policy, GuardedSockets};
+use crate::guarded::GuardedSockets;
 use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
 use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef};
 use crate::p2p::proto::{Envelope, MessageId, Reply};
 use crate::p2p::swarm;
 use crate::p2p::transport::{CarrierTransport, Directory};
 use crate::seal;
-use crate::store::{Contact, Direction, Message, OutState};
+use crate::store::{Contact, Direction, FirewallLogEntry, Message, OutState};
 
 /// How often the outbox is retried when nothing else wakes it.
 const RETRY: Duration = Duration::from_secs(3);
@@ -37,6 +37,8 @@ const DEPOSITED_RETRY: Duration = Duration::from_secs(20);
 const REDEPOSIT: Duration = Duration::from_secs(600);
 /// Time allowed for one delivery attempt.
 const ATTEMPT: Duration = Duration::from_secs(20);
+/// How often new firewall decisions are saved to the store.
+const AUDIT_SAVE: Duration = Duration::from_secs(1);
 /// How often the trackers may be asked about one unreachable contact.
 const LOCATE_EVERY: Duration = Duration::from_secs(60);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
@@ -56,6 +58,8 @@ struct Core {
     deposited: Mutex<HashMap<(PeerId, MessageId), Instant>>,
     /// When the trackers were last asked where each contact is.
     located: Mutex<HashMap<PeerId, Instant>>,
+    /// The last firewall decision saved to the store.
+    audit_seq: Mutex<u64>,
 }
 
 impl Core {
@@ -64,22 +68,23 @@ impl Core {
     }
 
     fn refresh_policy(&self) {
-        let m = self.lock();
-        let contacts = match m.store.contacts() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("cannot read contacts for the firewall: {e}");
-                return;
-            }
-        };
-        let previous = m.store.previous_home_relay().ok().flatten();
-        match node_policy(
-            &m.home,
-            previous.iter(),
-            contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
-        ) {
+        match self.lock().policy() {
             Ok(p) => self.dialer.set_policy(p),
-            Err(e) => warn!("firewall policy not updated: {e}"),
+            Err(e) => warn!("firewall policy not updated: {e:#}"),
+        }
+    }
+
+    /// Moves new firewall decisions from memory into the store.
+    fn persist_audit(&self) {
+        let mut last = self.audit_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.dialer.audit_since(*last);
+        let Some(newest) = records.last().map(|r| r.seq) else {
+            return;
+        };
+        let entries: Vec<FirewallLogEntry> = records.into_iter().map(log_entry).collect();
+        match self.lock().store.append_firewall_log(&entries) {
+            Ok(()) => *last = newest,
+            Err(e) => warn!("firewall log not saved (kept in memory, retrying): {e}"),
         }
     }
 
@@ -216,6 +221,7 @@ where
         online: Mutex::new(false),
         deposited: Mutex::default(),
         located: Mutex::default(),
+        audit_seq: Mutex::default(),
         dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
     });
     core.refresh_policy();
@@ -240,10 +246,21 @@ where
 
     let outbox = tokio::spawn(outbox_loop(core.clone(), handle.clone()));
     let control = tokio::spawn(serve_control(listener, core.clone(), handle.clone()));
+    let audit = tokio::spawn({
+        let core = core.clone();
+        async move {
+            loop {
+                tokio::time::sleep(AUDIT_SAVE).await;
+                core.persist_audit();
+            }
+        }
+    });
     until(&address).await;
     info!("shutting down");
     control.abort();
     outbox.abort();
+    audit.abort();
+    core.persist_audit();
     drop(handle);
     driver.abort();
     let _ = std::fs::remove_file(paths.socket());
@@ -562,6 +579,123 @@ async fn outbox_loop(core: Arc<Core>, driver: DriverHandle) {
 
 // --------------------------------------------------------------- control
 
+fn log_entry(r: burrow_firewall::Record) -> FirewallLogEntry {
+    let (verdict, reason) = match r.verdict {
+        burrow_firewall::Verdict::Approved { reason } => ("approved", reason),
+        burrow_firewall::Verdict::Refused { reason } => ("refused", reason),
+    };
+    FirewallLogEntry {
+        seq: 0,
+        time_ms: r
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        component: r.component,
+        target: r.target.to_string(),
+        verdict: verdict.into(),
+        reason,
+    }
+}
+
+/// Streams firewall decisions saved after `last` until the client goes.
+async fn follow_firewall_log(
+    core: &Core,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    mut last: Option<u64>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        core.persist_audit();
+        let after = last.unwrap_or(0);
+        let read = core.lock().store.firewall_log(after, 1024);
+        let entries = match read {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = write_response(
+                    w,
+                    &Response::Error {
+                        error: e.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        for entry in entries {
+            last = Some(entry.seq);
+            let event = Response::FirewallEvent {
+                entry: crate::messenger::log_view(entry),
+            };
+            if !write_response(w, &event).await {
+                return;
+            }
+        }
+    }
+}
+
+/// `burrow firewall check --try`: the decision, then a real attempt
+/// through the guarded dialer (logged like any other).
+async fn try_dial(core: &Core, target: &str, udp: bool) -> Response {
+    let policy = core.dialer.policy();
+    let mut decision = match crate::messenger::firewall_decision(&policy, target, udp) {
+        Ok(d) => d,
+        Err(e) => {
+            return Response::Error {
+                error: format!("{e:#}"),
+            }
+        }
+    };
+    let parsed = match crate::messenger::check_target(target, udp) {
+        Ok(t) => t,
+        Err(e) => {
+            return Response::Error {
+                error: format!("{e:#}"),
+            }
+        }
+    };
+    let outcome = match parsed.host {
+        burrow_firewall::Host::Name(_) => {
+            "not tried: names are resolved only over encrypted DNS, which this build does not have yet"
+                .to_string()
+        }
+        burrow_firewall::Host::Ip(ip) => {
+            let addr = std::net::SocketAddr::new(ip, parsed.port);
+            if udp {
+                match core.dialer.check(CHECK_COMPONENT, &parsed, addr) {
+                    Ok(approved) => match core.dialer.udp(&approved) {
+                        Ok(_) => "UDP socket opened (nothing sent)".into(),
+                        Err(e) => format!("failed: {e}"),
+                    },
+                    Err(denied) => format!("refused by the firewall and logged: {}", denied.reason),
+                }
+            } else {
+                match core.dialer.check(CHECK_COMPONENT, &parsed, addr) {
+                    Ok(approved) => match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        core.dialer.tcp(&approved),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => "connected (and closed at once)".into(),
+                        Ok(Err(e)) => format!("allowed, but the connection failed: {e}"),
+                        Err(_) => "allowed, but the connection timed out".into(),
+                    },
+                    Err(denied) => format!("refused by the firewall and logged: {}", denied.reason),
+                }
+            }
+        }
+    };
+    core.persist_audit();
+    if let Response::FirewallDecision { attempt, .. } = &mut decision {
+        *attempt = Some(outcome);
+    }
+    decision
+}
+
+/// The component name attempts from `firewall check --try` are logged under.
+const CHECK_COMPONENT: &str = "firewall-check";
+
 async fn serve_control(listener: UnixListener, core: Arc<Core>, driver: DriverHandle) {
     loop {
         match listener.accept().await {
@@ -625,6 +759,37 @@ async fn control_connection(stream: UnixStream, core: Arc<Core>, driver: DriverH
                 return;
             }
             Request::Send { name, text } => send_now(&core, &driver, &name, &text).await,
+            Request::FirewallLog { limit, follow } => {
+                core.persist_audit();
+                let r = core
+                    .lock()
+                    .execute(
+                        Request::FirewallLog {
+                            limit,
+                            follow: false,
+                        },
+                        true,
+                    )
+                    .unwrap_or_else(|e| Response::Error {
+                        error: format!("{e:#}"),
+                    });
+                if follow {
+                    let last = match &r {
+                        Response::FirewallLog { entries } => entries.last().map(|e| e.seq),
+                        _ => None,
+                    };
+                    if write_response(&mut w, &r).await {
+                        follow_firewall_log(&core, &mut w, last).await;
+                    }
+                    return;
+                }
+                r
+            }
+            Request::FirewallCheck {
+                target,
+                udp,
+                try_dial: true,
+            } => try_dial(&core, &target, udp).await,
             other => {
                 let contacts_changed = matches!(other, Request::AddContact { .. });
                 let online = *core.online.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,12 +11,14 @@ use burrow_obfs::RelayLine;
 use libp2p::identity::Keypair;
 use rand::RngCore;
 
-use crate::control::{ContactView, MessageView, Request, Response};
+use crate::control::{
+    ContactView, FirewallEntryView, FirewallLogView, MessageView, Request, Response,
+};
 use crate::datadir;
 use crate::identity::{self, fingerprint, verification_code, Address, KdfCost};
 use crate::p2p::driver::RelayRef;
 use crate::p2p::proto::{MessageId, MAX_TEXT};
-use crate::store::{Contact, Direction, Message, OutState, Store};
+use crate::store::{Contact, Direction, FirewallLogEntry, Message, OutState, Store};
 
 const KEYSTORE: &str = "keystore";
 const STORE: &str = "store.db";
@@ -241,8 +243,108 @@ impl Messenger {
                 }
             }
             Request::Watch { .. } => bail!("watching needs a running node (`burrow up`)"),
+            Request::FirewallList => {
+                let policy = self.policy()?;
+                Response::Firewall {
+                    allow_local: policy.allow_local,
+                    entries: policy.entries().iter().map(entry_view).collect(),
+                }
+            }
+            Request::FirewallCheck {
+                target,
+                udp,
+                try_dial,
+            } => {
+                if try_dial {
+                    bail!("trying a connection needs a running node (`burrow up`)");
+                }
+                firewall_decision(&self.policy()?, &target, udp)?
+            }
+            Request::FirewallLog { limit, follow } => {
+                if follow {
+                    bail!("following the log needs a running node (`burrow up`)");
+                }
+                Response::FirewallLog {
+                    entries: self
+                        .store
+                        .firewall_log(0, limit)?
+                        .into_iter()
+                        .map(log_view)
+                        .collect(),
+                }
+            }
         })
     }
+}
+
+impl Messenger {
+    /// The firewall policy this node's state gives: home relay, previous
+    /// home (a tracker it keeps telling), contacts' relays.
+    pub fn policy(&self) -> Result<burrow_firewall::Policy> {
+        let contacts = self.store.contacts()?;
+        let previous = self.store.previous_home_relay()?;
+        Ok(crate::guarded::node_policy(
+            &self.home,
+            previous.iter(),
+            contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
+        )?)
+    }
+}
+
+pub fn entry_view(e: &burrow_firewall::Entry) -> FirewallEntryView {
+    FirewallEntryView {
+        endpoint: format!("{}:{}/{}", e.host, e.port, e.proto),
+        source: e.source.to_string(),
+        reason: e.reason.clone(),
+    }
+}
+
+pub fn log_view(e: FirewallLogEntry) -> FirewallLogView {
+    FirewallLogView {
+        seq: e.seq,
+        time_ms: e.time_ms,
+        component: e.component,
+        target: e.target,
+        verdict: e.verdict,
+        reason: e.reason,
+    }
+}
+
+/// Parses what a user typed for `firewall check`: a host, `host:port`, an
+/// address or a URL (port 443 unless given).
+pub fn check_target(target: &str, udp: bool) -> Result<burrow_firewall::Target> {
+    let proto = if udp {
+        burrow_firewall::Proto::Udp
+    } else {
+        burrow_firewall::Proto::Tcp
+    };
+    burrow_firewall::Target::parse(target.trim(), proto, Some(443))
+        .map_err(|e| anyhow::anyhow!("{target}: {e}"))
+}
+
+/// The decision `policy` makes for `target`, explained.
+pub fn firewall_decision(
+    policy: &burrow_firewall::Policy,
+    target: &str,
+    udp: bool,
+) -> Result<Response> {
+    let t = check_target(target, udp)?;
+    Ok(match policy.explain(&t) {
+        Ok(entry) => Response::FirewallDecision {
+            target: t.to_string(),
+            allowed: true,
+            reason: entry.reason.clone(),
+            source: Some(entry.source.to_string()),
+            attempt: None,
+        },
+        Err(denied) => Response::FirewallDecision {
+            target: t.to_string(),
+            allowed: false,
+            reason: denied.reason.to_string(),
+            source: None,
+            attempt: None,
+        },
+    })
 }
 
 pub fn validate_name(name: &str) -> Result<()> {

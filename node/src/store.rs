@@ -132,6 +132,14 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (peer, id, direction)
 );
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (sent_at_ms);
+CREATE TABLE IF NOT EXISTS firewall_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    target TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('refused', 'approved')),
+    reason TEXT NOT NULL
+);
 ";
 
 /// The open database.
@@ -438,6 +446,75 @@ impl Store {
     }
 }
 
+/// One firewall decision as the store keeps it (endpoints and reasons,
+/// never message content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallLogEntry {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub component: String,
+    pub target: String,
+    /// "refused" or "approved".
+    pub verdict: String,
+    pub reason: String,
+}
+
+/// Firewall decisions the store keeps; older ones rotate out.
+pub const FIREWALL_LOG_KEEP: u64 = 10_000;
+
+impl Store {
+    /// Appends decisions and drops the oldest beyond [`FIREWALL_LOG_KEEP`].
+    pub fn append_firewall_log(&self, entries: &[FirewallLogEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO firewall_log (time_ms, component, target, verdict, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in entries {
+                insert.execute(params![
+                    e.time_ms as i64,
+                    e.component,
+                    e.target,
+                    e.verdict,
+                    e.reason
+                ])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM firewall_log WHERE seq <= (SELECT MAX(seq) FROM firewall_log) - ?1",
+            params![FIREWALL_LOG_KEEP as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Decisions after `seq`, oldest first, at most `limit` (the newest).
+    pub fn firewall_log(&self, after: u64, limit: usize) -> Result<Vec<FirewallLogEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, time_ms, component, target, verdict, reason FROM firewall_log
+             WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let mut rows: Vec<FirewallLogEntry> = stmt
+            .query_map(params![after as i64, limit as i64], |r| {
+                Ok(FirewallLogEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time_ms: r.get::<_, i64>(1)? as u64,
+                    component: r.get(2)?,
+                    target: r.get(3)?,
+                    verdict: r.get(4)?,
+                    reason: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,5 +615,31 @@ mod tests {
             Store::open(&path, &[1; 32]),
             Err(StoreError::Damaged)
         ));
+    }
+
+    #[test]
+    fn the_firewall_log_rotates_and_reads_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("s.db"), &[3u8; 32]).expect("open");
+        let entry = |n: u64| FirewallLogEntry {
+            seq: 0,
+            time_ms: n,
+            component: "node".into(),
+            target: format!("10.0.0.{}:443/tcp", n % 250),
+            verdict: "refused".into(),
+            reason: "not on the allowlist".into(),
+        };
+        let batch: Vec<_> = (1..=FIREWALL_LOG_KEEP + 5).map(entry).collect();
+        s.append_firewall_log(&batch).expect("append");
+        let all = s.firewall_log(0, usize::MAX >> 1).expect("read");
+        assert_eq!(all.len() as u64, FIREWALL_LOG_KEEP);
+        assert_eq!(all[0].time_ms, 6, "the oldest five rotated out");
+        let last = s.firewall_log(0, 2).expect("read");
+        assert_eq!(
+            last.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [FIREWALL_LOG_KEEP + 4, FIREWALL_LOG_KEEP + 5]
+        );
+        let after = s.firewall_log(last[0].seq, 10).expect("read");
+        assert_eq!(after.len(), 1);
     }
 }

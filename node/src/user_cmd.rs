@@ -1,5 +1,5 @@
 //! The user's commands: `init`, `id`, `set-relay`, `contact …`, `send`,
-//! `inbox`, `chat`. Each talks to a running `burrow up` through the
+//! `inbox`, `chat`, `firewall …`. Each talks to a running `burrow up` through the
 //! control socket when there is one, and otherwise opens the keystore and
 //! store itself (asking for the password).
 
@@ -352,6 +352,135 @@ pub async fn chat(data_dir: &Path, name: &str) -> Result<()> {
                 }
                 _ => {}
             },
+        }
+    }
+}
+
+// ------------------------------------------------------------ firewall
+
+pub async fn firewall_list(data_dir: &Path, password: &PasswordSource, out: Output) -> Result<()> {
+    let r = request(data_dir, password, Request::FirewallList).await?;
+    if out == Output::Json {
+        return print_json(&r);
+    }
+    if let Response::Firewall {
+        allow_local,
+        entries,
+    } = r
+    {
+        println!("The node may reach these endpoints and nothing else:");
+        let width = entries.iter().map(|e| e.endpoint.len()).max().unwrap_or(0);
+        for e in &entries {
+            println!("  {:<width$}  {} ({})", e.endpoint, e.reason, e.source);
+        }
+        if allow_local {
+            println!("Local networks are allowed (the home relay is on one).");
+        } else {
+            println!("Loopback, private and link-local addresses are refused.");
+        }
+        println!("Names are never resolved with plaintext DNS.");
+    }
+    Ok(())
+}
+
+pub async fn firewall_check(
+    data_dir: &Path,
+    password: &PasswordSource,
+    target: &str,
+    udp: bool,
+    try_dial: bool,
+    out: Output,
+) -> Result<()> {
+    let r = request(
+        data_dir,
+        password,
+        Request::FirewallCheck {
+            target: target.into(),
+            udp,
+            try_dial,
+        },
+    )
+    .await?;
+    if out == Output::Json {
+        return print_json(&r);
+    }
+    if let Response::FirewallDecision {
+        target,
+        allowed,
+        reason,
+        source,
+        attempt,
+    } = r
+    {
+        if allowed {
+            println!(
+                "{target}: allowed — {reason} ({})",
+                source.unwrap_or_default()
+            );
+        } else {
+            println!("{target}: refused — {reason}");
+        }
+        if let Some(a) = attempt {
+            println!("attempt: {a}");
+        }
+    }
+    Ok(())
+}
+
+fn print_log_entry(e: &crate::control::FirewallLogView) {
+    println!(
+        "{}  {:<8} {:<14} {}  {}",
+        format_time(e.time_ms),
+        e.verdict,
+        e.component,
+        e.target,
+        e.reason
+    );
+}
+
+pub async fn firewall_log(
+    data_dir: &Path,
+    password: &PasswordSource,
+    limit: usize,
+    follow: bool,
+    out: Output,
+) -> Result<()> {
+    let req = Request::FirewallLog { limit, follow };
+    if !follow {
+        let r = request(data_dir, password, req).await?;
+        if out == Output::Json {
+            return print_json(&r);
+        }
+        if let Response::FirewallLog { entries } = r {
+            if entries.is_empty() {
+                println!("Nothing refused.");
+            }
+            for e in &entries {
+                print_log_entry(e);
+            }
+        }
+        return Ok(());
+    }
+    let paths = NodePaths::new(data_dir);
+    let mut c = ControlClient::connect(&paths.socket())
+        .await
+        .map_err(|e| match e {
+            ControlError::NotRunning => {
+                anyhow::anyhow!("--follow needs a running node (start one with `burrow up`)")
+            }
+            e => e.into(),
+        })?;
+    c.send(&req).await?;
+    loop {
+        let r = c.next().await?;
+        if out == Output::Json {
+            print_json(&r)?;
+            continue;
+        }
+        match r {
+            Response::FirewallLog { entries } => entries.iter().for_each(print_log_entry),
+            Response::FirewallEvent { entry } => print_log_entry(&entry),
+            _ => {}
         }
     }
 }

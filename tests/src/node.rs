@@ -81,6 +81,15 @@ impl NodeProc {
         }
     }
 
+    /// Starts `burrow ARGS --data-dir DIR` in the background, stdout piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn burrow")
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
