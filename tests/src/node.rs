@@ -112,14 +112,35 @@ impl NodeProc {
 
     /// Starts `burrow up` and waits until it holds its reservation.
     pub fn up(&mut self) {
+        self.up_under(&[]);
+    }
+
+    /// Like [`NodeProc::up`], with the daemon started under `prefix` (for
+    /// instance `ip netns exec NS`): only its network differs, the other
+    /// commands reach it through the control socket in the data directory.
+    pub fn up_under(&mut self, prefix: &[&str]) {
         assert!(self.daemon.is_none(), "{} is already up", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let child = self
-            .command(&["up"])
+        let plain = self.command(&["up"]);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(plain.get_program()).args(plain.get_args());
+                for (k, v) in plain.get_envs() {
+                    match v {
+                        Some(v) => c.env(k, v),
+                        None => c.env_remove(k),
+                    };
+                }
+                c
+            }
+            None => plain,
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
