@@ -9,14 +9,15 @@
 #      carrier vs a plain rustls TLS echo;
 #   5. relay: bulk throughput A -> relay -> B vs one rustls TLS stream,
 #      messages per second for 100 pairs vs 100 TLS echo connections, and
-#      relay memory per idle user at 1,000 users vs idle TLS connections.
-# Usage: bench/run.sh [carriers|memory|rps|messages|relay]...   (default: all)
+#      relay memory per idle user at 1,000 users vs idle TLS connections;
+#   6. firewall: one decision with 10,000 allowlist entries vs a HashSet lookup.
+# Usage: bench/run.sh [carriers|memory|rps|messages|relay|firewall]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
 #              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
 #              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay firewall)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -34,6 +35,14 @@ start_relay() { # $1: data dir, rest: extra args; prints the line
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 for w in "${what[@]}"; do case $w in
+firewall)
+  echo "## Firewall decisions"
+  echo
+  echo "Command: \`bench/run.sh firewall\`"
+  echo
+  cargo bench --quiet -p burrow-firewall --bench decide 2>/dev/null
+  echo
+  ;;
 relay)
   echo "## What one relay carries"
   echo

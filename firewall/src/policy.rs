@@ -6,6 +6,7 @@
 //! [`Approved`] — the only value the dialer accepts — or [`Denied`] with a
 //! typed reason.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -148,6 +149,8 @@ impl Approved {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     entries: Vec<Entry>,
+    /// Entry positions by host, so a decision does not scan the list.
+    by_host: HashMap<Host, Vec<usize>>,
     /// Whether loopback, private and link-local destinations may be
     /// reached at all (tests and a relay with a local origin need this).
     pub allow_local: bool,
@@ -155,8 +158,13 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(entries: Vec<Entry>, allow_local: bool) -> Self {
+        let mut by_host: HashMap<Host, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_host.entry(e.host.clone()).or_default().push(i);
+        }
         Self {
             entries,
+            by_host,
             allow_local,
         }
     }
@@ -172,6 +180,10 @@ impl Policy {
             .iter()
             .any(|e| e.endpoint() == entry.endpoint() && e.source == entry.source)
         {
+            self.by_host
+                .entry(entry.host.clone())
+                .or_default()
+                .push(self.entries.len());
             self.entries.push(entry);
         }
     }
@@ -200,24 +212,22 @@ impl Policy {
     }
 
     fn match_entry(&self, target: &Target) -> Result<Entry, DenyReason> {
-        let same_host: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| e.host == target.host)
-            .collect();
-        if same_host.is_empty() {
+        let Some(ix) = self.by_host.get(&target.host) else {
             return Err(DenyReason::NotListed);
+        };
+        let same_host = || ix.iter().map(|&i| &self.entries[i]);
+        if let Some(entry) = same_host().find(|e| e.port == target.port && e.proto == target.proto)
+        {
+            return Ok(entry.clone());
         }
-        let on_port: Vec<&&Entry> = same_host.iter().filter(|e| e.port == target.port).collect();
-        if on_port.is_empty() {
-            let mut ports: Vec<u16> = same_host.iter().map(|e| e.port).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            return Err(DenyReason::WrongPort(ports));
-        }
-        match on_port.iter().find(|e| e.proto == target.proto) {
-            Some(entry) => Ok((**entry).clone()),
-            None => Err(DenyReason::WrongProtocol(on_port[0].proto)),
+        match same_host().find(|e| e.port == target.port) {
+            Some(other) => Err(DenyReason::WrongProtocol(other.proto)),
+            None => {
+                let mut ports: Vec<u16> = same_host().map(|e| e.port).collect();
+                ports.sort_unstable();
+                ports.dedup();
+                Err(DenyReason::WrongPort(ports))
+            }
         }
     }
 
