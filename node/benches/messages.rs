@@ -97,10 +97,15 @@ async fn message_rtts(carrier: Carrier, n: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this without `--bench`: a quick check.
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(if smoke { 100 } else { 2000 });
+    if smoke {
+        println!("(a quick check that the benchmark works: measure with `cargo bench`)\n");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -40,11 +40,18 @@ mod support;
 
 use common::{user, TlsServer};
 
-fn env_num(name: &str, default: usize) -> usize {
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+/// binary without it, as a quick check that the benchmark still works.
+fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// A size from the environment; small when only checking the benchmark.
+fn env_num(name: &str, default: usize, smoke_default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or(if smoke() { smoke_default } else { default })
 }
 
 /// Limits that let one machine's worth of users (all from 127.0.0.1) in.
@@ -265,7 +272,7 @@ async fn tls_bulk(total: usize) -> Duration {
 }
 
 async fn throughput() {
-    let mib = env_num("BENCH_MIB", 256);
+    let mib = env_num("BENCH_MIB", 256, 4);
     let total = mib * 1024 * 1024;
     println!("Bulk throughput, {mib} MiB one way (median of 3 runs each):\n");
     println!("| path | MB/s | vs TLS |");
@@ -375,7 +382,7 @@ async fn tls_round_trips(conns: usize, per_conn: usize) -> f64 {
 }
 
 async fn forward() {
-    let pairs = env_num("BENCH_PAIRS", 100);
+    let pairs = env_num("BENCH_PAIRS", 100, 3);
     let per_pair = 50;
     println!(
         "Messages per second, {pairs} pairs at once, {per_pair} each (send → receipt, 120-byte text;\n\
@@ -508,7 +515,7 @@ async fn relay_child(carrier: &str) {
 }
 
 async fn memory() {
-    let users = env_num("BENCH_USERS", 1000);
+    let users = env_num("BENCH_USERS", 1000, 10);
     println!(
         "Relay memory per connected idle user, {users} users (relay in its own process, VmRSS):\n"
     );
@@ -581,6 +588,11 @@ fn main() {
     if let Ok(carrier) = std::env::var("BENCH_RELAY_CHILD") {
         rt.block_on(relay_child(&carrier));
         return;
+    }
+    if smoke() {
+        println!(
+            "(a quick check that the benchmark works, tiny sizes: measure with `cargo bench`)\n"
+        );
     }
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "throughput,forward,memory".into());
     rt.block_on(async {

@@ -2,7 +2,7 @@
 //! users and the mailbox, on whatever transport the caller gives it (in
 //! the `burrow` binary: the tunnels of the camouflaged front).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use libp2p::core::transport::Boxed;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, kad, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -165,13 +165,49 @@ impl std::fmt::Debug for RelayBehaviour {
     }
 }
 
-/// Ping as every Burrow peer runs it: a connection that misses a ping is
-/// closed (a QUIC peer that vanished sends nothing that would tell), so
-/// circuits through a dead user end within half a minute.
+/// Ping as every Burrow peer runs it: a connection that misses
+/// [`PING_MISSES`] pings in a row is closed (a QUIC peer that vanished
+/// sends nothing that would tell), so circuits through a dead user end
+/// within about a minute.
 pub fn ping_config() -> ping::Config {
     ping::Config::new()
         .with_interval(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(15))
+}
+
+/// Consecutive missed pings after which a connection is closed. One miss
+/// is not enough: a ping waits behind whatever the connection is carrying,
+/// and a slow link with full windows can hold it back for seconds.
+pub const PING_MISSES: u32 = 3;
+
+/// Counts missed pings per connection.
+#[derive(Debug, Default)]
+pub struct PingWatch {
+    misses: HashMap<ConnectionId, u32>,
+}
+
+impl PingWatch {
+    /// Returns the connection to close, if this event makes it dead.
+    pub fn on_event(&mut self, event: &ping::Event) -> Option<ConnectionId> {
+        match &event.result {
+            Ok(_) => {
+                self.misses.remove(&event.connection);
+                None
+            }
+            Err(_) => {
+                let n = self.misses.entry(event.connection).or_default();
+                *n += 1;
+                (*n >= PING_MISSES).then(|| {
+                    self.misses.remove(&event.connection);
+                    event.connection
+                })
+            }
+        }
+    }
+
+    pub fn closed(&mut self, connection: ConnectionId) {
+        self.misses.remove(&connection);
+    }
 }
 
 /// Identify as every Burrow peer sends it: no listen addresses, no
@@ -207,6 +243,7 @@ pub struct RelayNode {
     admission: Admission,
     connections: usize,
     tracker_records: usize,
+    pings: PingWatch,
 }
 
 impl std::fmt::Debug for RelayNode {
@@ -280,6 +317,7 @@ impl RelayNode {
             admission: admission.clone(),
             connections: 0,
             tracker_records: 0,
+            pings: PingWatch::default(),
         })
     }
 
@@ -340,13 +378,11 @@ impl RelayNode {
                 }
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(e)) => self.on_relay(e),
-            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(ping::Event {
-                connection,
-                result: Err(e),
-                ..
-            })) => {
-                debug!("ping failed ({e}); closing the connection");
-                self.swarm.close_connection(connection);
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(e)) => {
+                if let Some(dead) = self.pings.on_event(&e) {
+                    debug!("{PING_MISSES} pings missed; closing the connection");
+                    self.swarm.close_connection(dead);
+                }
             }
             SwarmEvent::Behaviour(RelayBehaviourEvent::Tracker(kad::Event::InboundRequest {
                 request:
@@ -358,8 +394,9 @@ impl RelayNode {
             })) => self.on_record(source, record),
             SwarmEvent::NewListenAddr { .. } => info!("relay listening for tunnels"),
             SwarmEvent::ConnectionEstablished { .. } => self.connections += 1,
-            SwarmEvent::ConnectionClosed { .. } => {
-                self.connections = self.connections.saturating_sub(1)
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.connections = self.connections.saturating_sub(1);
+                self.pings.closed(connection_id);
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}")
@@ -491,5 +528,40 @@ mod tests {
             &addr,
             Instant::now()
         ));
+    }
+}
+
+#[cfg(test)]
+mod ping_tests {
+    use super::*;
+
+    fn event(connection: usize, ok: bool) -> ping::Event {
+        ping::Event {
+            peer: PeerId::random(),
+            connection: ConnectionId::new_unchecked(connection),
+            result: if ok {
+                Ok(Duration::from_millis(1))
+            } else {
+                Err(ping::Failure::Timeout)
+            },
+        }
+    }
+
+    #[test]
+    fn a_connection_is_closed_only_after_misses_in_a_row() {
+        let mut w = PingWatch::default();
+        assert_eq!(w.on_event(&event(1, false)), None);
+        assert_eq!(w.on_event(&event(1, false)), None);
+        // An answer resets the count.
+        assert_eq!(w.on_event(&event(1, true)), None);
+        assert_eq!(w.on_event(&event(1, false)), None);
+        assert_eq!(w.on_event(&event(2, false)), None, "counted per connection");
+        assert_eq!(w.on_event(&event(1, false)), None);
+        assert_eq!(
+            w.on_event(&event(1, false)),
+            Some(ConnectionId::new_unchecked(1))
+        );
+        w.closed(ConnectionId::new_unchecked(2));
+        assert_eq!(w.on_event(&event(2, false)), None, "forgotten when closed");
     }
 }

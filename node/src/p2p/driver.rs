@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use burrow_obfs::{RelayLine, Sockets};
 use burrow_relay::proto::{MailboxItem, MailboxRequest, MailboxResponse};
+use burrow_relay::server::PingWatch;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::PublicKey;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{kad, ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{kad, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -225,6 +226,7 @@ pub struct Driver<H> {
     /// home (an earlier home, so contacts who still have it find the new one).
     location: Option<(kad::Record, Vec<RelayRef>)>,
     lookups: HashMap<kad::QueryId, Lookup>,
+    pings: PingWatch,
 }
 
 impl<H> fmt::Debug for Driver<H> {
@@ -259,6 +261,7 @@ impl<H: Handler> Driver<H> {
             backoff: Duration::from_millis(250),
             location: None,
             lookups: HashMap::new(),
+            pings: PingWatch::default(),
         };
         (driver, DriverHandle(tx))
     }
@@ -449,21 +452,23 @@ impl<H: Handler> Driver<H> {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } if peer_id == self.home.peer => {
-                self.set_offline();
+            } => {
+                self.pings.closed(connection_id);
+                if num_established == 0 && peer_id == self.home.peer {
+                    self.set_offline();
+                }
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Messages(e)) => self.on_message_event(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mailbox(e)) => self.on_mailbox_event(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Tracker(e)) => self.on_tracker_event(e),
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
-                connection,
-                result: Err(e),
-                ..
-            })) => {
-                debug!("ping failed ({e}); closing the connection");
-                self.swarm.close_connection(connection);
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
+                if let Some(dead) = self.pings.on_event(&e) {
+                    debug!("pings missed; closing the connection");
+                    self.swarm.close_connection(dead);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!("dial to {peer_id:?} failed: {error}")
