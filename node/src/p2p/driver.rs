@@ -432,8 +432,10 @@ impl<H: Handler> Driver<H> {
                     self.online = true;
                     self.handler.on_home(HomeState::Online);
                     self.request_fetch();
-                    self.publish();
                 }
+                // Also on renewals (hourly): a tracker forgets a record
+                // after a day without one.
+                self.publish();
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
