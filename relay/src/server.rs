@@ -336,7 +336,10 @@ impl RelayNode {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
-                _ = expiry.tick() => self.mailboxes.expire(Instant::now()),
+                _ = expiry.tick() => {
+                    self.mailboxes.expire(Instant::now());
+                    self.expire_records(Instant::now());
+                }
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             self.publish_stats();
@@ -406,6 +409,13 @@ impl RelayNode {
             }
             _ => {}
         }
+    }
+
+    /// Drops tracker records nobody renewed (kad itself only notices an
+    /// expired record when someone asks for it).
+    fn expire_records(&mut self, now: Instant) {
+        let store = self.swarm.behaviour_mut().tracker.store_mut();
+        self.tracker_records = tracker::expire(store, now);
     }
 
     /// A user publishes where they are: kept if it is their own record and

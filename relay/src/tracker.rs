@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, Record, RecordKey};
 use libp2p::{PeerId, StreamProtocol};
 use sha2::{Digest, Sha256};
@@ -59,6 +60,20 @@ pub fn accept_record(
     record.publisher = Some(source);
     record.expires = Some(now + RECORD_TTL);
     Ok(record)
+}
+
+/// Removes expired records (kad only notices one when it is asked for);
+/// returns how many remain.
+pub fn expire(store: &mut MemoryStore, now: Instant) -> usize {
+    let expired: Vec<RecordKey> = store
+        .records()
+        .filter(|r| r.is_expired(now))
+        .map(|r| r.key.clone())
+        .collect();
+    for key in &expired {
+        store.remove(key);
+    }
+    store.records().count()
 }
 
 /// kad settings shared by relays and users: Burrow's protocol name, no
@@ -113,5 +128,29 @@ mod tests {
         );
         assert_ne!(record_key(&alice), record_key(&peer()));
         assert_eq!(record_key(&alice), record_key(&alice));
+    }
+
+    #[test]
+    fn records_nobody_renewed_are_dropped() {
+        let (alice, bob) = (peer(), peer());
+        let mut store = MemoryStore::new(peer());
+        let now = Instant::now();
+        let old =
+            accept_record(alice, Record::new(record_key(&alice), vec![1]), now).expect("alice");
+        let fresh = accept_record(
+            bob,
+            Record::new(record_key(&bob), vec![2]),
+            now + RECORD_TTL / 2,
+        )
+        .expect("bob");
+        store.put(old).expect("put");
+        store.put(fresh).expect("put");
+        assert_eq!(expire(&mut store, now + RECORD_TTL / 2), 2);
+        assert_eq!(
+            expire(&mut store, now + RECORD_TTL + Duration::from_secs(1)),
+            1
+        );
+        assert!(store.get(&record_key(&bob)).is_some());
+        assert!(store.get(&record_key(&alice)).is_none());
     }
 }
