@@ -10,14 +10,16 @@
 #   5. relay: bulk throughput A -> relay -> B vs one rustls TLS stream,
 #      messages per second for 100 pairs vs 100 TLS echo connections, and
 #      relay memory per idle user at 1,000 users vs idle TLS connections;
-#   6. firewall: one decision with 10,000 allowlist entries vs a HashSet lookup.
-# Usage: bench/run.sh [carriers|memory|rps|messages|relay|firewall]...   (default: all)
+#   6. firewall: one decision with 10,000 allowlist entries vs a HashSet lookup;
+#   7. dns: a relay's name through the firewall, cached and uncached, against a
+#      local DoH server, vs the decision for an address.
+# Usage: bench/run.sh [carriers|memory|rps|messages|relay|firewall|dns]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
 #              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
 #              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay firewall)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay firewall dns)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -35,6 +37,14 @@ start_relay() { # $1: data dir, rest: extra args; prints the line
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 for w in "${what[@]}"; do case $w in
+dns)
+  echo "## Name resolution (DoH)"
+  echo
+  echo "Command: \`bench/run.sh dns\`"
+  echo
+  cargo bench --quiet -p burrow-tests --bench resolve 2>/dev/null
+  echo
+  ;;
 firewall)
   echo "## Firewall decisions"
   echo

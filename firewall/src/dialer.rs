@@ -11,55 +11,21 @@ use tracing::{debug, info};
 
 use crate::audit::{Audit, Record, Verdict};
 use crate::error::Error;
-use crate::policy::{Approved, Denied, Policy};
-use crate::target::{Proto, Target};
+use crate::policy::{Approved, Denied, Entry, Policy};
+use crate::resolver::{ResolveError, Resolver, ResolverLimits, ResolverSpec};
+use crate::target::{Host, Proto, Target};
 
-/// Shared by every component of one process; cheap to clone.
+/// The policy and the audit log: what every socket of the process, the
+/// resolver's included, is checked against. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Dialer {
+pub(crate) struct Gate {
     policy: Arc<RwLock<Policy>>,
     audit: Arc<Mutex<Audit>>,
 }
 
-impl Dialer {
-    pub fn new(policy: Policy, audit: Audit) -> Self {
-        Self {
-            policy: Arc::new(RwLock::new(policy)),
-            audit: Arc::new(Mutex::new(audit)),
-        }
-    }
-
-    /// Replaces the policy (contacts or config changed). Dials already
-    /// approved are not revoked; every later one is decided anew.
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
-    }
-
-    pub fn policy(&self) -> Policy {
-        self.policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A copy of the audit log.
-    pub fn audit(&self) -> Audit {
-        self.audit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Audit records after `seq` (see [`Audit::since`]).
-    pub fn audit_since(&self, seq: u64) -> Vec<Record> {
-        self.audit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .since(seq)
-    }
-
+impl Gate {
     /// Decides on `addr` for `target` and logs the decision.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         component: &str,
         target: &Target,
@@ -70,11 +36,16 @@ impl Dialer {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .decide(target, addr);
-        let verdict = match &decision {
-            Ok(ok) => {
-                debug!(component, %target, "approved: {}", ok.entry().reason);
+        self.log(component, target, &decision.as_ref().map(Approved::entry));
+        decision
+    }
+
+    fn log(&self, component: &str, target: &Target, decision: &Result<&Entry, &Denied>) {
+        let verdict = match decision {
+            Ok(entry) => {
+                debug!(component, %target, "approved: {}", entry.reason);
                 Verdict::Approved {
-                    reason: ok.entry().reason.clone(),
+                    reason: entry.reason.clone(),
                 }
             }
             Err(denied) => {
@@ -94,7 +65,165 @@ impl Dialer {
                 target: target.clone(),
                 verdict,
             });
-        decision
+    }
+}
+
+/// Shared by every component of one process; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    gate: Gate,
+    resolver: Arc<RwLock<Option<Resolver>>>,
+}
+
+impl Dialer {
+    pub fn new(policy: Policy, audit: Audit) -> Self {
+        Self {
+            gate: Gate {
+                policy: Arc::new(RwLock::new(policy)),
+                audit: Arc::new(Mutex::new(audit)),
+            },
+            resolver: Arc::default(),
+        }
+    }
+
+    /// Replaces the policy (contacts or config changed). Dials already
+    /// approved are not revoked; every later one is decided anew.
+    pub fn set_policy(&self, policy: Policy) {
+        *self
+            .gate
+            .policy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.gate
+            .policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the resolver names are resolved with. Its own endpoint must be
+    /// on the policy ([`ResolverSpec::entries`]) or every query is refused.
+    /// `tls` carries the trust for DoH/DoT (web roots or the spec's pin).
+    pub fn set_resolver(
+        &self,
+        spec: ResolverSpec,
+        tls: Option<rustls::ClientConfig>,
+        limits: ResolverLimits,
+    ) -> Result<(), ResolveError> {
+        let resolver = Resolver::new(spec, tls, limits, self.gate.clone())?;
+        *self
+            .resolver
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(resolver);
+        Ok(())
+    }
+
+    /// The resolver in use, if any.
+    pub fn resolver(&self) -> Option<Resolver> {
+        self.resolver
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A copy of the audit log.
+    pub fn audit(&self) -> Audit {
+        self.gate
+            .audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Audit records after `seq` (see [`Audit::since`]).
+    pub fn audit_since(&self, seq: u64) -> Vec<Record> {
+        self.gate
+            .audit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .since(seq)
+    }
+
+    /// Decides on `addr` for `target` and logs the decision.
+    pub fn check(
+        &self,
+        component: &str,
+        target: &Target,
+        addr: SocketAddr,
+    ) -> Result<Approved, Denied> {
+        self.gate.check(component, target, addr)
+    }
+
+    /// Everything `target` may be dialled at, best first. An address is
+    /// decided as it is. A name is first checked against the list before
+    /// any query is sent (a refused name never reaches the resolver), then
+    /// resolved over the configured encrypted resolver, and each address it
+    /// resolved to is decided again (no rebinding into a local network).
+    /// Refusals are logged; when every address is refused, the first
+    /// refusal is the error.
+    pub async fn approve(&self, component: &str, target: &Target) -> Result<Vec<Approved>, Error> {
+        let name = match &target.host {
+            Host::Ip(ip) => {
+                let addr = SocketAddr::new(*ip, target.port);
+                return Ok(vec![self.check(component, target, addr)?]);
+            }
+            Host::Name(name) => name.clone(),
+        };
+        let explained = self.policy().explain(target);
+        if let Err(denied) = &explained {
+            self.gate.log(component, target, &Err(denied));
+            return Err(denied.clone().into());
+        }
+        let resolver = self.resolver().ok_or(ResolveError::NoResolver)?;
+        let ips = resolver.lookup(&name).await?;
+        let mut approved = Vec::new();
+        let mut first_refusal = None;
+        for ip in ips {
+            match self.check(component, target, SocketAddr::new(ip, target.port)) {
+                Ok(a) => approved.push(a),
+                Err(d) => {
+                    first_refusal.get_or_insert(d);
+                }
+            }
+        }
+        match (approved.is_empty(), first_refusal) {
+            (true, Some(d)) => Err(d.into()),
+            _ => Ok(approved),
+        }
+    }
+
+    /// Connects over TCP to `target` (a name or an address): the first
+    /// approved address that answers.
+    pub async fn connect_tcp(&self, component: &str, target: &Target) -> Result<TcpStream, Error> {
+        let mut last = None;
+        for approved in self.approve(component, target).await? {
+            match self.tcp(&approved).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Io {
+            target: target.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        }))
+    }
+
+    /// A UDP socket for `target` (a name or an address), and the approved
+    /// address it may send to.
+    pub async fn udp_for(
+        &self,
+        component: &str,
+        target: &Target,
+    ) -> Result<(std::net::UdpSocket, SocketAddr), Error> {
+        let approved = self.approve(component, target).await?;
+        let first = approved.first().ok_or_else(|| Error::Io {
+            target: target.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        })?;
+        Ok((self.udp(first)?, first.addr()))
     }
 
     /// Checks and connects to an address given as such.
@@ -149,7 +278,7 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{DenyReason, Entry, EntrySource};
+    use crate::policy::{DenyReason, EntrySource};
 
     #[tokio::test]
     async fn dials_only_what_it_approved_and_logs_refusals() {

@@ -4,6 +4,7 @@
 use std::io;
 
 use crate::policy::Denied;
+use crate::resolver::ResolveError;
 
 /// A target that cannot even be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum Error {
     /// The policy refused; the refusal is in the audit log.
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// A name could not be resolved (nothing was dialled).
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     /// Approved, but the network failed.
     #[error("connecting to {target} failed: {source}")]
     Io { target: String, source: io::Error },
@@ -38,6 +42,7 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Denied(_) => io::ErrorKind::PermissionDenied,
             Error::Target(_) => io::ErrorKind::InvalidInput,
+            Error::Resolve(_) => io::ErrorKind::NotFound,
             Error::Io { source, .. } => source.kind(),
         };
         io::Error::new(kind, e)

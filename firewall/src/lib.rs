@@ -8,18 +8,21 @@
 //! [`Policy::explain`] answers `burrow firewall check` for a target before
 //! any resolution. The node persists the audit log in its encrypted store.
 //!
-//! Not built yet (see the firewall issue): encrypted DNS (names can be
-//! listed, but the dialer only takes addresses).
+//! Names are resolved only by [`Resolver`]: DNS over HTTPS or TLS to a
+//! resolver that is itself on the allowlist by address, its sockets checked
+//! by the same gate; the system's plaintext resolvers only on request.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod dialer;
 pub mod error;
 pub mod policy;
+pub mod resolver;
 pub mod target;
 
 pub use audit::{Audit, Record, Verdict};
 pub use dialer::Dialer;
 pub use error::{Error, TargetError};
 pub use policy::{Approved, Denied, DenyReason, Entry, EntrySource, Policy};
+pub use resolver::{ResolveError, Resolver, ResolverLimits, ResolverSpec, DEFAULT_RESOLVER};
 pub use target::{Host, Name, Proto, Target};

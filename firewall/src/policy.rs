@@ -261,10 +261,23 @@ impl Policy {
             return Err(deny(DenyReason::NotUnicast));
         }
         let local_name = matches!(&target.host, Host::Name(n) if n.is_localhost());
-        if (is_local(ip) || local_name) && !self.allow_local {
+        let matched = self.match_entry(target);
+        // A resolver the user configured by address may sit on the local
+        // network (a router's DoH); nothing else reaches it unless allowed.
+        let own_resolver = matches!(
+            (&target.host, &matched),
+            (
+                Host::Ip(_),
+                Ok(Entry {
+                    source: EntrySource::Resolver,
+                    ..
+                })
+            )
+        );
+        if (is_local(ip) || local_name) && !self.allow_local && !own_resolver {
             return Err(deny(DenyReason::LocalAddress));
         }
-        match self.match_entry(target) {
+        match matched {
             Ok(entry) => Ok(Approved {
                 addr,
                 proto: target.proto,
@@ -444,6 +457,30 @@ mod tests {
         assert_eq!(
             reason(p.decide(&t("224.0.0.1:443", Proto::Udp), addr("224.0.0.1:443"))),
             DenyReason::NotUnicast
+        );
+    }
+
+    #[test]
+    fn a_resolver_configured_by_address_may_be_local() {
+        let mut p = policy(false);
+        p.add(Entry::new(
+            t("192.168.1.1:443", Proto::Tcp),
+            EntrySource::Resolver,
+            "DoH on the router",
+        ));
+        p.decide(&t("192.168.1.1:443", Proto::Tcp), addr("192.168.1.1:443"))
+            .expect("the configured resolver");
+        // The same local address under any other entry stays refused.
+        p.add(Entry::new(
+            t("192.168.1.2:443", Proto::Tcp),
+            EntrySource::ContactRelay {
+                contact: "mallory".into(),
+            },
+            "relay of a contact",
+        ));
+        assert_eq!(
+            reason(p.decide(&t("192.168.1.2:443", Proto::Tcp), addr("192.168.1.2:443"))),
+            DenyReason::LocalAddress
         );
     }
 

@@ -35,6 +35,13 @@ enum Command {
         /// Your home relay: the line `burrow relay address` prints.
         #[arg(long, value_name = "LINE")]
         relay: String,
+        /// Encrypted DNS resolver for relays given by name (default: Quad9
+        /// over HTTPS). See `burrow firewall set --help`.
+        #[arg(long, value_name = "SPEC")]
+        resolver: Option<String>,
+        /// Let the node reach loopback, private and link-local addresses.
+        #[arg(long)]
+        allow_local_networks: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -104,6 +111,20 @@ enum FirewallSub {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Change the firewall's settings (with the node stopped).
+    Set {
+        /// The resolver names are looked up with, by IP address, encrypted:
+        /// https://IP[:PORT][/PATH], https://NAME[/PATH]?ip=IP (certificate
+        /// checked for NAME), tls://IP[:PORT]; add &pin=SHA256 to pin a
+        /// certificate. "system" uses /etc/resolv.conf in plaintext.
+        #[arg(long, value_name = "SPEC")]
+        resolver: Option<String>,
+        /// Whether loopback, private and link-local addresses may be reached.
+        #[arg(long, value_name = "allow|deny")]
+        local_networks: Option<LocalNetworks>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Explain the decision for a host, address or URL (port 443 unless given).
     Check {
         target: String,
@@ -117,6 +138,12 @@ enum FirewallSub {
         #[command(flatten)]
         node: NodeArgs,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LocalNetworks {
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +226,8 @@ pub struct RelayArgs {
     /// Serve this directory as the website (default: a small built-in site).
     #[arg(long, value_name = "DIR", conflicts_with = "upstream")]
     pub site: Option<PathBuf>,
-    /// Reverse-proxy the website to this origin: http://ADDRESS[:PORT] (an IP address or localhost).
+    /// Reverse-proxy the website to this origin: http://HOST[:PORT] (an IP
+    /// address, localhost, or a name resolved over --resolver).
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// Certificate chain (PEM).
@@ -232,6 +260,15 @@ pub struct RelayArgs {
     /// Messages the mailbox keeps for one offline user.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub mailbox_per_user: usize,
+    /// Encrypted DNS resolver for the relay's own outbound names (an
+    /// --upstream given by name): https://IP/dns-query, tls://IP, or
+    /// https://NAME/PATH?ip=IP; "system" for plaintext /etc/resolv.conf.
+    #[arg(long, value_name = "SPEC", default_value = burrow_firewall::DEFAULT_RESOLVER)]
+    pub resolver: String,
+    /// Let the relay's own outbound connections reach loopback, private and
+    /// link-local addresses even when a name resolves there.
+    #[arg(long)]
+    pub allow_local_networks: bool,
 }
 
 #[derive(Debug, Args)]
@@ -275,11 +312,20 @@ pub fn main() -> ExitCode {
                 RelayCommand { sub: None, run } => relay_cmd::run(run).await,
             },
             Command::Demo => demo::run().await,
-            Command::Init { relay, node } => user_cmd::init(
+            Command::Init {
+                relay,
+                resolver,
+                allow_local_networks,
+                node,
+            } => user_cmd::init(
                 &node.dir()?,
                 &node.password(),
                 &relay,
                 crate::identity::KdfCost::default(),
+                &crate::messenger::FirewallChoice {
+                    resolver,
+                    allow_local: allow_local_networks.then_some(true),
+                },
             ),
             Command::Id { node } => {
                 user_cmd::id(&node.dir()?, &node.password(), node.output()).await
@@ -332,6 +378,18 @@ pub fn main() -> ExitCode {
             }
             Command::Chat { name, node } => user_cmd::chat(&node.dir()?, &name).await,
             Command::Firewall { sub } => match sub {
+                FirewallSub::Set {
+                    resolver,
+                    local_networks,
+                    node,
+                } => user_cmd::firewall_set(
+                    &node.dir()?,
+                    &node.password(),
+                    &crate::messenger::FirewallChoice {
+                        resolver,
+                        allow_local: local_networks.map(|l| matches!(l, LocalNetworks::Allow)),
+                    },
+                ),
                 FirewallSub::List { node } => {
                     user_cmd::firewall_list(&node.dir()?, &node.password(), node.output()).await
                 }

@@ -212,6 +212,7 @@ where
     let home = RelayRef::new(messenger.home.clone())?;
     let keypair = messenger.keypair.clone();
     let address = messenger.address();
+    let firewall = messenger.firewall_settings()?;
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let core = Arc::new(Core {
         messenger: Mutex::new(messenger),
@@ -225,6 +226,8 @@ where
         dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
     });
     core.refresh_policy();
+    crate::guarded::set_resolver(&core.dialer, &firewall.resolver)
+        .with_context(|| format!("resolver {}", firewall.resolver))?;
 
     let listener = bind_control(&paths.socket())?;
     let directory = Directory::default();
@@ -654,36 +657,21 @@ async fn try_dial(core: &Core, target: &str, udp: bool) -> Response {
             }
         }
     };
-    let outcome = match parsed.host {
-        burrow_firewall::Host::Name(_) => {
-            "not tried: names are resolved only over encrypted DNS, which this build does not have yet"
-                .to_string()
+    let outcome = if udp {
+        match core.dialer.udp_for(CHECK_COMPONENT, &parsed).await {
+            Ok((_, addr)) => format!("UDP socket opened for {addr} (nothing sent)"),
+            Err(e) => attempt_failure(e),
         }
-        burrow_firewall::Host::Ip(ip) => {
-            let addr = std::net::SocketAddr::new(ip, parsed.port);
-            if udp {
-                match core.dialer.check(CHECK_COMPONENT, &parsed, addr) {
-                    Ok(approved) => match core.dialer.udp(&approved) {
-                        Ok(_) => "UDP socket opened (nothing sent)".into(),
-                        Err(e) => format!("failed: {e}"),
-                    },
-                    Err(denied) => format!("refused by the firewall and logged: {}", denied.reason),
-                }
-            } else {
-                match core.dialer.check(CHECK_COMPONENT, &parsed, addr) {
-                    Ok(approved) => match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        core.dialer.tcp(&approved),
-                    )
-                    .await
-                    {
-                        Ok(Ok(_)) => "connected (and closed at once)".into(),
-                        Ok(Err(e)) => format!("allowed, but the connection failed: {e}"),
-                        Err(_) => "allowed, but the connection timed out".into(),
-                    },
-                    Err(denied) => format!("refused by the firewall and logged: {}", denied.reason),
-                }
-            }
+    } else {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            core.dialer.connect_tcp(CHECK_COMPONENT, &parsed),
+        )
+        .await
+        {
+            Ok(Ok(_)) => "connected (and closed at once)".into(),
+            Ok(Err(e)) => attempt_failure(e),
+            Err(_) => "allowed, but the connection timed out".into(),
         }
     };
     core.persist_audit();
@@ -691,6 +679,16 @@ async fn try_dial(core: &Core, target: &str, udp: bool) -> Response {
         *attempt = Some(outcome);
     }
     decision
+}
+
+fn attempt_failure(e: burrow_firewall::Error) -> String {
+    match e {
+        burrow_firewall::Error::Denied(d) => {
+            format!("refused by the firewall and logged: {}", d.reason)
+        }
+        burrow_firewall::Error::Resolve(e) => format!("allowed, but not resolved: {e}"),
+        e => format!("allowed, but the connection failed: {e}"),
+    }
 }
 
 /// The component name attempts from `firewall check --try` are logged under.

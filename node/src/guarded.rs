@@ -6,8 +6,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use burrow_firewall::policy::is_local;
-use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
+use burrow_firewall::target::canonical_ip;
+use burrow_firewall::{
+    Audit, Dialer, Entry, EntrySource, Host, Name, Policy, Proto, ResolverLimits, ResolverSpec,
+    Target,
+};
 use burrow_obfs::client::{BoxFuture, Sockets};
+use burrow_obfs::tls::{client_config, CertPin, Trust};
 use burrow_obfs::RelayLine;
 use tokio::net::TcpStream;
 
@@ -24,57 +29,80 @@ impl GuardedSockets {
         Self { dialer, component }
     }
 
-    /// Sockets that reach one relay and nothing else: its address, over
-    /// TCP and UDP on its port (local networks only if the relay is there).
-    /// The line must carry the relay's address (`ip=` or an IP host) until
-    /// the firewall resolves names.
+    /// Sockets that reach one relay given by address and nothing else:
+    /// its address, over TCP and UDP on its port (local networks only if
+    /// the relay is there). For demos, tests and benchmarks.
     pub fn for_relay(line: &RelayLine, component: &'static str) -> io::Result<Self> {
-        let (entries, ip) = relay_entries(line, EntrySource::HomeRelay)?;
-        let dialer = Dialer::new(Policy::new(entries, is_local(ip)), Audit::default());
+        let entries = relay_entries(line, EntrySource::HomeRelay)?;
+        let local = relay_ip(line).is_some_and(is_local);
+        let dialer = Dialer::new(Policy::new(entries, local), Audit::default());
         Ok(Self::new(dialer, component))
     }
 }
 
-/// The address a relay line is dialled at.
-pub fn relay_ip(line: &RelayLine) -> io::Result<IpAddr> {
-    line.ip.or_else(|| line.host.parse().ok()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is a name; add ip=ADDRESS to the relay line", line.host),
-        )
-    })
+/// The address a relay line names, if it names one (`ip=` or an IP host).
+pub fn relay_ip(line: &RelayLine) -> Option<IpAddr> {
+    line.ip.or_else(|| line.host.parse().ok())
 }
 
-/// Allowlist entries for one relay: its address and port, TCP and UDP.
-pub fn relay_entries(line: &RelayLine, source: EntrySource) -> io::Result<(Vec<Entry>, IpAddr)> {
-    let ip = relay_ip(line)?;
-    let addr = SocketAddr::new(ip, line.port);
-    let entries = [Proto::Tcp, Proto::Udp]
+/// Allowlist entries for one relay, TCP and UDP on its port: by address
+/// when the line gives one, else by name (resolved over encrypted DNS at
+/// dial time, each answer checked again).
+pub fn relay_entries(line: &RelayLine, source: EntrySource) -> io::Result<Vec<Entry>> {
+    let host = match relay_ip(line) {
+        Some(ip) => Host::Ip(canonical_ip(ip)),
+        None => Host::Name(
+            Name::parse(&line.host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        ),
+    };
+    Ok([Proto::Tcp, Proto::Udp]
         .into_iter()
         .map(|proto| {
             Entry::new(
-                Target::addr(addr, proto),
+                Target::new(host.clone(), line.port, proto),
                 source.clone(),
                 format!("relay {}", line.host),
             )
         })
-        .collect();
-    Ok((entries, ip))
+        .collect())
+}
+
+/// What the node's firewall is built from, besides its relays.
+#[derive(Debug, Clone)]
+pub struct FirewallSettings {
+    pub resolver: ResolverSpec,
+    /// Loopback, private and link-local destinations allowed at all.
+    pub allow_local: bool,
+}
+
+impl FirewallSettings {
+    /// The stored settings: the resolver the user set (or the default),
+    /// local networks as the user set them.
+    pub fn from_store(store: &crate::store::Store) -> anyhow::Result<Self> {
+        let spec = store
+            .resolver()?
+            .unwrap_or_else(|| burrow_firewall::DEFAULT_RESOLVER.to_string());
+        Ok(Self {
+            resolver: ResolverSpec::parse(&spec)?,
+            allow_local: store.allow_local_networks()?,
+        })
+    }
 }
 
 /// A node's allowlist: its home relay, the trackers it publishes its
-/// location at (its previous home relay), and the relays in its contacts'
-/// addresses. Local networks are allowed only when the home relay is on
-/// one (a loopback demo or test).
+/// location at (its previous home relay), the relays in its contacts'
+/// addresses and its DNS resolver. Local networks are allowed when the
+/// settings say so, or when the home relay is on one (a loopback demo).
 pub fn node_policy<'a>(
     home: &RelayLine,
     trackers: impl IntoIterator<Item = &'a RelayLine>,
     contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine)>,
+    settings: &FirewallSettings,
 ) -> io::Result<Policy> {
-    let (mut entries, home_ip) = relay_entries(home, EntrySource::HomeRelay)?;
+    let mut entries = relay_entries(home, EntrySource::HomeRelay)?;
     for line in trackers {
         match relay_entries(line, EntrySource::Tracker) {
-            Ok((e, _)) => entries.extend(e),
+            Ok(e) => entries.extend(e),
             Err(e) => tracing::warn!("tracker {}: not reachable: {e}", line.host),
         }
     }
@@ -85,23 +113,54 @@ pub fn node_policy<'a>(
                 contact: name.to_string(),
             },
         ) {
-            Ok((e, _)) => entries.extend(e),
+            Ok(e) => entries.extend(e),
             Err(e) => tracing::warn!("contact {name}: relay not reachable: {e}"),
         }
     }
-    Ok(Policy::new(entries, is_local(home_ip)))
+    match settings.resolver.entries() {
+        Ok(e) => entries.extend(e),
+        Err(e) => tracing::warn!("resolver {}: {e}", settings.resolver),
+    }
+    let local = settings.allow_local || relay_ip(home).is_some_and(is_local);
+    Ok(Policy::new(entries, local))
+}
+
+/// Gives `dialer` the resolver `spec` names, trusting its certificate by
+/// the spec's pin or else the web roots.
+pub fn set_resolver(dialer: &Dialer, spec: &ResolverSpec) -> anyhow::Result<()> {
+    let tls = match spec {
+        ResolverSpec::System => None,
+        ResolverSpec::Https { .. } | ResolverSpec::Tls { .. } => {
+            let trust = match spec.pin() {
+                Some(pin) => Trust::Pinned(CertPin(pin)),
+                None => Trust::WebRoots,
+            };
+            let alpn: &[&[u8]] = match spec {
+                ResolverSpec::Https { .. } => &[b"h2"],
+                _ => &[],
+            };
+            Some((*client_config(&trust, alpn)?).clone())
+        }
+    };
+    dialer.set_resolver(spec.clone(), tls, ResolverLimits::default())?;
+    Ok(())
+}
+
+type Boxed<'a, T> = BoxFuture<'a, io::Result<T>>;
+
+fn target(host: &str, port: u16, proto: Proto) -> io::Result<Target> {
+    let host = Host::parse(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(Target::new(host, port, proto))
 }
 
 impl Sockets for GuardedSockets {
-    fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
-        Box::pin(async move { Ok(self.dialer.tcp_to(self.component, addr).await?) })
+    fn tcp(&self, host: &str, port: u16) -> Boxed<'_, TcpStream> {
+        let t = target(host, port, Proto::Tcp);
+        Box::pin(async move { Ok(self.dialer.connect_tcp(self.component, &t?).await?) })
     }
 
-    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        let approved = self
-            .dialer
-            .check(self.component, &Target::addr(addr, Proto::Udp), addr)
-            .map_err(burrow_firewall::Error::from)?;
-        Ok(self.dialer.udp(&approved)?)
+    fn udp(&self, host: &str, port: u16) -> Boxed<'_, (std::net::UdpSocket, SocketAddr)> {
+        let t = target(host, port, Proto::Udp);
+        Box::pin(async move { Ok(self.dialer.udp_for(self.component, &t?).await?) })
     }
 }

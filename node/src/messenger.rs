@@ -60,6 +60,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Firewall settings chosen at `burrow init` (and `burrow firewall set`).
+#[derive(Debug, Clone, Default)]
+pub struct FirewallChoice {
+    /// A resolver spec; `None` keeps the current one (the default at first).
+    pub resolver: Option<String>,
+    /// `Some(true)` lets the node reach local networks; `None` keeps it.
+    pub allow_local: Option<bool>,
+}
+
+impl FirewallChoice {
+    /// Checks the choice and saves it in the store.
+    pub fn apply(&self, store: &Store) -> Result<()> {
+        if let Some(spec) = &self.resolver {
+            let spec = burrow_firewall::ResolverSpec::parse(spec)?;
+            // Reading the system resolvers now tells a broken setup at once.
+            spec.entries()?;
+            store.set_resolver(&spec.to_string())?;
+        }
+        if let Some(allow) = self.allow_local {
+            store.set_allow_local_networks(allow)?;
+        }
+        Ok(())
+    }
+}
+
 /// Creates a new identity and store. Refuses to touch an existing one.
 pub fn init(
     paths: &NodePaths,
@@ -67,7 +92,22 @@ pub fn init(
     relay: &RelayLine,
     cost: KdfCost,
 ) -> Result<Address> {
+    init_with(paths, password, relay, cost, &FirewallChoice::default())
+}
+
+/// [`init`] with firewall settings.
+pub fn init_with(
+    paths: &NodePaths,
+    password: &[u8],
+    relay: &RelayLine,
+    cost: KdfCost,
+    firewall: &FirewallChoice,
+) -> Result<Address> {
     RelayRef::new(relay.clone()).map_err(|e| anyhow::anyhow!("--relay: {e}"))?;
+    if let Some(spec) = &firewall.resolver {
+        burrow_firewall::ResolverSpec::parse(spec)
+            .map_err(|e| anyhow::anyhow!("--resolver: {e}"))?;
+    }
     if paths.keystore().exists() {
         bail!(
             "an identity already exists in {} (remove the directory to start over)",
@@ -88,6 +128,7 @@ pub fn init(
     }
     let store = Store::open(&store_path, &db_key)?;
     store.set_home_relay(relay)?;
+    firewall.apply(&store)?;
     datadir::write_private(&paths.keystore(), text.as_bytes())?;
     Ok(Address {
         user: keypair.public().to_peer_id(),
@@ -287,7 +328,13 @@ impl Messenger {
             &self.home,
             previous.iter(),
             contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
+            &self.firewall_settings()?,
         )?)
+    }
+
+    /// The resolver and local-network settings the firewall is built from.
+    pub fn firewall_settings(&self) -> Result<crate::guarded::FirewallSettings> {
+        crate::guarded::FirewallSettings::from_store(&self.store)
     }
 }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
+use burrow_firewall::{
+    Audit, Dialer, Entry, EntrySource, Host, Policy, Proto, ResolverSpec, Target,
+};
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
     Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
@@ -195,20 +197,26 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
 }
 
 /// The reverse proxy for `--upstream URL`. The relay's own firewall allows
-/// exactly that origin (and the local network only if the origin is there),
-/// so the proxy can reach nothing else.
-fn upstream(url: &str) -> Result<Upstream> {
+/// exactly that origin and the resolver (the local network only if the
+/// origin is there or the operator allowed it), so the proxy can reach
+/// nothing else; a name is resolved over the encrypted resolver.
+fn upstream(url: &str, resolver: &str, allow_local: bool) -> Result<Upstream> {
     let origin = Origin::parse(url).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
-    let addr = origin.addr();
-    let policy = Policy::new(
-        vec![Entry::new(
-            Target::addr(addr, Proto::Tcp),
-            EntrySource::RelayUpstream,
-            format!("--upstream {url}"),
-        )],
-        burrow_firewall::policy::is_local(addr.ip()),
-    );
-    let dialer = Dialer::new(policy, Audit::default());
+    let host = Host::parse(origin.dial_host()).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+    let local =
+        allow_local || matches!(host, Host::Ip(ip) if burrow_firewall::policy::is_local(ip));
+    let mut entries = vec![Entry::new(
+        Target::new(host.clone(), origin.port(), Proto::Tcp),
+        EntrySource::RelayUpstream,
+        format!("--upstream {url}"),
+    )];
+    let dialer = Dialer::new(Policy::default(), Audit::default());
+    if matches!(host, Host::Name(_)) {
+        let spec = ResolverSpec::parse(resolver).map_err(|e| anyhow::anyhow!("--resolver: {e}"))?;
+        entries.extend(spec.entries()?);
+        crate::guarded::set_resolver(&dialer, &spec)?;
+    }
+    dialer.set_policy(Policy::new(entries, local));
     Ok(Upstream::new(
         origin,
         Arc::new(GuardedSockets::new(dialer, "relay-upstream")),
@@ -265,7 +273,9 @@ pub async fn run(args: RelayArgs) -> Result<()> {
             }
             Source::Dir(dir.clone())
         }
-        (None, Some(url)) => Source::Upstream(upstream(url)?),
+        (None, Some(url)) => {
+            Source::Upstream(upstream(url, &args.resolver, args.allow_local_networks)?)
+        }
         (None, None) => Source::Builtin,
     };
 
@@ -328,7 +338,10 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         match &source {
             Source::Builtin => "the built-in site".to_string(),
             Source::Dir(d) => d.display().to_string(),
-            Source::Upstream(u) => format!("the origin at {}", u.origin().addr()),
+            Source::Upstream(u) => format!(
+                "the origin at {}",
+                format_args!("{}:{}", u.origin().dial_host(), u.origin().port())
+            ),
         }
     );
     // The line goes to stdout so scripts can read it; logs go to stderr.

@@ -179,13 +179,8 @@ impl Store {
     // ------------------------------------------------------------ settings
 
     fn relay_setting(&self, key: &str) -> Result<Option<RelayLine>> {
-        let text: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        text.map(|t| t.parse().map_err(|_| StoreError::Damaged))
+        self.setting(key)?
+            .map(|t| t.parse().map_err(|_| StoreError::Damaged))
             .transpose()
     }
 
@@ -219,6 +214,35 @@ impl Store {
         self.set_setting("home_relay", &line.to_string())?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// The resolver names are looked up with (a `--resolver` spec); none
+    /// set means the built-in default.
+    pub fn resolver(&self) -> Result<Option<String>> {
+        self.setting("resolver")
+    }
+
+    pub fn set_resolver(&self, spec: &str) -> Result<()> {
+        self.set_setting("resolver", spec)
+    }
+
+    /// Whether the firewall lets the node reach loopback, private and
+    /// link-local addresses (off unless the user turned it on).
+    pub fn allow_local_networks(&self) -> Result<bool> {
+        Ok(self.setting("allow_local_networks")?.as_deref() == Some("1"))
+    }
+
+    pub fn set_allow_local_networks(&self, allow: bool) -> Result<()> {
+        self.set_setting("allow_local_networks", if allow { "1" } else { "0" })
     }
 
     // ------------------------------------------------------------ contacts

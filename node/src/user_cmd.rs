@@ -74,7 +74,13 @@ async fn request(data_dir: &Path, password: &PasswordSource, req: Request) -> Re
     }
 }
 
-pub fn init(data_dir: &Path, password: &PasswordSource, relay: &str, cost: KdfCost) -> Result<()> {
+pub fn init(
+    data_dir: &Path,
+    password: &PasswordSource,
+    relay: &str,
+    cost: KdfCost,
+    firewall: &messenger::FirewallChoice,
+) -> Result<()> {
     let line: RelayLine = relay
         .parse()
         .map_err(|e| anyhow::anyhow!("--relay: not a valid relay line: {e}"))?;
@@ -85,7 +91,7 @@ pub fn init(data_dir: &Path, password: &PasswordSource, relay: &str, cost: KdfCo
             paths.dir.display()
         );
     }
-    let address = messenger::init(&paths, &password.read(true)?, &line, cost)?;
+    let address = messenger::init_with(&paths, &password.read(true)?, &line, cost, firewall)?;
     println!("Created your identity. Your address (give it to your contacts):");
     println!("{address}");
     println!(
@@ -107,6 +113,35 @@ pub fn set_relay(data_dir: &Path, password: &PasswordSource, relay: &str) -> Res
     m.set_home(line)?;
     println!("Home relay changed. Your new address:");
     println!("{}", m.address());
+    Ok(())
+}
+
+/// `burrow firewall set`: the resolver and local networks (node stopped,
+/// so the running firewall never disagrees with the stored one).
+pub fn firewall_set(
+    data_dir: &Path,
+    password: &PasswordSource,
+    choice: &messenger::FirewallChoice,
+) -> Result<()> {
+    if choice.resolver.is_none() && choice.allow_local.is_none() {
+        bail!("nothing to set: give --resolver SPEC and/or --local-networks allow|deny");
+    }
+    let paths = NodePaths::new(data_dir);
+    if std::os::unix::net::UnixStream::connect(paths.socket()).is_ok() {
+        bail!("stop the running node (`burrow up`) before changing its firewall settings");
+    }
+    let m = Messenger::open(&paths, &password.read(false)?)?;
+    choice.apply(&m.store)?;
+    let settings = m.firewall_settings()?;
+    println!("Resolver: {}", settings.resolver);
+    println!(
+        "Local networks: {}",
+        if settings.allow_local {
+            "allowed"
+        } else {
+            "refused"
+        }
+    );
     Ok(())
 }
 

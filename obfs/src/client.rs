@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +48,20 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// How the client gets its sockets. The `burrow` binary passes the
 /// firewall's guarded dialer here (`burrow_node::guarded::GuardedSockets`);
 /// this crate opens no outbound socket of its own.
+///
+/// `host` is an IP address or a name: a name is resolved by the
+/// implementation (the firewall: over encrypted DNS only), so this crate
+/// never resolves or checks a name itself.
 pub trait Sockets: Send + Sync + std::fmt::Debug {
-    /// A connected TCP stream to exactly `addr`.
-    fn tcp(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>>;
-    /// A UDP socket that will send to exactly `addr`.
-    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
+    /// A connected TCP stream to `host:port`.
+    fn tcp(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<TcpStream>>;
+    /// A UDP socket that may send to `host:port`, and the address it
+    /// resolved to.
+    fn udp(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> BoxFuture<'_, io::Result<(std::net::UdpSocket, SocketAddr)>>;
 }
 
 /// Dials one relay.
@@ -145,11 +154,11 @@ impl Client {
 
     /// Opens a tunnel over one carrier.
     pub async fn connect_via(&self, carrier: Carrier) -> Result<Tunnel, Error> {
-        let addr = self.target()?;
+        let (host, port) = self.target()?;
         let fut = async {
             match carrier {
-                Carrier::H2 => self.connect_h2(addr).await,
-                Carrier::H3 => self.connect_h3(addr).await,
+                Carrier::H2 => self.connect_h2(&host, port).await,
+                Carrier::H3 => self.connect_h3(&host, port).await,
             }
         };
         match tokio::time::timeout(self.connect_timeout, fut).await {
@@ -158,20 +167,14 @@ impl Client {
         }
     }
 
-    fn target(&self) -> Result<SocketAddr, Error> {
-        let ip = match (self.line.ip, self.line.host.parse::<IpAddr>()) {
-            (Some(ip), _) | (None, Ok(ip)) => ip,
-            (None, Err(_)) => {
-                return Err(Error::dial(
-                    "any",
-                    format!(
-                        "{} is a name and this build has no encrypted resolver yet; add ip=ADDRESS to the relay line",
-                        self.line.host
-                    ),
-                ))
-            }
+    /// Where the relay is dialled: its `ip=` if the line has one, else its
+    /// host (a name is resolved by the [`Sockets`]).
+    fn target(&self) -> Result<(String, u16), Error> {
+        let host = match self.line.ip {
+            Some(ip) => ip.to_string(),
+            None => self.line.host.clone(),
         };
-        Ok(SocketAddr::new(ip, self.line.port))
+        Ok((host, self.line.port))
     }
 
     fn server_name(&self) -> Result<ServerName<'static>, Error> {
@@ -261,12 +264,13 @@ impl Client {
 
     async fn open_h2(
         &self,
-        addr: SocketAddr,
+        host: &str,
+        port: u16,
     ) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
         const C: &str = "h2";
         let tcp = self
             .sockets
-            .tcp(addr)
+            .tcp(host, port)
             .await
             .map_err(|e| Error::dial(C, e))?;
         let _ = tcp.set_nodelay(true);
@@ -300,9 +304,13 @@ impl Client {
         Ok((send_request, Binding::Exporter(exporter)))
     }
 
-    async fn open_h3(&self, addr: SocketAddr) -> Result<(H3Handle, Binding), Error> {
+    async fn open_h3(&self, host: &str, port: u16) -> Result<(H3Handle, Binding), Error> {
         const C: &str = "h3";
-        let socket = self.sockets.udp(addr).map_err(|e| Error::dial(C, e))?;
+        let (socket, addr) = self
+            .sockets
+            .udp(host, port)
+            .await
+            .map_err(|e| Error::dial(C, e))?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,
@@ -338,9 +346,9 @@ impl Client {
         ))
     }
 
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+    async fn connect_h2(&self, host: &str, port: u16) -> Result<Tunnel, Error> {
         const C: &str = "h2";
-        let (mut send_request, binding) = self.open_h2(addr).await?;
+        let (mut send_request, binding) = self.open_h2(host, port).await?;
         let req = self.tunnel_request(&binding)?;
         let (response, send) = send_request
             .send_request(req, false)
@@ -355,9 +363,9 @@ impl Client {
         Ok(Tunnel::h2(send, recv))
     }
 
-    async fn connect_h3(&self, addr: SocketAddr) -> Result<Tunnel, Error> {
+    async fn connect_h3(&self, host: &str, port: u16) -> Result<Tunnel, Error> {
         const C: &str = "h3";
-        let (mut handle, binding) = self.open_h3(addr).await?;
+        let (mut handle, binding) = self.open_h3(host, port).await?;
         let req = self.tunnel_request(&binding)?;
         let stream = handle
             .send_request
@@ -383,11 +391,11 @@ impl Client {
         method: Method,
         path: &str,
     ) -> Result<Response<Bytes>, Error> {
-        let addr = self.target()?;
+        let (host, port) = self.target()?;
         let mut req = self.browser_request(method, path, "document")?;
         match carrier {
             Carrier::H2 => {
-                let (mut send_request, _) = self.open_h2(addr).await?;
+                let (mut send_request, _) = self.open_h2(&host, port).await?;
                 *req.version_mut() = http::Version::HTTP_2;
                 let (response, _) = send_request
                     .send_request(req, true)
@@ -403,7 +411,7 @@ impl Client {
                 Ok(Response::from_parts(parts, Bytes::from(out)))
             }
             Carrier::H3 => {
-                let (mut handle, _) = self.open_h3(addr).await?;
+                let (mut handle, _) = self.open_h3(&host, port).await?;
                 let mut stream = handle
                     .send_request
                     .send_request(req)

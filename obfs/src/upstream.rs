@@ -24,7 +24,7 @@
 //! Responses are read whole (up to [`MAX_RESPONSE`]) before they are sent,
 //! like nginx's `proxy_buffering on`, only without spilling to disk.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,10 @@ fn hidden_response_header(name: &HeaderName) -> bool {
 /// Where the site's answers come from: `http://ADDRESS[:PORT][/]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    addr: SocketAddr,
+    /// What connections are dialled at: an IP address, or a name the
+    /// caller's [`Sockets`] resolve (over encrypted DNS).
+    dial_host: String,
+    port: u16,
     /// The `Host` the origin gets, as written in the URL.
     host: String,
     /// `http://HOST[:PORT]`, to recognise redirects that name the origin.
@@ -92,10 +95,9 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Parses an upstream URL. The host must be an IP address or
-    /// `localhost`: every outbound connection goes through the caller's
-    /// [`Sockets`], and names are resolved only by the node's encrypted
-    /// resolver, which the relay does not run yet.
+    /// Parses an upstream URL. The host is an IP address, `localhost`
+    /// (127.0.0.1, never looked up) or a name, which the caller's
+    /// [`Sockets`] resolve: every outbound connection goes through them.
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
         let bad = |reason: &str| ConfigError::Invalid {
             key: "upstream".into(),
@@ -121,26 +123,37 @@ impl Origin {
             ));
         }
         let (host, port) = split_host_port(authority).ok_or_else(|| bad("bad address or port"))?;
-        let ip = match host.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) if host.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Err(_) => {
-                return Err(bad(
-                    "the origin must be given by IP address (or localhost); names are not resolved without the encrypted resolver",
-                ))
+        let dial_host = match host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) if host.eq_ignore_ascii_case("localhost") => Ipv4Addr::LOCALHOST.to_string(),
+            Err(_)
+                if host.len() <= 253
+                    && host.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    }) =>
+            {
+                host.to_ascii_lowercase()
             }
+            Err(_) => return Err(bad("the host is neither an IP address nor a valid name")),
         };
         let port = port.unwrap_or(80);
         Ok(Self {
-            addr: SocketAddr::new(ip, port),
+            dial_host,
+            port,
             host: authority.to_string(),
             prefix: format!("http://{authority}"),
         })
     }
 
-    /// The address connections go to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The host connections are dialled at (an IP address or a name).
+    pub fn dial_host(&self) -> &str {
+        &self.dial_host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 
@@ -224,7 +237,7 @@ impl Upstream {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<OriginResponse, ProxyFailure> {
-        let connect = self.sockets.tcp(self.origin.addr);
+        let connect = self.sockets.tcp(&self.origin.dial_host, self.origin.port);
         let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -608,17 +621,22 @@ mod tests {
     #[test]
     fn origin_urls() {
         let o = Origin::parse("http://127.0.0.1:8080").expect("ip and port");
-        assert_eq!(o.addr(), "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!((o.dial_host(), o.port()), ("127.0.0.1", 8080));
         assert_eq!(o.host, "127.0.0.1:8080");
         let o = Origin::parse("http://[::1]/").expect("v6");
-        assert_eq!(o.addr(), "[::1]:80".parse().expect("addr"));
+        assert_eq!((o.dial_host(), o.port()), ("::1", 80));
         let o = Origin::parse("http://LocalHost:81").expect("localhost");
-        assert_eq!(o.addr(), "127.0.0.1:81".parse().expect("addr"));
+        assert_eq!((o.dial_host(), o.port()), ("127.0.0.1", 81));
+        // A name is kept for the caller's sockets to resolve (over DoH).
+        let o = Origin::parse("http://Blog.Example.org:8080").expect("name");
+        assert_eq!((o.dial_host(), o.port()), ("blog.example.org", 8080));
+        assert_eq!(o.host, "Blog.Example.org:8080", "Host as written");
         for bad in [
             "127.0.0.1:8080",
             "ftp://127.0.0.1",
             "https://127.0.0.1",
-            "http://example.org",
+            "http://exa_mple.org",
+            "http://a..b",
             "http://127.0.0.1:0",
             "http://127.0.0.1:99999",
             "http://127.0.0.1/app",
@@ -717,12 +735,20 @@ mod tests {
     impl Sockets for NoSockets {
         fn tcp(
             &self,
-            _: std::net::SocketAddr,
+            _: &str,
+            _: u16,
         ) -> crate::client::BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
             Box::pin(async { Err(std::io::ErrorKind::PermissionDenied.into()) })
         }
-        fn udp(&self, _: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-            Err(std::io::ErrorKind::PermissionDenied.into())
+        fn udp(
+            &self,
+            _: &str,
+            _: u16,
+        ) -> crate::client::BoxFuture<
+            '_,
+            std::io::Result<(std::net::UdpSocket, std::net::SocketAddr)>,
+        > {
+            Box::pin(async { Err(std::io::ErrorKind::PermissionDenied.into()) })
         }
     }
 

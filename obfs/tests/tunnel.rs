@@ -194,23 +194,36 @@ struct Censored {
 impl Sockets for Censored {
     fn tcp(
         &self,
-        addr: SocketAddr,
+        host: &str,
+        port: u16,
     ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
         let drop_tcp = self.drop_tcp;
+        let host = host.to_string();
         Box::pin(async move {
             if drop_tcp {
                 // SYNs vanish: the connect never completes.
                 std::future::pending::<()>().await;
             }
-            TcpStream::connect(addr).await
+            let ip: std::net::IpAddr = host
+                .parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            TcpStream::connect(SocketAddr::new(ip, port)).await
         })
     }
 
-    fn udp(&self, _addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "UDP blocked",
-        ))
+    #[allow(clippy::type_complexity)]
+    fn udp(
+        &self,
+        _host: &str,
+        _port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<(std::net::UdpSocket, SocketAddr)>> + Send + '_>>
+    {
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "UDP blocked",
+            ))
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use burrow_obfs::RelayLine;
 
+pub mod doh;
 pub mod node;
 pub mod origin;
 

@@ -31,12 +31,20 @@ pub struct Out {
 impl NodeProc {
     /// `burrow init --relay LINE` in a fresh directory.
     pub fn init(name: &str, relay: &RelayLine) -> NodeProc {
+        Self::init_with(name, relay, &[])
+    }
+
+    /// `burrow init --relay LINE EXTRA…` in a fresh directory.
+    pub fn init_with(name: &str, relay: &RelayLine, extra: &[&str]) -> NodeProc {
         let node = NodeProc {
             name: name.into(),
             dir: tempfile::tempdir().expect("tempdir"),
             daemon: None,
         };
-        let out = node.run(&["init", "--relay", &relay.to_string()]);
+        let line = relay.to_string();
+        let mut args = vec!["init", "--relay", line.as_str()];
+        args.extend_from_slice(extra);
+        let out = node.run(&args);
         assert!(out.ok, "init {name}: {}", out.stderr);
         node
     }
@@ -234,8 +242,13 @@ impl Drop for NodeProc {
 
 /// Two users who added each other.
 pub fn pair(relay: &RelayLine) -> (NodeProc, NodeProc) {
-    let alice = NodeProc::init("alice", relay);
-    let bob = NodeProc::init("bob", relay);
+    pair_with(relay, &[])
+}
+
+/// Two users who added each other, each made with `burrow init … EXTRA`.
+pub fn pair_with(relay: &RelayLine, extra: &[&str]) -> (NodeProc, NodeProc) {
+    let alice = NodeProc::init_with("alice", relay, extra);
+    let bob = NodeProc::init_with("bob", relay, extra);
     let (a, b) = (alice.address(), bob.address());
     alice.ok(&["contact", "add", "bob", &b]);
     bob.ok(&["contact", "add", "alice", &a]);

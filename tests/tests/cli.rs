@@ -85,9 +85,20 @@ fn a_busy_port_is_a_clear_error() {
 fn bad_arguments_are_refused_with_reasons() {
     assert!(relay_err(&["--site", "/nonexistent/site"]).contains("not a directory"));
     assert!(relay_err(&["--path", "no-leading-slash"]).contains("--path"));
-    let err = relay_err(&["--upstream", "http://origin.example"]);
+    let err = relay_err(&["--upstream", "http://origin_!.example"]);
     assert!(
-        err.contains("--upstream") && err.contains("IP address"),
+        err.contains("--upstream") && err.contains("neither an IP address nor a valid name"),
+        "{err}"
+    );
+    // A name needs a resolver it can be resolved with.
+    let err = relay_err(&[
+        "--upstream",
+        "http://origin.example",
+        "--resolver",
+        "udp://9.9.9.9",
+    ]);
+    assert!(
+        err.contains("--resolver") && err.contains("expected https://"),
         "{err}"
     );
     let err = relay_err(&["--upstream", "127.0.0.1:8080"]);

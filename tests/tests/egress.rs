@@ -1,11 +1,13 @@
 //! The egress capture: a node runs in its own network namespace, joined to
-//! this one by a veth pair; the relay runs on this side. While a whole
+//! this one by a veth pair; the relay and a DNS-over-HTTPS resolver run on
+//! this side, and the node knows its relay only by name. While a whole
 //! messaging session runs (messages both ways, one left in a mailbox) and
-//! the user deliberately tries to reach addresses that are not allowed,
-//! tcpdump records everything that crosses the veth. Every packet the node
-//! sent must go to its relay's address and port; there must be no DNS at
-//! all; the deliberate attempts must be in `burrow firewall log` and not on
-//! the wire.
+//! the user deliberately tries to reach addresses and names that are not
+//! allowed, tcpdump records everything that crosses the veth. Every packet
+//! the node sent must go to its relay's or its resolver's address and port;
+//! there must be no plaintext DNS at all; the deliberate attempts must be
+//! in `burrow firewall log` and not on the wire, and a refused name must
+//! never reach the resolver.
 //!
 //! Needs root, `ip` (iproute2) and tcpdump: required in CI
 //! (BURROW_REQUIRE_TOOLS), skipped loudly elsewhere.
@@ -14,7 +16,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burrow_tests::node::pair;
+use burrow_tests::doh::{Answer, DnsServer};
+use burrow_tests::node::pair_with;
 use burrow_tests::{have_tool, RelayProc};
 
 fn run(program: &str, args: &[&str]) {
@@ -172,7 +175,7 @@ fn endpoints(line: &str) -> Option<(String, String)> {
 }
 
 #[test]
-fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
+fn a_whole_session_reaches_only_the_relay_and_resolver_and_sends_no_plaintext_dns() {
     if !have_tool("ip") || !have_tool("tcpdump") {
         return;
     }
@@ -191,10 +194,29 @@ fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
     );
     let port = relay.line.port;
     let allowed = format!("{}.{port}", ns.host_ip);
+    let dns = DnsServer::start(ns.host_ip.parse().expect("ip"));
+    let resolver = format!("{}.{}", ns.host_ip, dns.doh.port());
+    // The relay by name only: its address comes from the DoH resolver.
+    let mut by_name = relay.line.clone();
+    by_name.ip = None;
+    dns.set(
+        &by_name.host,
+        Answer::Addrs(vec![ns.host_ip.parse().expect("ip")]),
+        300,
+    );
     let capture_dir = tempfile::tempdir().expect("tempdir");
     let capture = Capture::start(&ns.host_if, capture_dir.path().join("egress.pcap"));
 
-    let (mut alice, mut bob) = pair(&relay.line);
+    // The relay's address is in a private range, so local networks are on.
+    let spec = dns.doh_spec();
+    let (mut alice, mut bob) =
+        pair_with(&by_name, &["--resolver", &spec, "--allow-local-networks"]);
+    let list = alice.ok(&["firewall", "list"]);
+    assert!(
+        list.contains(&format!("{}:{}/tcp", by_name.host, port)),
+        "{list}"
+    );
+    assert!(list.contains("DNS over HTTPS"), "{list}");
     alice.up_under(&["ip", "netns", "exec", &ns.name]);
     bob.up();
     assert_eq!(
@@ -219,6 +241,22 @@ fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
     }
     let d = alice.ok(&["firewall", "check", "9.9.9.9:53", "--udp", "--try"]);
     assert!(d.contains("refused by the firewall"), "{d}");
+    dns.set(
+        "elsewhere.test",
+        Answer::Addrs(vec![ns.host_ip.parse().expect("ip")]),
+        300,
+    );
+    let d = alice.ok(&["firewall", "check", "elsewhere.test", "--try"]);
+    assert!(d.contains("refused by the firewall"), "{d}");
+    assert_eq!(
+        dns.asked("elsewhere.test", "A") + dns.asked("elsewhere.test", "AAAA"),
+        0,
+        "a refused name is never sent to the resolver"
+    );
+    assert!(
+        dns.asked(&by_name.host, "A") >= 1,
+        "the relay's name was resolved over DoH"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let packets = capture.stop();
 
@@ -232,8 +270,15 @@ fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
         "the session is on the wire: {packets:#?}"
     );
     for (src, dst) in &from_node {
-        assert_eq!(dst, &allowed, "{src} sent to a non-allowed endpoint");
+        assert!(
+            dst == &allowed || dst == &resolver,
+            "{src} sent to a non-allowed endpoint {dst}"
+        );
     }
+    assert!(
+        from_node.iter().any(|(_, dst)| dst == &resolver),
+        "the name went over DoH on the wire"
+    );
     for line in &packets {
         assert!(
             line.contains(" IP ") || line.contains("ARP"),
@@ -253,7 +298,7 @@ fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
         "{packets:#?}"
     );
     eprintln!(
-        "egress capture: {} packets, {} from the node, all to {allowed}",
+        "egress capture: {} packets, {} from the node, all to {allowed} or {resolver}",
         packets.len(),
         from_node.len()
     );
@@ -264,6 +309,7 @@ fn a_whole_session_reaches_only_the_relay_and_sends_no_dns() {
         &format!("{}:9/tcp", ns.host_ip),
         "8.8.8.8:53/tcp",
         "9.9.9.9:53/udp",
+        "elsewhere.test:443/tcp",
     ] {
         assert!(log.contains(target), "{target} in the log: {log}");
     }

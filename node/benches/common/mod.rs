@@ -110,7 +110,10 @@ pub async fn tls_connect(addr: SocketAddr, pin: burrow_obfs::tls::CertPin) -> Tl
         id: None,
     };
     let sockets = GuardedSockets::for_relay(&line, "bench").expect("sockets");
-    let tcp = sockets.tcp(addr).await.expect("connect");
+    let tcp = sockets
+        .tcp(&addr.ip().to_string(), addr.port())
+        .await
+        .expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let config = client_config(&Trust::Pinned(pin), &ALPN_TCP).expect("client tls");
     tokio_rustls::TlsConnector::from(config)

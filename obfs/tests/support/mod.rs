@@ -15,35 +15,34 @@ use tokio::net::TcpStream;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoopbackSockets;
 
-fn loopback_only(addr: SocketAddr) -> io::Result<()> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(io::Error::new(
+fn loopback_only(host: &str, port: u16) -> io::Result<SocketAddr> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => Ok(SocketAddr::new(ip, port)),
+        _ => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("test sockets reach only loopback addresses, not {addr}"),
-        ))
+            format!("test sockets reach only loopback addresses, not {host}"),
+        )),
     }
 }
 
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;
+
 impl Sockets for LoopbackSockets {
-    fn tcp(
-        &self,
-        addr: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
-        Box::pin(async move {
-            loopback_only(addr)?;
-            TcpStream::connect(addr).await
-        })
+    fn tcp(&self, host: &str, port: u16) -> Boxed<'_, TcpStream> {
+        let addr = loopback_only(host, port);
+        Box::pin(async move { TcpStream::connect(addr?).await })
     }
 
-    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        loopback_only(addr)?;
-        let local: IpAddr = if addr.is_ipv4() {
-            Ipv4Addr::LOCALHOST.into()
-        } else {
-            Ipv6Addr::LOCALHOST.into()
-        };
-        std::net::UdpSocket::bind((local, 0))
+    fn udp(&self, host: &str, port: u16) -> Boxed<'_, (std::net::UdpSocket, SocketAddr)> {
+        let addr = loopback_only(host, port);
+        Box::pin(async move {
+            let addr = addr?;
+            let local: IpAddr = if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            };
+            Ok((std::net::UdpSocket::bind((local, 0))?, addr))
+        })
     }
 }

@@ -1,0 +1,571 @@
+//! Name resolution over encrypted DNS only.
+//!
+//! A [`ResolverSpec`] names one resolver by IP address: DNS over HTTPS
+//! (the default) or DNS over TLS, or — only when the user turns it on —
+//! the system's plaintext resolvers. The resolver's own endpoint is put on
+//! the allowlist like any other ([`ResolverSpec::entries`]), and hickory's
+//! sockets are opened through the same gate as every other dial
+//! ([`GuardedRuntime`]), so even the resolver cannot reach anything else.
+//! Answers are cached by hickory within their TTL.
+//!
+//! Spec syntax (what `--resolver` takes):
+//!
+//! ```text
+//! https://NAME-OR-IP[:PORT][/PATH][?ip=ADDRESS][&pin=SHA256-BASE64URL]   DoH (port 443, /dns-query)
+//! tls://NAME-OR-IP[:PORT][?ip=ADDRESS][&pin=…]                        DoT (port 853)
+//! system                                                             /etc/resolv.conf, plaintext
+//! ```
+//!
+//! The resolver is always reached by IP address (there is nothing to
+//! resolve its name with): either the host is an IP literal, or `ip=` is
+//! given and the host is the name its certificate is checked against.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_resolver::net::runtime::{
+    RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
+};
+use hickory_resolver::Resolver as Hickory;
+
+use crate::dialer::Gate;
+use crate::policy::{Entry, EntrySource};
+use crate::target::{canonical_ip, Name, Proto, Target};
+
+/// The resolver used when none is configured: Quad9 over HTTPS.
+pub const DEFAULT_RESOLVER: &str = "https://dns.quad9.net/dns-query?ip=9.9.9.9";
+
+/// The component resolver sockets are logged under.
+pub const RESOLVER_COMPONENT: &str = "resolver";
+
+/// A resolver spec that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("resolver {spec:?}: {reason}")]
+pub struct SpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+/// How names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolverSpec {
+    /// DNS over HTTPS (RFC 8484) to one address.
+    Https {
+        addr: SocketAddr,
+        /// The name (or IP) its certificate must be valid for.
+        tls_name: String,
+        path: String,
+        /// SHA-256 of the certificate, instead of the web roots.
+        pin: Option<[u8; 32]>,
+    },
+    /// DNS over TLS (RFC 7858) to one address.
+    Tls {
+        addr: SocketAddr,
+        tls_name: String,
+        pin: Option<[u8; 32]>,
+    },
+    /// The system's resolvers from /etc/resolv.conf, in plaintext. Only when
+    /// the user asks for it: every query is then visible on the network.
+    System,
+}
+
+impl ResolverSpec {
+    pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        let bad = |reason: &str| SpecError {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let s = spec.trim();
+        if s == "system" {
+            return Ok(Self::System);
+        }
+        let (https, rest) = match s.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("tls", rest)) => (false, rest),
+            _ => return Err(bad("expected https://…, tls://… or system")),
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if !https && !path.is_empty() && path != "/" {
+            return Err(bad("a DNS-over-TLS resolver has no path"));
+        }
+        let (host, port) = split_authority(authority).ok_or_else(|| bad("bad host or port"))?;
+        let port = match port {
+            Some(p) => p,
+            None if https => 443,
+            None => 853,
+        };
+        let mut ip = None;
+        let mut pin = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ip", v)) => {
+                    ip = Some(
+                        v.parse::<IpAddr>()
+                            .map_err(|_| bad("ip= is not an address"))?,
+                    )
+                }
+                Some(("pin", v)) => pin = Some(decode_pin(v).ok_or_else(|| bad("bad pin="))?),
+                _ => return Err(bad(&format!("unknown parameter {pair:?} (ip=, pin=)"))),
+            }
+        }
+        let host_ip = host.parse::<IpAddr>().ok();
+        let ip = match (host_ip, ip) {
+            (Some(h), Some(i)) if h != i => {
+                return Err(bad("host and ip= name different addresses"))
+            }
+            (Some(h), _) => h,
+            (None, Some(i)) => i,
+            (None, None) => {
+                return Err(bad(
+                    "a resolver is reached by IP address: give one, or add ?ip=ADDRESS",
+                ))
+            }
+        };
+        let tls_name = match host_ip {
+            Some(h) => h.to_string(),
+            None => Name::parse(host)
+                .map_err(|e| bad(&e.to_string()))?
+                .as_str()
+                .to_string(),
+        };
+        let addr = SocketAddr::new(canonical_ip(ip), port);
+        Ok(if https {
+            let path = if path.is_empty() || path == "/" {
+                "/dns-query".to_string()
+            } else {
+                path.to_string()
+            };
+            Self::Https {
+                addr,
+                tls_name,
+                path,
+                pin,
+            }
+        } else {
+            Self::Tls {
+                addr,
+                tls_name,
+                pin,
+            }
+        })
+    }
+
+    /// The certificate pin, if one was given.
+    pub fn pin(&self) -> Option<[u8; 32]> {
+        match self {
+            Self::Https { pin, .. } | Self::Tls { pin, .. } => *pin,
+            Self::System => None,
+        }
+    }
+
+    /// Whether queries are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        !matches!(self, Self::System)
+    }
+
+    /// The allowlist entries the resolver needs, each with its reason.
+    pub fn entries(&self) -> Result<Vec<Entry>, ResolveError> {
+        let entry = |addr: SocketAddr, proto, reason: String| {
+            Entry::new(Target::addr(addr, proto), EntrySource::Resolver, reason)
+        };
+        Ok(match self {
+            Self::Https { addr, .. } => {
+                vec![entry(*addr, Proto::Tcp, format!("DNS over HTTPS ({self})"))]
+            }
+            Self::Tls { addr, .. } => {
+                vec![entry(*addr, Proto::Tcp, format!("DNS over TLS ({self})"))]
+            }
+            Self::System => system_servers()?
+                .into_iter()
+                .flat_map(|ip| {
+                    let addr = SocketAddr::new(canonical_ip(ip), 53);
+                    [Proto::Udp, Proto::Tcp].map(|p| {
+                        entry(
+                            addr,
+                            p,
+                            "system resolver: plaintext DNS, turned on explicitly".to_string(),
+                        )
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
+impl fmt::Display for ResolverSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params =
+            |f: &mut fmt::Formatter<'_>, addr: &SocketAddr, name: &str, pin: &Option<[u8; 32]>| {
+                let mut sep = '?';
+                if name != addr.ip().to_string() {
+                    write!(f, "{sep}ip={}", addr.ip())?;
+                    sep = '&';
+                }
+                if let Some(p) = pin {
+                    write!(f, "{sep}pin={}", encode_pin(p))?;
+                }
+                Ok(())
+            };
+        let host = |name: &str| match name.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => name.to_string(),
+        };
+        match self {
+            Self::Https {
+                addr,
+                tls_name,
+                path,
+                pin,
+            } => {
+                write!(f, "https://{}", host(tls_name))?;
+                if addr.port() != 443 {
+                    write!(f, ":{}", addr.port())?;
+                }
+                f.write_str(path)?;
+                params(f, addr, tls_name, pin)
+            }
+            Self::Tls {
+                addr,
+                tls_name,
+                pin,
+            } => {
+                write!(f, "tls://{}", host(tls_name))?;
+                if addr.port() != 853 {
+                    write!(f, ":{}", addr.port())?;
+                }
+                params(f, addr, tls_name, pin)
+            }
+            Self::System => f.write_str("system"),
+        }
+    }
+}
+
+fn split_authority(a: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = a.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            p => Some((
+                host,
+                Some(p.strip_prefix(':')?.parse().ok().filter(|&p| p != 0)?),
+            )),
+        };
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok().filter(|&p| p != 0)?))),
+        Some(_) => None,
+        None if a.is_empty() => None,
+        None => Some((a, None)),
+    }
+}
+
+fn encode_pin(pin: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(pin)
+}
+
+fn decode_pin(s: &str) -> Option<[u8; 32]> {
+    URL_SAFE_NO_PAD.decode(s).ok()?.try_into().ok()
+}
+
+/// Why a name could not be resolved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no resolver is configured, so names cannot be resolved")]
+    NoResolver,
+    #[error("cannot read the system resolvers: {0}")]
+    System(String),
+    #[error("resolving {name} failed: {reason}")]
+    Lookup { name: String, reason: String },
+    #[error("{name} has no address")]
+    NoAddress { name: String },
+}
+
+fn system_servers() -> Result<Vec<IpAddr>, ResolveError> {
+    let (config, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| ResolveError::System(e.to_string()))?;
+    let mut ips: Vec<IpAddr> = config.name_servers().iter().map(|n| n.ip).collect();
+    ips.dedup();
+    if ips.is_empty() {
+        return Err(ResolveError::System(
+            "no nameserver in /etc/resolv.conf".into(),
+        ));
+    }
+    Ok(ips)
+}
+
+/// hickory's sockets, opened only after the gate approved the exact
+/// address (the resolver's entry on the allowlist).
+#[derive(Clone)]
+pub struct GuardedRuntime {
+    inner: TokioRuntimeProvider,
+    gate: Gate,
+}
+
+impl fmt::Debug for GuardedRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedRuntime").finish_non_exhaustive()
+    }
+}
+
+impl GuardedRuntime {
+    fn approve(&self, addr: SocketAddr, proto: Proto) -> io::Result<()> {
+        self.gate
+            .check(RESOLVER_COMPONENT, &Target::addr(addr, proto), addr)
+            .map(drop)
+            .map_err(|d| crate::Error::from(d).into())
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Send + Future<Output = io::Result<T>>>>;
+
+impl RuntimeProvider for GuardedRuntime {
+    type Handle = TokioHandle;
+    type Timer = TokioTime;
+    type Udp = tokio::net::UdpSocket;
+    type Tcp = AsyncIoTokioAsStd<tokio::net::TcpStream>;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.inner.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server_addr: SocketAddr,
+        bind_addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Boxed<Self::Tcp> {
+        match self.approve(server_addr, Proto::Tcp) {
+            Ok(()) => self.inner.connect_tcp(server_addr, bind_addr, timeout),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn bind_udp(&self, local_addr: SocketAddr, server_addr: SocketAddr) -> Boxed<Self::Udp> {
+        match self.approve(server_addr, Proto::Udp) {
+            Ok(()) => self.inner.bind_udp(local_addr, server_addr),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+/// A caching resolver for one [`ResolverSpec`].
+#[derive(Clone)]
+pub struct Resolver {
+    spec: ResolverSpec,
+    inner: Arc<Hickory<GuardedRuntime>>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("spec", &self.spec.to_string())
+            .finish()
+    }
+}
+
+/// Resolver limits, each with its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolverLimits {
+    /// Cached answers (hickory's cache, by name and type).
+    pub cache_entries: u64,
+    /// Time allowed for one query.
+    pub timeout: Duration,
+    /// Longest time an answer is kept, whatever its TTL.
+    pub max_ttl: Duration,
+}
+
+impl Default for ResolverLimits {
+    fn default() -> Self {
+        Self {
+            cache_entries: 1024,
+            timeout: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Resolver {
+    /// `tls` is the client config for DoH/DoT (the caller decides the
+    /// trust: web roots, or the spec's pin); its sockets come from `gate`.
+    pub(crate) fn new(
+        spec: ResolverSpec,
+        tls: Option<rustls::ClientConfig>,
+        limits: ResolverLimits,
+        gate: Gate,
+    ) -> Result<Self, ResolveError> {
+        let servers = match &spec {
+            ResolverSpec::Https {
+                addr,
+                tls_name,
+                path,
+                ..
+            } => {
+                let mut ns = NameServerConfig::https(
+                    addr.ip(),
+                    tls_name.as_str().into(),
+                    Some(path.as_str().into()),
+                );
+                ns.connections.iter_mut().for_each(|c| c.port = addr.port());
+                vec![ns]
+            }
+            ResolverSpec::Tls { addr, tls_name, .. } => {
+                let mut ns = NameServerConfig::tls(addr.ip(), tls_name.as_str().into());
+                ns.connections.iter_mut().for_each(|c| c.port = addr.port());
+                vec![ns]
+            }
+            ResolverSpec::System => system_servers()?
+                .into_iter()
+                .map(NameServerConfig::udp_and_tcp)
+                .collect(),
+        };
+        let runtime = GuardedRuntime {
+            inner: TokioRuntimeProvider::new(),
+            gate,
+        };
+        let mut builder =
+            Hickory::builder_with_config(ResolverConfig::from_name_servers(servers), runtime);
+        {
+            let opts = builder.options_mut();
+            opts.use_hosts_file = ResolveHosts::Never;
+            opts.cache_size = limits.cache_entries;
+            opts.timeout = limits.timeout;
+            opts.attempts = 1;
+            opts.positive_max_ttl = Some(limits.max_ttl);
+            opts.negative_max_ttl = Some(Duration::from_secs(60));
+            opts.ndots = 0;
+        }
+        if let Some(tls) = tls {
+            builder = builder.with_tls_config(tls);
+        }
+        let inner = builder.build().map_err(|e| ResolveError::Lookup {
+            name: String::new(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            spec,
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn spec(&self) -> &ResolverSpec {
+        &self.spec
+    }
+
+    /// The addresses of `name`, following CNAME chains, from the cache
+    /// while the answer's TTL lasts.
+    pub async fn lookup(&self, name: &Name) -> Result<Vec<IpAddr>, ResolveError> {
+        // The trailing dot makes the name absolute: no search domains.
+        let fqdn = format!("{}.", name.as_str());
+        let answer =
+            self.inner
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| ResolveError::Lookup {
+                    name: name.as_str().to_string(),
+                    reason: e.to_string(),
+                })?;
+        let ips: Vec<IpAddr> = answer.iter().map(canonical_ip).collect();
+        if ips.is_empty() {
+            return Err(ResolveError::NoAddress {
+                name: name.as_str().to_string(),
+            });
+        }
+        Ok(ips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_read_and_print_back() {
+        for (input, canonical) in [
+            ("https://9.9.9.9", "https://9.9.9.9/dns-query"),
+            (
+                "https://dns.quad9.net/dns-query?ip=9.9.9.9",
+                "https://dns.quad9.net/dns-query?ip=9.9.9.9",
+            ),
+            (
+                "https://DNS.Example.:8443/q?ip=192.0.2.1",
+                "https://dns.example:8443/q?ip=192.0.2.1",
+            ),
+            ("tls://1.1.1.1", "tls://1.1.1.1"),
+            (
+                "tls://[2606:4700::1111]:8853",
+                "tls://[2606:4700::1111]:8853",
+            ),
+            ("system", "system"),
+        ] {
+            let spec = ResolverSpec::parse(input).expect(input);
+            assert_eq!(spec.to_string(), canonical, "{input}");
+            assert_eq!(ResolverSpec::parse(canonical).expect(canonical), spec);
+        }
+        let pinned = ResolverSpec::parse(&format!(
+            "https://127.0.0.1:4443?pin={}",
+            encode_pin(&[7; 32])
+        ))
+        .expect("pinned");
+        assert_eq!(pinned.pin(), Some([7; 32]));
+        assert_eq!(
+            ResolverSpec::parse(&pinned.to_string()).expect("round trip"),
+            pinned
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_why() {
+        for (input, why) in [
+            ("http://9.9.9.9", "expected https://"),
+            ("https://dns.quad9.net/dns-query", "by IP address"),
+            ("https://9.9.9.9?ip=1.1.1.1", "different addresses"),
+            ("https://9.9.9.9:0", "bad host or port"),
+            ("https://9.9.9.9:99999", "bad host or port"),
+            ("tls://1.1.1.1/dns-query", "no path"),
+            ("https://9.9.9.9?pin=abc", "bad pin"),
+            ("https://9.9.9.9?port=5", "unknown parameter"),
+            ("https://bad..name?ip=9.9.9.9", "not a valid host name"),
+            ("", "expected"),
+        ] {
+            let err = ResolverSpec::parse(input).expect_err(input);
+            assert!(err.to_string().contains(why), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_resolver_is_on_the_allowlist_by_address() {
+        let spec =
+            ResolverSpec::parse("https://dns.quad9.net/dns-query?ip=::ffff:9.9.9.9").expect("spec");
+        let entries = spec.entries().expect("entries");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].host.to_string(), "9.9.9.9");
+        assert_eq!((entries[0].port, entries[0].proto), (443, Proto::Tcp));
+        assert_eq!(entries[0].source, EntrySource::Resolver);
+        let dot = ResolverSpec::parse("tls://1.1.1.1")
+            .expect("dot")
+            .entries()
+            .expect("entries");
+        assert_eq!((dot[0].port, dot[0].proto), (853, Proto::Tcp));
+    }
+
+    #[test]
+    fn pins_round_trip() {
+        let pin: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(decode_pin(&encode_pin(&pin)), Some(pin));
+        assert_eq!(encode_pin(&pin).len(), 43);
+        assert_eq!(decode_pin("AAAA"), None);
+    }
+}
