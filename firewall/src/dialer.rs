@@ -157,6 +157,16 @@ impl Dialer {
         self.gate.check(component, target, addr)
     }
 
+    /// Decides on a target without dialling or resolving it, and logs the
+    /// decision: for an address learned from the network (identify, the
+    /// tracker, a relay) that the caller will not dial anyway, so that the
+    /// attempt still shows in the audit log with its reason.
+    pub fn screen(&self, component: &str, target: &Target) -> Result<Entry, Denied> {
+        let decision = self.policy().explain(target);
+        self.gate.log(component, target, &decision.as_ref());
+        decision
+    }
+
     /// Everything `target` may be dialled at, best first. An address is
     /// decided as it is. A name is first checked against the list before
     /// any query is sent (a refused name never reaches the resolver), then

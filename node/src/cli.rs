@@ -122,6 +122,10 @@ enum FirewallSub {
         /// Whether loopback, private and link-local addresses may be reached.
         #[arg(long, value_name = "allow|deny")]
         local_networks: Option<LocalNetworks>,
+        /// Log approved connections too, not only refusals (endpoints and
+        /// reasons, never content).
+        #[arg(long, value_name = "on|off")]
+        log_approvals: Option<OnOff>,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -138,6 +142,12 @@ enum FirewallSub {
         #[command(flatten)]
         node: NodeArgs,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -325,6 +335,7 @@ pub fn main() -> ExitCode {
                 &crate::messenger::FirewallChoice {
                     resolver,
                     allow_local: allow_local_networks.then_some(true),
+                    log_approvals: None,
                 },
             ),
             Command::Id { node } => {
@@ -381,6 +392,7 @@ pub fn main() -> ExitCode {
                 FirewallSub::Set {
                     resolver,
                     local_networks,
+                    log_approvals,
                     node,
                 } => user_cmd::firewall_set(
                     &node.dir()?,
@@ -388,6 +400,7 @@ pub fn main() -> ExitCode {
                     &crate::messenger::FirewallChoice {
                         resolver,
                         allow_local: local_networks.map(|l| matches!(l, LocalNetworks::Allow)),
+                        log_approvals: log_approvals.map(|o| matches!(o, OnOff::On)),
                     },
                 ),
                 FirewallSub::List { node } => {

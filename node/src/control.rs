@@ -127,8 +127,8 @@ pub enum Response {
         message: MessageView,
     },
     Firewall {
-        /// Whether loopback and private networks may be reached (only when
-        /// the home relay is on one).
+        /// Whether loopback and private networks may be reached (the user
+        /// allowed them, or the home relay is on one).
         allow_local: bool,
         entries: Vec<FirewallEntryView>,
     },

@@ -223,14 +223,20 @@ where
         deposited: Mutex::default(),
         located: Mutex::default(),
         audit_seq: Mutex::default(),
-        dialer: Dialer::new(burrow_firewall::Policy::default(), Audit::default()),
+        dialer: Dialer::new(
+            burrow_firewall::Policy::default(),
+            Audit::new(
+                burrow_firewall::audit::DEFAULT_AUDIT_CAPACITY,
+                firewall.log_approvals,
+            ),
+        ),
     });
     core.refresh_policy();
     crate::guarded::set_resolver(&core.dialer, &firewall.resolver)
         .with_context(|| format!("resolver {}", firewall.resolver))?;
 
     let listener = bind_control(&paths.socket())?;
-    let directory = Directory::default();
+    let directory = Directory::with_firewall(core.dialer.clone());
     let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
     let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone()))?;
     let location =

@@ -73,6 +73,8 @@ pub struct FirewallSettings {
     pub resolver: ResolverSpec,
     /// Loopback, private and link-local destinations allowed at all.
     pub allow_local: bool,
+    /// Approvals are logged, not only refusals.
+    pub log_approvals: bool,
 }
 
 impl FirewallSettings {
@@ -85,6 +87,7 @@ impl FirewallSettings {
         Ok(Self {
             resolver: ResolverSpec::parse(&spec)?,
             allow_local: store.allow_local_networks()?,
+            log_approvals: store.log_approvals()?,
         })
     }
 }

@@ -67,6 +67,8 @@ pub struct FirewallChoice {
     pub resolver: Option<String>,
     /// `Some(true)` lets the node reach local networks; `None` keeps it.
     pub allow_local: Option<bool>,
+    /// `Some(true)` logs approved connections too; `None` keeps it.
+    pub log_approvals: Option<bool>,
 }
 
 impl FirewallChoice {
@@ -80,6 +82,9 @@ impl FirewallChoice {
         }
         if let Some(allow) = self.allow_local {
             store.set_allow_local_networks(allow)?;
+        }
+        if let Some(on) = self.log_approvals {
+            store.set_log_approvals(on)?;
         }
         Ok(())
     }

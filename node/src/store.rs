@@ -245,6 +245,15 @@ impl Store {
         self.set_setting("allow_local_networks", if allow { "1" } else { "0" })
     }
 
+    /// Whether approved connections are logged too, not only refusals.
+    pub fn log_approvals(&self) -> Result<bool> {
+        Ok(self.setting("log_approvals")?.as_deref() == Some("1"))
+    }
+
+    pub fn set_log_approvals(&self, on: bool) -> Result<()> {
+        self.set_setting("log_approvals", if on { "1" } else { "0" })
+    }
+
     // ------------------------------------------------------------ contacts
 
     /// Adds a contact; a name or a user already present is a conflict.

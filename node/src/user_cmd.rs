@@ -123,8 +123,10 @@ pub fn firewall_set(
     password: &PasswordSource,
     choice: &messenger::FirewallChoice,
 ) -> Result<()> {
-    if choice.resolver.is_none() && choice.allow_local.is_none() {
-        bail!("nothing to set: give --resolver SPEC and/or --local-networks allow|deny");
+    if choice.resolver.is_none() && choice.allow_local.is_none() && choice.log_approvals.is_none() {
+        bail!(
+            "nothing to set: give --resolver SPEC, --local-networks allow|deny or --log-approvals on|off"
+        );
     }
     let paths = NodePaths::new(data_dir);
     if std::os::unix::net::UnixStream::connect(paths.socket()).is_ok() {
@@ -140,6 +142,14 @@ pub fn firewall_set(
             "allowed"
         } else {
             "refused"
+        }
+    );
+    println!(
+        "Logged: {}",
+        if settings.log_approvals {
+            "every decision"
+        } else {
+            "refusals"
         }
     );
     Ok(())
@@ -409,11 +419,15 @@ pub async fn firewall_list(data_dir: &Path, password: &PasswordSource, out: Outp
             println!("  {:<width$}  {} ({})", e.endpoint, e.reason, e.source);
         }
         if allow_local {
-            println!("Local networks are allowed (the home relay is on one).");
+            println!("Local networks are allowed.");
         } else {
             println!("Loopback, private and link-local addresses are refused.");
         }
-        println!("Names are never resolved with plaintext DNS.");
+        if entries.iter().any(|e| e.reason.contains("plaintext DNS")) {
+            println!("Names are resolved with the system's plaintext DNS (turned on explicitly).");
+        } else {
+            println!("Names are resolved only over encrypted DNS (the resolver above).");
+        }
     }
     Ok(())
 }
@@ -488,7 +502,7 @@ pub async fn firewall_log(
         }
         if let Response::FirewallLog { entries } = r {
             if entries.is_empty() {
-                println!("Nothing refused.");
+                println!("Nothing logged: no connection was refused.");
             }
             for e in &entries {
                 print_log_entry(e);

@@ -44,7 +44,15 @@ fn the_user_sees_what_is_allowed_what_was_refused_and_why() {
             "{list}"
         );
     }
-    assert_eq!(entries.len(), 6, "home, bob's and carol's relay: {list}");
+    assert!(
+        has("9.9.9.9:443/tcp", "DNS resolver"),
+        "the default resolver: {list}"
+    );
+    assert_eq!(
+        entries.len(),
+        7,
+        "home, bob's and carol's relay, the resolver: {list}"
+    );
     let text = alice.ok(&["firewall", "list"]);
     assert!(text.contains("home relay"), "{text}");
 
@@ -125,4 +133,81 @@ fn the_user_sees_what_is_allowed_what_was_refused_and_why() {
     // The store is encrypted: the refused address is not in the file.
     let db = std::fs::read(alice.data_dir().join("node/store.db")).expect("store");
     assert!(!db.windows(11).any(|w| w == b"203.0.113.7"));
+}
+
+#[test]
+fn firewall_settings_are_checked_stored_and_shown() {
+    let home = RelayProc::start(&[]);
+    let alice = burrow_tests::node::NodeProc::init_with(
+        "alice",
+        &home.line,
+        &["--resolver", "tls://1.1.1.1"],
+    );
+    let list = alice.ok(&["firewall", "list"]);
+    assert!(
+        list.contains("1.1.1.1:853/tcp") && list.contains("DNS over TLS"),
+        "{list}"
+    );
+    assert!(list.contains("only over encrypted DNS"), "{list}");
+
+    // Bad settings are refused with the reason, and nothing changes.
+    for (args, why) in [
+        (vec!["--resolver", "http://9.9.9.9"], "expected https://"),
+        (
+            vec!["--resolver", "https://dns.example/dns-query"],
+            "by IP address",
+        ),
+        (vec![], "nothing to set"),
+    ] {
+        let mut all = vec!["firewall", "set"];
+        all.extend_from_slice(&args);
+        let out = alice.run(&all);
+        assert!(
+            !out.ok && out.stderr.contains(why),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert!(alice.ok(&["firewall", "list"]).contains("1.1.1.1:853/tcp"));
+
+    let out = alice.ok(&[
+        "firewall",
+        "set",
+        "--resolver",
+        "https://dns.quad9.net/dns-query?ip=149.112.112.112",
+        "--local-networks",
+        "allow",
+        "--log-approvals",
+        "on",
+    ]);
+    assert!(
+        out.contains("https://dns.quad9.net/dns-query?ip=149.112.112.112"),
+        "{out}"
+    );
+    assert!(out.contains("Local networks: allowed"), "{out}");
+    assert!(out.contains("Logged: every decision"), "{out}");
+    let list = json(&alice.ok(&["firewall", "list", "--json"]));
+    let endpoints: Vec<&str> = list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["endpoint"].as_str())
+        .collect();
+    assert!(endpoints.contains(&"149.112.112.112:443/tcp"), "{list}");
+    assert!(
+        !endpoints.contains(&"1.1.1.1:853/tcp"),
+        "the old resolver is gone: {list}"
+    );
+    assert_eq!(list["allow_local"], true, "{list}");
+
+    // Plaintext DNS only when asked for, and then said so.
+    if std::path::Path::new("/etc/resolv.conf").exists() {
+        let set = alice.run(&["firewall", "set", "--resolver", "system"]);
+        if set.ok {
+            let text = alice.ok(&["firewall", "list"]);
+            assert!(text.contains("plaintext DNS"), "{text}");
+        } else {
+            assert!(set.stderr.contains("system resolvers"), "{}", set.stderr);
+        }
+    }
 }

@@ -40,6 +40,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{identity, noise, yamux, Multiaddr, PeerId};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
+/// The component refused dials to learned addresses are logged under.
+pub const LEARNED_COMPONENT: &str = "p2p";
+
 /// Time allowed from dial to an authenticated, multiplexed connection.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -54,6 +57,8 @@ struct Endpointish {
 #[derive(Clone, Default)]
 pub struct Directory {
     relays: Arc<RwLock<HashMap<Endpointish, Client>>>,
+    /// Where a dial to an address no relay line names is logged as refused.
+    firewall: Option<burrow_firewall::Dialer>,
 }
 
 impl fmt::Debug for Directory {
@@ -64,6 +69,34 @@ impl fmt::Debug for Directory {
 }
 
 impl Directory {
+    /// A directory whose refusals of unknown addresses land in `firewall`'s
+    /// audit log (component `p2p`).
+    pub fn with_firewall(firewall: burrow_firewall::Dialer) -> Self {
+        Self {
+            relays: Arc::default(),
+            firewall: Some(firewall),
+        }
+    }
+
+    /// Records that libp2p asked for an address no relay line names:
+    /// learned from identify, the tracker or a relay, it is never dialled,
+    /// and the firewall log says so with the policy's reason.
+    fn refuse_unknown(&self, key: &Endpointish, carrier: Carrier) {
+        let Some(fw) = &self.firewall else { return };
+        let proto = match carrier {
+            Carrier::H2 => burrow_firewall::Proto::Tcp,
+            Carrier::H3 => burrow_firewall::Proto::Udp,
+        };
+        if let Ok(host) = burrow_firewall::Host::parse(&key.host) {
+            let target = burrow_firewall::Target::new(host, key.port, proto);
+            if fw.screen(LEARNED_COMPONENT, &target).is_ok() {
+                // Allowed by the policy, but without its relay line there is
+                // no key or pin to dial it with.
+                tracing::info!("not dialling {target}: no relay line for it");
+            }
+        }
+    }
+
     /// Registers a relay and returns the multiaddrs that reach it, one per
     /// carrier in the line's order.
     pub fn add(
@@ -242,6 +275,7 @@ impl Transport for CarrierTransport {
         };
         let Some(client) = self.directory.client(&key) else {
             // Not a relay we were given: no key, no pin, nothing to dial.
+            self.directory.refuse_unknown(&key, carrier);
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         Ok(async move {
@@ -407,6 +441,62 @@ mod tests {
             let with_id = addr.with(Protocol::P2p(PeerId::random()));
             assert!(parse_addr(&with_id).is_some(), "{with_id}");
         }
+    }
+
+    /// Addresses learned from identify, the tracker or a relay that no
+    /// relay line names are never dialled, and the refusal is logged.
+    #[test]
+    fn learned_addresses_are_refused_and_logged() {
+        use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Policy, Proto, Target};
+        let listed: std::net::SocketAddr = "203.0.113.7:443".parse().expect("addr");
+        let fw = Dialer::new(
+            Policy::new(
+                vec![Entry::new(
+                    Target::addr(listed, Proto::Tcp),
+                    EntrySource::HomeRelay,
+                    "home relay",
+                )],
+                false,
+            ),
+            Audit::default(),
+        );
+        let mut t = CarrierTransport::dialer(Directory::with_firewall(fw.clone()));
+        for text in [
+            "/ip4/198.51.100.9/tcp/443/tls/http",
+            "/ip4/203.0.113.7/tcp/8443/tls/http",
+            "/ip4/203.0.113.7/udp/443/quic-v1",
+            "/ip4/10.0.0.1/tcp/443/tls/http",
+            "/dns/tracker.example/udp/443/quic-v1",
+        ] {
+            let addr: Multiaddr = text.parse().expect("multiaddr");
+            let opts = DialOpts {
+                role: Endpoint::Dialer,
+                port_use: libp2p::core::transport::PortUse::New,
+            };
+            assert!(
+                matches!(
+                    t.dial(addr, opts),
+                    Err(TransportError::MultiaddrNotSupported(_))
+                ),
+                "{text}"
+            );
+        }
+        let log: Vec<(String, String)> = fw
+            .audit()
+            .records()
+            .map(|r| (r.target.to_string(), r.component.clone()))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                "198.51.100.9:443/tcp",
+                "203.0.113.7:8443/tcp",
+                "203.0.113.7:443/udp",
+                "10.0.0.1:443/tcp",
+                "tracker.example:443/udp",
+            ]
+            .map(|t| (t.to_string(), LEARNED_COMPONENT.to_string()))
+        );
     }
 
     #[test]
