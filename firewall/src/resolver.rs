@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
 use hickory_resolver::net::runtime::{
     RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
@@ -385,6 +385,8 @@ pub struct ResolverLimits {
     pub timeout: Duration,
     /// Longest time an answer is kept, whatever its TTL.
     pub max_ttl: Duration,
+    /// How long "no such name" or "no address of this family" is kept.
+    pub negative_ttl: Duration,
 }
 
 impl Default for ResolverLimits {
@@ -393,6 +395,7 @@ impl Default for ResolverLimits {
             cache_entries: 1024,
             timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -444,7 +447,13 @@ impl Resolver {
             opts.timeout = limits.timeout;
             opts.attempts = 1;
             opts.positive_max_ttl = Some(limits.max_ttl);
-            opts.negative_max_ttl = Some(Duration::from_secs(60));
+            // A and AAAA asked together, IPv4 first (most censored networks
+            // are IPv4-only); a name without one of them is remembered for
+            // a while even when the answer carries no SOA, so a cached
+            // lookup sends nothing at all.
+            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+            opts.negative_min_ttl = Some(limits.negative_ttl);
+            opts.negative_max_ttl = Some(limits.negative_ttl.max(Duration::from_secs(60)));
             opts.ndots = 0;
         }
         if let Some(tls) = tls {

@@ -225,14 +225,24 @@ struct RelayCommand {
 enum RelaySub {
     /// Print the relay line users need to reach this relay.
     Address(AddressArgs),
+    /// Check a configuration file without starting the relay: syntax,
+    /// unknown keys, conflicting settings, certificate and site files.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Options of `burrow relay`.
 #[derive(Debug, Args, Clone)]
 pub struct RelayArgs {
-    /// Address for TCP (TLS) and UDP (QUIC), same port for both.
-    #[arg(long, default_value = "0.0.0.0:443")]
-    pub listen: SocketAddr,
+    /// Read settings from this TOML file (see contrib/relay.toml); the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for TCP (TLS) and UDP (QUIC), same port for both [default: 0.0.0.0:443].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Serve this directory as the website (default: a small built-in site).
     #[arg(long, value_name = "DIR", conflicts_with = "upstream")]
     pub site: Option<PathBuf>,
@@ -267,14 +277,15 @@ pub struct RelayArgs {
     /// who has the relay line may reserve and use the mailbox.
     #[arg(long, value_name = "USER_ID")]
     pub allow_user: Vec<libp2p::PeerId>,
-    /// Messages the mailbox keeps for one offline user.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub mailbox_per_user: usize,
+    /// Messages the mailbox keeps for one offline user [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub mailbox_per_user: Option<usize>,
     /// Encrypted DNS resolver for the relay's own outbound names (an
     /// --upstream given by name): https://IP/dns-query, tls://IP, or
-    /// https://NAME/PATH?ip=IP; "system" for plaintext /etc/resolv.conf.
-    #[arg(long, value_name = "SPEC", default_value = burrow_firewall::DEFAULT_RESOLVER)]
-    pub resolver: String,
+    /// https://NAME/PATH?ip=IP; "system" for plaintext /etc/resolv.conf
+    /// [default: Quad9 over HTTPS].
+    #[arg(long, value_name = "SPEC")]
+    pub resolver: Option<String>,
     /// Let the relay's own outbound connections reach loopback, private and
     /// link-local addresses even when a name resolves there.
     #[arg(long)]
@@ -319,6 +330,10 @@ pub fn main() -> ExitCode {
                     let dir = datadir::resolve(a.data_dir)?;
                     relay_cmd::print_address(&dir, a.ip)
                 }
+                RelayCommand {
+                    sub: Some(RelaySub::CheckConfig { file }),
+                    ..
+                } => relay_cmd::check_config(&file),
                 RelayCommand { sub: None, run } => relay_cmd::run(run).await,
             },
             Command::Demo => demo::run().await,

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod messenger;
 pub mod p2p;
 pub mod relay_cmd;
+pub mod relay_config;
 pub mod seal;
 pub mod store;
 pub mod tracker;

@@ -16,8 +16,8 @@ use burrow_firewall::{
 };
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
-    Carrier, CertPin, Error as ObfsError, Front, FrontConfig, Gate, GateSecret, Identity, Limits,
-    Origin, RelayLine, Site, Source, Upstream,
+    Carrier, CertPin, Certificates, Error as ObfsError, Front, FrontConfig, Gate, GateSecret,
+    Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use crate::cli::RelayArgs;
 use crate::datadir;
 use crate::guarded::GuardedSockets;
 use crate::p2p::transport::relay_node;
+use crate::relay_config::{RawConfig, RelayConfig, SiteChoice, TlsChoice};
 use burrow_relay::{Admission, RelayLimits};
 
 const STATE_FILE: &str = "relay.toml";
@@ -200,7 +201,7 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
 /// exactly that origin and the resolver (the local network only if the
 /// origin is there or the operator allowed it), so the proxy can reach
 /// nothing else; a name is resolved over the encrypted resolver.
-fn upstream(url: &str, resolver: &str, allow_local: bool) -> Result<Upstream> {
+fn upstream(url: &str, spec: &ResolverSpec, allow_local: bool) -> Result<Upstream> {
     let origin = Origin::parse(url).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     let host = Host::parse(origin.dial_host()).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     let local =
@@ -212,9 +213,8 @@ fn upstream(url: &str, resolver: &str, allow_local: bool) -> Result<Upstream> {
     )];
     let dialer = Dialer::new(Policy::default(), Audit::default());
     if matches!(host, Host::Name(_)) {
-        let spec = ResolverSpec::parse(resolver).map_err(|e| anyhow::anyhow!("--resolver: {e}"))?;
         entries.extend(spec.entries()?);
-        crate::guarded::set_resolver(&dialer, &spec)?;
+        crate::guarded::set_resolver(&dialer, spec)?;
     }
     dialer.set_policy(Policy::new(entries, local));
     Ok(Upstream::new(
@@ -223,71 +223,107 @@ fn upstream(url: &str, resolver: &str, allow_local: bool) -> Result<Upstream> {
     ))
 }
 
-/// `burrow relay`: serves until SIGINT or SIGTERM.
-pub async fn run(args: RelayArgs) -> Result<()> {
-    let data_dir = datadir::resolve(args.data_dir.clone())?;
-    let dir = relay_dir(&data_dir);
-    datadir::ensure_dir(&dir)?;
-    let previous = load_state(&dir)?;
-    let secret = gate_secret(&dir)?;
-    let keypair = node_key(&dir)?;
-    let admission = if args.allow_user.is_empty() {
-        Admission::Open
-    } else {
-        Admission::Listed(args.allow_user.iter().copied().collect())
-    };
-
-    let (identity, host, self_signed_name) = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => {
-            let identity = Identity::from_pem_files(cert, key)?;
-            let Some(domain) = args.domain.clone() else {
-                bail!("--cert needs --domain NAME: the name users' clients check the certificate against");
-            };
-            (identity, domain, None)
+/// The certificate, the name users reach the relay by, and the self-signed
+/// name when the relay made its own certificate.
+fn load_identity(
+    dir: &Path,
+    tls: &TlsChoice,
+    previous: Option<&RelayState>,
+) -> Result<(Identity, String, Option<String>)> {
+    Ok(match tls {
+        TlsChoice::Files { cert, key, domain } => {
+            (Identity::from_pem_files(cert, key)?, domain.clone(), None)
         }
-        _ => {
-            let name = args
-                .self_signed
-                .clone()
-                .or_else(|| args.domain.clone())
-                .unwrap_or_else(|| "localhost".to_string());
-            (
-                self_signed(&dir, &name, previous.as_ref())?,
-                name.clone(),
-                Some(name),
-            )
-        }
-    };
+        TlsChoice::SelfSigned(name) => (
+            self_signed(dir, name, previous)?,
+            name.clone(),
+            Some(name.clone()),
+        ),
+    })
+}
 
-    let path = match (&args.path, &previous) {
-        (Some(p), _) => p.clone(),
-        (None, Some(prev)) => prev.path.clone(),
-        (None, None) => random_path(),
-    };
-    validate_path(&path).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
-
-    let source = match (&args.site, &args.upstream) {
-        (Some(dir), _) => {
+/// The site the front serves.
+fn load_site(cfg: &RelayConfig) -> Result<Source> {
+    Ok(match &cfg.site {
+        SiteChoice::Dir(dir) => {
             if !dir.is_dir() {
                 bail!("--site {}: not a directory", dir.display());
             }
             Source::Dir(dir.clone())
         }
-        (None, Some(url)) => {
-            Source::Upstream(upstream(url, &args.resolver, args.allow_local_networks)?)
+        SiteChoice::Upstream(url) => {
+            Source::Upstream(upstream(url, &cfg.resolver, cfg.allow_local_networks)?)
         }
-        (None, None) => Source::Builtin,
+        SiteChoice::Builtin => Source::Builtin,
+    })
+}
+
+/// `burrow relay check-config FILE`: everything `burrow relay --config
+/// FILE` would refuse, found without binding a port or writing a file.
+pub fn check_config(file: &Path) -> Result<()> {
+    let cfg = RelayConfig::check(RawConfig::load(file)?)?;
+    if let TlsChoice::Files { cert, key, .. } = &cfg.tls {
+        Identity::from_pem_files(cert, key)?;
+    }
+    if let SiteChoice::Dir(dir) = &cfg.site {
+        if !dir.is_dir() {
+            bail!("site.dir {}: not a directory", dir.display());
+        }
+    }
+    cfg.resolver.entries()?;
+    println!("{}: OK", file.display());
+    println!("  listen      {} (TCP and UDP)", cfg.listen);
+    match &cfg.tls {
+        TlsChoice::Files { cert, domain, .. } => {
+            println!("  certificate {} for {domain}", cert.display())
+        }
+        TlsChoice::SelfSigned(n) => println!("  certificate self-signed for {n}"),
+    }
+    match &cfg.site {
+        SiteChoice::Builtin => println!("  site        the built-in site"),
+        SiteChoice::Dir(d) => println!("  site        {}", d.display()),
+        SiteChoice::Upstream(u) => println!("  site        reverse proxy to {u}"),
+    }
+    match &cfg.allow_users {
+        None => println!("  users       anyone with the relay line"),
+        Some(list) => println!("  users       {} listed", list.len()),
+    }
+    println!("  mailbox     {} messages per user", cfg.mailbox_per_user);
+    println!("  resolver    {}", cfg.resolver);
+    Ok(())
+}
+
+/// `burrow relay`: serves until SIGINT or SIGTERM.
+pub async fn run(args: RelayArgs) -> Result<()> {
+    let cfg = RelayConfig::from_args(&args)?;
+    let data_dir = datadir::resolve(cfg.data_dir.clone())?;
+    let dir = relay_dir(&data_dir);
+    datadir::ensure_dir(&dir)?;
+    let previous = load_state(&dir)?;
+    let secret = gate_secret(&dir)?;
+    let keypair = node_key(&dir)?;
+    let admission = match &cfg.allow_users {
+        None => Admission::Open,
+        Some(list) => Admission::Listed(list.iter().copied().collect()),
     };
+    let (identity, host, self_signed_name) = load_identity(&dir, &cfg.tls, previous.as_ref())?;
+    let path = match (&cfg.path, &previous) {
+        (Some(p), _) => p.clone(),
+        (None, Some(prev)) => prev.path.clone(),
+        (None, None) => random_path(),
+    };
+    validate_path(&path).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
+    let source = load_site(&cfg)?;
 
     let config = FrontConfig {
         identity: identity.clone(),
         gate: Gate::new(secret.clone()),
         tunnel_path: path.clone(),
         // Port 0 is filled in with the bound port by the front.
-        site: Site::new(source.clone(), args.listen.port(), true),
+        site: Site::new(source.clone(), cfg.listen.port(), true),
         limits: Limits::default(),
     };
-    let (front, tunnels) = match Front::bind(args.listen, config).await {
+    let (front, tunnels) = match Front::bind(cfg.listen, config).await {
         Ok(f) => f,
         Err(ObfsError::Bind {
             addr,
@@ -304,6 +340,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let bound = front.local_addr();
+    let reload = tokio::spawn(reload_on_hangup(cfg.tls.clone(), front.certificates()));
 
     let state = RelayState {
         host,
@@ -326,7 +363,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         &line,
         &RelayLimits {
             mailbox: burrow_relay::MailboxLimits {
-                per_recipient: args.mailbox_per_user,
+                per_recipient: cfg.mailbox_per_user,
                 ..Default::default()
             },
             ..Default::default()
@@ -353,9 +390,50 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     wait_for_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    reload.abort();
     let _ = server.await;
     let _ = relay.await;
     Ok(())
+}
+
+/// On SIGHUP, reads the certificate files again and serves them to every
+/// new connection; open connections and tunnels keep theirs. A file that
+/// does not load leaves the old certificate in place.
+async fn reload_on_hangup(tls: TlsChoice, certificates: Arc<Certificates>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot watch SIGHUP, certificates will not be reloaded: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match &tls {
+                TlsChoice::Files { cert, key, .. } => {
+                    match Identity::from_pem_files(cert, key)
+                        .and_then(|id| certificates.replace(&id))
+                    {
+                        Ok(()) => info!(
+                            "certificate reloaded from {}; new connections get it, open ones keep theirs",
+                            cert.display()
+                        ),
+                        Err(e) => warn!("certificate not reloaded, still serving the previous one: {e}"),
+                    }
+                }
+                TlsChoice::SelfSigned(_) => {
+                    info!("SIGHUP: the certificate is self-signed, nothing to reload")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, certificates);
+        std::future::pending::<()>().await;
+    }
 }
 
 pub async fn wait_for_signal() {

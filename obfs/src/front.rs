@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use crate::error::Error;
 use crate::gate::{Binding, Gate, Refusal, EXPORTER_LABEL, EXPORTER_LEN};
 use crate::site::{Site, SiteRequest, SiteResponse};
-use crate::tls::Identity;
+use crate::tls::{Certificates, Identity};
 use crate::tunnel::Tunnel;
 
 /// Name of the cookie that carries the gate value.
@@ -96,6 +96,7 @@ pub struct Front {
     quic: quinn::Endpoint,
     shared: Arc<Shared>,
     tcp_tls: Arc<rustls::ServerConfig>,
+    certificates: Arc<Certificates>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -142,8 +143,9 @@ impl Front {
             proto: "tcp",
             source,
         })?;
-        let tcp_tls = config.identity.server_config_tcp()?;
-        let quic = bind_quic(tcp_addr, &config)?;
+        let certificates = Certificates::new(&config.identity)?;
+        let tcp_tls = certificates.server_config_tcp()?;
+        let quic = bind_quic(tcp_addr, &config, &certificates)?;
         let mut site = config.site;
         if site.port() == 0 {
             site.set_port(tcp_addr.port());
@@ -163,6 +165,7 @@ impl Front {
                 quic,
                 shared,
                 tcp_tls,
+                certificates,
             },
             Tunnels(rx),
         ))
@@ -175,6 +178,11 @@ impl Front {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The certificate this front serves, replaceable while it runs.
+    pub fn certificates(&self) -> Arc<Certificates> {
+        self.certificates.clone()
+    }
+
     /// Serves until `shutdown` becomes true; then stops accepting and
     /// returns (open connections finish on their own tasks).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -183,6 +191,7 @@ impl Front {
             quic,
             shared,
             tcp_tls,
+            ..
         } = self;
         let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
         let tcp_loop = accept_tcp(tcp, acceptor, shared.clone());
@@ -196,8 +205,12 @@ impl Front {
     }
 }
 
-fn bind_quic(addr: SocketAddr, config: &FrontConfig) -> Result<quinn::Endpoint, Error> {
-    let tls = config.identity.server_config_quic()?;
+fn bind_quic(
+    addr: SocketAddr,
+    config: &FrontConfig,
+    certificates: &Arc<Certificates>,
+) -> Result<quinn::Endpoint, Error> {
+    let tls = certificates.server_config_quic()?;
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

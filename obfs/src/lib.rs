@@ -32,6 +32,6 @@ pub use front::{Front, FrontConfig, Limits, Tunnels};
 pub use gate::{Gate, GatePublic, GateSecret};
 pub use relay_line::{Carrier, RelayLine};
 pub use site::{Site, Source};
-pub use tls::{CertPin, Identity};
+pub use tls::{CertPin, Certificates, Identity};
 pub use tunnel::Tunnel;
 pub use upstream::{Origin, Upstream};

@@ -3,12 +3,14 @@
 //! the usual web roots — never no verification at all).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring as provider, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -121,28 +123,90 @@ impl Identity {
 
     /// A server config for the TCP carrier (ALPN h2, http/1.1).
     pub fn server_config_tcp(&self) -> Result<Arc<ServerConfig>, Error> {
-        self.server_config(ALPN_TCP.iter().map(|p| p.to_vec()).collect())
+        Certificates::new(self)?.server_config_tcp()
     }
 
     /// A server config for the QUIC carrier (ALPN h3, TLS 1.3 only).
     pub fn server_config_quic(&self) -> Result<Arc<ServerConfig>, Error> {
-        self.server_config(vec![ALPN_QUIC.to_vec()])
+        Certificates::new(self)?.server_config_quic()
     }
 
-    fn server_config(&self, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, Error> {
-        let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(Error::tls_setup)?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, Error> {
+        let signing = provider::default_provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
             .map_err(|e| {
                 Error::Config(ConfigError::BadCertificate {
                     path: "<certificate>".into(),
                     reason: e.to_string(),
                 })
             })?;
+        Ok(Arc::new(CertifiedKey::new(self.chain.clone(), signing)))
+    }
+}
+
+/// The certificate a running server presents. Both carriers' TLS configs
+/// ask it at each handshake, so [`Certificates::replace`] (a renewed
+/// certificate, on SIGHUP) changes what new connections see while every
+/// open connection and tunnel carries on untouched.
+#[derive(Debug)]
+pub struct Certificates {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(identity.certified_key()?),
+        }))
+    }
+
+    /// Serves `identity` to every later handshake.
+    pub fn replace(&self, identity: &Identity) -> Result<(), Error> {
+        let key = identity.certified_key()?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        Ok(())
+    }
+
+    /// The pin of the leaf certificate served now.
+    pub fn pin(&self) -> Option<CertPin> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cert
+            .first()
+            .map(CertPin::of)
+    }
+
+    /// A server config for the TCP carrier (ALPN h2, http/1.1).
+    pub fn server_config_tcp(self: &Arc<Self>) -> Result<Arc<ServerConfig>, Error> {
+        self.server_config(ALPN_TCP.iter().map(|p| p.to_vec()).collect())
+    }
+
+    /// A server config for the QUIC carrier (ALPN h3, TLS 1.3 only).
+    pub fn server_config_quic(self: &Arc<Self>) -> Result<Arc<ServerConfig>, Error> {
+        self.server_config(vec![ALPN_QUIC.to_vec()])
+    }
+
+    fn server_config(self: &Arc<Self>, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerConfig>, Error> {
+        let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(Error::tls_setup)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         cfg.alpn_protocols = alpn;
         Ok(Arc::new(cfg))
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 

@@ -87,7 +87,8 @@ fn bad_arguments_are_refused_with_reasons() {
     assert!(relay_err(&["--path", "no-leading-slash"]).contains("--path"));
     let err = relay_err(&["--upstream", "http://origin_!.example"]);
     assert!(
-        err.contains("--upstream") && err.contains("neither an IP address nor a valid name"),
+        err.contains("site.upstream (--upstream)")
+            && err.contains("neither an IP address nor a valid name"),
         "{err}"
     );
     // A name needs a resolver it can be resolved with.

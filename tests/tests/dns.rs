@@ -79,6 +79,11 @@ async fn doh_resolves_caches_and_follows_cnames() {
         asked,
         "answered from the cache"
     );
+    assert_eq!(
+        dns.asked("relay.test", "AAAA"),
+        1,
+        "the missing AAAA is remembered too"
+    );
 
     // A CNAME chain ends at an address that is decided under the asked name.
     let (_, addr) = d
