@@ -40,6 +40,15 @@ impl Gate {
         decision
     }
 
+    /// [`Policy::explain`] under the read lock (no copy of the policy: it
+    /// runs before every name is resolved).
+    fn explain(&self, target: &Target) -> Result<Entry, Denied> {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .explain(target)
+    }
+
     fn log(&self, component: &str, target: &Target, decision: &Result<&Entry, &Denied>) {
         let verdict = match decision {
             Ok(entry) => {
@@ -162,7 +171,7 @@ impl Dialer {
     /// tracker, a relay) that the caller will not dial anyway, so that the
     /// attempt still shows in the audit log with its reason.
     pub fn screen(&self, component: &str, target: &Target) -> Result<Entry, Denied> {
-        let decision = self.policy().explain(target);
+        let decision = self.gate.explain(target);
         self.gate.log(component, target, &decision.as_ref());
         decision
     }
@@ -182,7 +191,7 @@ impl Dialer {
             }
             Host::Name(name) => name.clone(),
         };
-        let explained = self.policy().explain(target);
+        let explained = self.gate.explain(target);
         if let Err(denied) = &explained {
             self.gate.log(component, target, &Err(denied));
             return Err(denied.clone().into());
