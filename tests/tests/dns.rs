@@ -207,23 +207,24 @@ async fn a_name_resolving_into_the_local_network_is_refused() {
     assert!(dns.asked("mapped.test", "A") + dns.asked("mapped.test", "AAAA") >= 1);
 }
 
+/// A dialer that allows relay.test on `port` and nothing else: no resolver
+/// entry, and no resolver until one is set.
+fn relay_only(port: u16) -> Dialer {
+    let relay = Entry::new(
+        name("relay.test", port, Proto::Tcp),
+        EntrySource::HomeRelay,
+        "relay",
+    );
+    Dialer::new(Policy::new(vec![relay], true), Audit::default())
+}
+
 #[tokio::test]
 async fn resolver_failures_are_clear_errors() {
     let dns = DnsServer::start(LOOPBACK);
     let (_l, port) = listener().await;
 
     // No resolver configured at all.
-    let plain = Dialer::new(
-        Policy::new(
-            vec![Entry::new(
-                name("relay.test", port, Proto::Tcp),
-                EntrySource::HomeRelay,
-                "relay",
-            )],
-            true,
-        ),
-        Audit::default(),
-    );
+    let plain = relay_only(port);
     let err = plain
         .connect_tcp("test", &name("relay.test", port, Proto::Tcp))
         .await
@@ -253,17 +254,7 @@ async fn resolver_failures_are_clear_errors() {
     // The resolver's address missing from the allowlist: its own socket is
     // refused and logged under the resolver component.
     let spec = ResolverSpec::parse(&dns.doh_spec()).expect("spec");
-    let d = Dialer::new(
-        Policy::new(
-            vec![Entry::new(
-                name("relay.test", port, Proto::Tcp),
-                EntrySource::HomeRelay,
-                "relay",
-            )],
-            true,
-        ),
-        Audit::default(),
-    );
+    let d = relay_only(port);
     burrow_node::guarded::set_resolver(&d, &spec).expect("resolver");
     let err = d
         .connect_tcp("test", &name("relay.test", port, Proto::Tcp))
