@@ -23,9 +23,10 @@ pub enum Error {
     /// Configuration: the operator or user must fix something.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A local file could not be read.
-    #[error("cannot read {path}: {source}")]
-    ReadFile { path: String, source: io::Error },
+    /// A local file could not be read. (`cause` is part of the message, not
+    /// a chained source, so it is printed once.)
+    #[error("cannot read {path}: {cause}")]
+    ReadFile { path: String, cause: io::Error },
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} ({proto}): {source}")]
     Bind {

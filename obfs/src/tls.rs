@@ -211,9 +211,9 @@ impl ResolvesServerCert for Certificates {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
+    std::fs::read(path).map_err(|cause| Error::ReadFile {
         path: path.display().to_string(),
-        source,
+        cause,
     })
 }
 
