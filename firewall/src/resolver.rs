@@ -287,6 +287,8 @@ pub enum ResolveError {
     NoResolver,
     #[error("cannot read the system resolvers: {0}")]
     System(String),
+    #[error("the resolver cannot be set up: {0}")]
+    Setup(String),
     #[error("resolving {name} failed: {reason}")]
     Lookup { name: String, reason: String },
     #[error("{name} has no address")]
@@ -459,10 +461,9 @@ impl Resolver {
         if let Some(tls) = tls {
             builder = builder.with_tls_config(tls);
         }
-        let inner = builder.build().map_err(|e| ResolveError::Lookup {
-            name: String::new(),
-            reason: e.to_string(),
-        })?;
+        let inner = builder
+            .build()
+            .map_err(|e| ResolveError::Setup(e.to_string()))?;
         Ok(Self {
             spec,
             inner: Arc::new(inner),
