@@ -97,6 +97,11 @@ async fn handle(
     if let Err(e) = result {
         debug!("h3 response failed: {e}");
     }
+    // The response is complete. If the client is still sending (a GET's FIN
+    // not yet read, or a body nobody wanted), ask it to stop with
+    // H3_NO_ERROR as RFC 9114 §4.1 says, instead of quinn's implicit code 0
+    // when the stream is dropped unread, which clients take for an abort.
+    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
 }
 
 /// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`].

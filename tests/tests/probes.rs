@@ -438,6 +438,45 @@ async fn http3_probes_get_the_sites_answer() {
     .await;
 }
 
+/// A client may end its request after the answer has come (a busy client,
+/// or a body still on its way). The front then asks it to stop with
+/// H3_NO_ERROR, as RFC 9114 §4.1 says and a mainstream server does, and the
+/// answer is whole. (quinn's implicit code 0 on an unread stream once made
+/// `burrow demo` fail with "Remote reset: 0x0".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_request_ended_after_the_answer_is_stopped_with_no_error() {
+    let p = pair().await;
+    let mut c = h3_connect(p.site.addr, p.pin).await;
+    let mut stream = c.send.send_request(get("/")).await.expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), stream.recv_response())
+        .await
+        .expect("prompt")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.expect("whole body") {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert!(body.starts_with(b"<!DOCTYPE html>"), "the site's page");
+    // The answer is complete; the request's end is still unsent. Give the
+    // front's STOP_SENDING time to arrive, then end the request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match stream.send_data(Bytes::from_static(b"x")).await {
+            Ok(()) if Instant::now() < deadline => continue,
+            Ok(()) => panic!("the front never asked the client to stop sending"),
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("H3_NO_ERROR"),
+                    "stopped with H3_NO_ERROR, not an abort code: {e}"
+                );
+                break;
+            }
+        }
+    }
+}
+
 // ------------------------------------------- HTTP/1.1 and raw bytes on TLS
 
 async fn tls_raw(
