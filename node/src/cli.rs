@@ -290,6 +290,22 @@ pub struct RelayArgs {
     /// link-local addresses even when a name resolves there.
     #[arg(long)]
     pub allow_local_networks: bool,
+    /// Run behind a web server (nginx, Caddy) that terminates TLS and
+    /// passes the tunnel path here: IP:PORT on loopback, or unix:/PATH.
+    /// Needs --domain (the web server's name); see contrib/nginx-relay.conf.
+    #[arg(long, value_name = "BACKEND", conflicts_with_all = ["listen", "cert", "self_signed"])]
+    pub behind_proxy: Option<String>,
+    /// The web server's public HTTPS port, for the relay line [default: 443].
+    #[arg(long, value_name = "PORT")]
+    pub public_port: Option<u16>,
+    /// What the web server carries: h2 (grpc_pass), ws (proxy_pass with
+    /// the upgrade headers), or h2,ws [default: h2,ws].
+    #[arg(long, value_name = "LIST")]
+    pub proxy_carriers: Option<String>,
+    /// The web server's certificate, pinned in the relay line (for a
+    /// self-signed one; a CA-issued certificate needs no pin).
+    #[arg(long, value_name = "FILE")]
+    pub pin_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

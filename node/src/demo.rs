@@ -57,6 +57,7 @@ pub async fn run() -> Result<()> {
         pin,
         ip: Some(addr.ip()),
         id: Some(keypair.public().to_peer_id().to_base58()),
+        proxied: false,
     };
     let node = relay_node(
         tunnels,

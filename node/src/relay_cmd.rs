@@ -16,8 +16,8 @@ use burrow_firewall::{
 };
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
-    Carrier, CertPin, Certificates, Error as ObfsError, Front, FrontConfig, Gate, GateSecret,
-    Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
+    Backend, BackendConfig, Carrier, CertPin, Certificates, Error as ObfsError, Front, FrontConfig,
+    Gate, GateSecret, Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ use crate::cli::RelayArgs;
 use crate::datadir;
 use crate::guarded::GuardedSockets;
 use crate::p2p::transport::relay_node;
-use crate::relay_config::{RawConfig, RelayConfig, SiteChoice, TlsChoice};
+use crate::relay_config::{ProxyChoice, RawConfig, RelayConfig, SiteChoice, TlsChoice};
 use burrow_relay::{Admission, RelayLimits};
 
 const STATE_FILE: &str = "relay.toml";
@@ -51,6 +51,21 @@ struct RelayState {
     listen: SocketAddr,
     /// The self-signed certificate's name, when the relay made one.
     self_signed: Option<String>,
+    /// Behind a web server: what the relay line says about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy: Option<ProxyState>,
+}
+
+/// A relay behind a web server, as `burrow relay address` needs it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ProxyState {
+    /// Where the web server passes the tunnel path (for the operator).
+    backend: String,
+    /// Carriers the web server carries, in the line's order.
+    carriers: Vec<String>,
+    /// Pin of the web server's self-signed certificate, base64url.
+    pin: Option<String>,
 }
 
 fn relay_dir(data_dir: &Path) -> PathBuf {
@@ -156,11 +171,7 @@ fn line_for(
     pin: Option<CertPin>,
     ip: Option<IpAddr>,
 ) -> RelayLine {
-    let ip = ip.or_else(|| {
-        let l = state.listen.ip();
-        (!l.is_unspecified() && state.host.parse::<IpAddr>().is_err()).then_some(l)
-    });
-    RelayLine {
+    let mut line = RelayLine {
         host: state.host.clone(),
         port: state.port,
         path: state.path.clone(),
@@ -169,11 +180,33 @@ fn line_for(
         pin,
         ip,
         id: Some(node.to_base58()),
+        proxied: false,
+    };
+    match &state.proxy {
+        // Behind a web server the relay does not know the public address;
+        // only `--ip` adds one.
+        Some(p) => {
+            line.proxied = true;
+            line.carriers = p.carriers.iter().filter_map(|c| c.parse().ok()).collect();
+            line.pin = p
+                .pin
+                .as_deref()
+                .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+                .and_then(|raw| <[u8; 32]>::try_from(raw).ok())
+                .map(CertPin);
+        }
+        None => {
+            line.ip = ip.or_else(|| {
+                let l = state.listen.ip();
+                (!l.is_unspecified() && state.host.parse::<IpAddr>().is_err()).then_some(l)
+            });
+        }
     }
+    line
 }
 
 fn pin_of(dir: &Path, state: &RelayState) -> Result<Option<CertPin>> {
-    if state.self_signed.is_none() {
+    if state.self_signed.is_none() || state.proxy.is_some() {
         return Ok(None);
     }
     let identity =
@@ -271,13 +304,34 @@ pub fn check_config(file: &Path) -> Result<()> {
         }
     }
     cfg.resolver.entries()?;
+    if let Some(pin) = cfg.proxy.as_ref().and_then(|p| p.pin_cert.as_ref()) {
+        CertPin::of_pem_file(pin)?;
+    }
     println!("{}: OK", file.display());
-    println!("  listen      {} (TCP and UDP)", cfg.listen);
-    match &cfg.tls {
-        TlsChoice::Files { cert, domain, .. } => {
-            println!("  certificate {} for {domain}", cert.display())
+    match &cfg.proxy {
+        None => {
+            println!("  listen      {} (TCP and UDP)", cfg.listen);
+            match &cfg.tls {
+                TlsChoice::Files { cert, domain, .. } => {
+                    println!("  certificate {} for {domain}", cert.display())
+                }
+                TlsChoice::SelfSigned(n) => println!("  certificate self-signed for {n}"),
+            }
         }
-        TlsChoice::SelfSigned(n) => println!("  certificate self-signed for {n}"),
+        Some(p) => {
+            let carriers: Vec<&str> = p.carriers.iter().map(|c| c.name()).collect();
+            println!(
+                "  behind      a web server at {}:{} passing {} to {}",
+                p.host,
+                p.port,
+                carriers.join(" and "),
+                p.backend
+            );
+            println!(
+                "  gate        bound to the time: clocks within {} s, replays refused",
+                p.replay.skew_secs
+            );
+        }
     }
     match &cfg.site {
         SiteChoice::Builtin => println!("  site        the built-in site"),
@@ -306,7 +360,6 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         None => Admission::Open,
         Some(list) => Admission::Listed(list.iter().copied().collect()),
     };
-    let (identity, host, self_signed_name) = load_identity(&dir, &cfg.tls, previous.as_ref())?;
     let path = match (&cfg.path, &previous) {
         (Some(p), _) => p.clone(),
         (None, Some(prev)) => prev.path.clone(),
@@ -314,6 +367,19 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     };
     validate_path(&path).map_err(|e| anyhow::anyhow!("--path: {e}"))?;
     let source = load_site(&cfg)?;
+    if let Some(proxy) = &cfg.proxy {
+        let relay = RelayParts {
+            cfg: &cfg,
+            dir: &dir,
+            secret,
+            keypair,
+            admission,
+            path,
+            source,
+        };
+        return run_behind_proxy(relay, proxy).await;
+    }
+    let (identity, host, self_signed_name) = load_identity(&dir, &cfg.tls, previous.as_ref())?;
 
     let config = FrontConfig {
         identity: identity.clone(),
@@ -348,6 +414,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         path,
         listen: bound,
         self_signed: self_signed_name,
+        proxy: None,
     };
     save_state(&dir, &state)?;
     let line = line_for(
@@ -357,19 +424,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         identity.pin(),
         None,
     );
-    let node = relay_node(
-        tunnels,
-        &keypair,
-        &line,
-        &RelayLimits {
-            mailbox: burrow_relay::MailboxLimits {
-                per_recipient: cfg.mailbox_per_user,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        &admission,
-    )?;
+    let node = relay_node(tunnels, &keypair, &line, &relay_limits(&cfg), &admission)?;
     info!(
         "serving {} on {bound} (TCP: TLS, HTTP/1.1 and HTTP/2; UDP: QUIC, HTTP/3)",
         match &source {
@@ -393,6 +448,101 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     reload.abort();
     let _ = server.await;
     let _ = relay.await;
+    Ok(())
+}
+
+fn relay_limits(cfg: &RelayConfig) -> RelayLimits {
+    RelayLimits {
+        mailbox: burrow_relay::MailboxLimits {
+            per_recipient: cfg.mailbox_per_user,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// What both modes of `burrow relay` have loaded before they listen.
+struct RelayParts<'a> {
+    cfg: &'a RelayConfig,
+    dir: &'a Path,
+    secret: GateSecret,
+    keypair: libp2p::identity::Keypair,
+    admission: Admission,
+    path: String,
+    source: Source,
+}
+
+/// `burrow relay --behind-proxy`: the web server in front holds the
+/// certificate and serves the site; the relay takes the tunnel location in
+/// cleartext on its backend address.
+async fn run_behind_proxy(relay: RelayParts<'_>, proxy: &ProxyChoice) -> Result<()> {
+    let pin = match &proxy.pin_cert {
+        Some(file) => Some(CertPin::of_pem_file(file)?),
+        None => None,
+    };
+    let config = BackendConfig {
+        gate: Gate::new(relay.secret.clone()),
+        tunnel_path: relay.path.clone(),
+        // Answers failed gates as the web server's site would: serve the
+        // same directory (or origin) here.
+        site: Site::new(relay.source.clone(), proxy.port, true),
+        limits: Limits::default(),
+        replay: proxy.replay,
+    };
+    let (backend, tunnels) = match Backend::bind(&proxy.backend, config).await {
+        Ok(b) => b,
+        Err(ObfsError::BindBackend { addr, source })
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            bail!("{addr} is already in use: another server is listening there; pick another --behind-proxy address");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bound = backend.local_addr().clone();
+    let state = RelayState {
+        host: proxy.host.clone(),
+        port: proxy.port,
+        path: relay.path.clone(),
+        listen: SocketAddr::from(([0, 0, 0, 0], proxy.port)),
+        self_signed: None,
+        proxy: Some(ProxyState {
+            backend: bound.to_string(),
+            carriers: proxy
+                .carriers
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+            pin: pin.map(|p| URL_SAFE_NO_PAD.encode(p.0)),
+        }),
+    };
+    save_state(relay.dir, &state)?;
+    let line = line_for(
+        &state,
+        &relay.secret,
+        &relay.keypair.public().to_peer_id(),
+        None,
+        None,
+    );
+    let node = relay_node(
+        tunnels,
+        &relay.keypair,
+        &line,
+        &relay_limits(relay.cfg),
+        &relay.admission,
+    )?;
+    info!(
+        "behind a web server: tunnels for {}{} arrive on {bound}",
+        proxy.host, relay.path
+    );
+    println!("{line}");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(backend.run(stop_rx.clone()));
+    let node = tokio::spawn(node.run(stop_rx));
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = node.await;
     Ok(())
 }
 
@@ -472,6 +622,7 @@ mod tests {
             path: "/api/v2/events/0a1b2c3d".into(),
             listen: "127.0.0.1:8443".parse().expect("addr"),
             self_signed: Some("example.org".into()),
+            proxy: None,
         };
         save_state(dir.path(), &state).expect("save");
         assert_eq!(load_state(dir.path()).expect("load"), Some(state));

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use burrow_firewall::ResolverSpec;
+use burrow_obfs::gate::ReplayLimits;
+use burrow_obfs::{BackendAddr, Carrier};
 use libp2p::PeerId;
 use serde::Deserialize;
 
@@ -58,6 +60,11 @@ fn flag_of(key: &str) -> &'static str {
         "users.mailbox_per_user" => "--mailbox-per-user",
         "firewall.resolver" => "--resolver",
         "firewall.allow_local_networks" => "--allow-local-networks",
+        "proxy.backend" => "--behind-proxy",
+        "proxy.port" => "--public-port",
+        "proxy.carriers" => "--proxy-carriers",
+        "proxy.pin_cert" => "--pin-cert",
+        "proxy.replay_window" => "no flag",
         _ => "no flag",
     }
 }
@@ -80,6 +87,26 @@ pub struct RawConfig {
     pub users: RawUsers,
     #[serde(default)]
     pub firewall: RawFirewall,
+    #[serde(default)]
+    pub proxy: RawProxy,
+}
+
+/// Behind a web server that terminates TLS (nginx, Caddy).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Where the web server passes the tunnel location: IP:PORT or unix:/PATH.
+    pub backend: Option<String>,
+    /// The web server's public HTTPS port [default: 443].
+    pub port: Option<u16>,
+    /// What the web server carries: "h2" (grpc_pass) and/or "ws" (proxy_pass
+    /// with the upgrade headers) [default: both].
+    pub carriers: Option<Vec<String>>,
+    /// The web server's certificate, to pin in the relay line when it is
+    /// self-signed (a CA-issued one is checked against the web roots).
+    pub pin_cert: Option<PathBuf>,
+    /// Seconds a client's clock may be off, either way [default: 300].
+    pub replay_window: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -170,11 +197,112 @@ impl RawConfig {
         if args.allow_local_networks {
             self.firewall.allow_local_networks = Some(true);
         }
+        if args.behind_proxy.is_some() {
+            self.proxy.backend = args.behind_proxy.clone();
+        }
+        if args.public_port.is_some() {
+            self.proxy.port = args.public_port;
+        }
+        if let Some(c) = &args.proxy_carriers {
+            self.proxy.carriers = Some(c.split(',').map(|s| s.trim().to_string()).collect());
+        }
+        if args.pin_cert.is_some() {
+            self.proxy.pin_cert = args.pin_cert.clone();
+        }
         self
     }
 }
 
 // ---------------------------------------------------------------- checked
+
+/// The `[proxy]` section: present when `proxy.backend` is set; its other
+/// keys without it, or the relay's own TLS or listen address with it, are
+/// errors that name them.
+fn check_proxy(raw: &RawConfig) -> Result<Option<ProxyChoice>, ConfigError> {
+    let p = &raw.proxy;
+    let Some(backend) = &p.backend else {
+        let stray = [
+            ("proxy.port", p.port.is_some()),
+            ("proxy.carriers", p.carriers.is_some()),
+            ("proxy.pin_cert", p.pin_cert.is_some()),
+            ("proxy.replay_window", p.replay_window.is_some()),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Missing {
+                key: (*key).into(),
+                needs: "proxy.backend (the address the web server passes tunnels to)".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let why = "behind a web server, the web server listens and holds the certificate";
+    for (key, set) in [
+        ("listen", raw.listen.is_some()),
+        ("tls.cert", raw.tls.cert.is_some()),
+        ("tls.self_signed", raw.tls.self_signed.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::Conflict {
+                a: "proxy.backend".into(),
+                b: key.into(),
+                why,
+            });
+        }
+    }
+    let backend: BackendAddr = backend
+        .parse()
+        .map_err(|e: burrow_obfs::ConfigError| invalid("proxy.backend", e))?;
+    let Some(host) = raw.domain.clone() else {
+        return Err(ConfigError::Missing {
+            key: "proxy.backend".into(),
+            needs: "domain: the web server's name, as users reach it".into(),
+        });
+    };
+    let port = p.port.unwrap_or(443);
+    if port == 0 {
+        return Err(invalid("proxy.port", "must be 1-65535"));
+    }
+    let carriers = match &p.carriers {
+        None => vec![Carrier::H2, Carrier::Ws],
+        Some(list) => {
+            let parsed = list
+                .iter()
+                .map(|c| match c.parse::<Carrier>() {
+                    Ok(Carrier::H3) => Err(invalid(
+                        "proxy.carriers",
+                        "h3: the web server would need to pass HTTP/3 streams on; use h2 and/or ws",
+                    )),
+                    Ok(c) => Ok(c),
+                    Err(e) => Err(invalid("proxy.carriers", e)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let distinct: std::collections::HashSet<_> = parsed.iter().collect();
+            if parsed.is_empty() || distinct.len() != parsed.len() {
+                return Err(invalid("proxy.carriers", "list h2 and/or ws, each once"));
+            }
+            parsed
+        }
+    };
+    let defaults = ReplayLimits::default();
+    let skew_secs = p.replay_window.unwrap_or(defaults.skew_secs);
+    if !(10..=86_400).contains(&skew_secs) {
+        return Err(invalid(
+            "proxy.replay_window",
+            "seconds between 10 and 86400",
+        ));
+    }
+    Ok(Some(ProxyChoice {
+        backend,
+        host,
+        port,
+        carriers,
+        pin_cert: p.pin_cert.clone(),
+        replay: ReplayLimits {
+            skew_secs,
+            ..defaults
+        },
+    }))
+}
 
 /// The relay's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +326,19 @@ pub enum SiteChoice {
     Upstream(String),
 }
 
+/// Behind a web server: where it passes the tunnel location, and what the
+/// relay line tells users about the web server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyChoice {
+    pub backend: BackendAddr,
+    /// The name users reach the web server by (`domain`).
+    pub host: String,
+    pub port: u16,
+    pub carriers: Vec<Carrier>,
+    pub pin_cert: Option<PathBuf>,
+    pub replay: ReplayLimits,
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
@@ -211,6 +352,8 @@ pub struct RelayConfig {
     pub mailbox_per_user: usize,
     pub resolver: ResolverSpec,
     pub allow_local_networks: bool,
+    /// `Some`: behind a web server; `listen` and `tls` are then unused.
+    pub proxy: Option<ProxyChoice>,
 }
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
@@ -223,6 +366,7 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
 impl RelayConfig {
     /// Checks `raw` (the file with the flags laid over it).
     pub fn check(raw: RawConfig) -> Result<Self, ConfigError> {
+        let proxy = check_proxy(&raw)?;
         let listen = raw
             .listen
             .as_deref()
@@ -334,6 +478,7 @@ impl RelayConfig {
             mailbox_per_user,
             resolver,
             allow_local_networks: raw.firewall.allow_local_networks.unwrap_or(false),
+            proxy,
         })
     }
 
@@ -396,6 +541,38 @@ allow_local_networks = true
     }
 
     #[test]
+    fn a_relay_behind_a_web_server() {
+        let c = check(
+            r#"
+domain = "blog.example.org"
+path = "/api/v2/events/5e1f0c2a"
+[site]
+dir = "/var/www/html"
+[proxy]
+backend = "unix:/run/burrow/relay.sock"
+carriers = ["ws"]
+pin_cert = "/etc/nginx/self.crt"
+replay_window = 120
+"#,
+        )
+        .expect("valid");
+        let p = c.proxy.expect("proxy mode");
+        assert_eq!(
+            p.backend,
+            BackendAddr::Unix("/run/burrow/relay.sock".into())
+        );
+        assert_eq!((p.host.as_str(), p.port), ("blog.example.org", 443));
+        assert_eq!(p.carriers, vec![Carrier::Ws]);
+        assert_eq!(p.pin_cert, Some(PathBuf::from("/etc/nginx/self.crt")));
+        assert_eq!(p.replay.skew_secs, 120);
+        let d = check("domain = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"")
+            .expect("valid")
+            .proxy
+            .expect("proxy");
+        assert_eq!(d.carriers, vec![Carrier::H2, Carrier::Ws]);
+    }
+
+    #[test]
     fn nothing_set_means_the_defaults() {
         let c = check("").expect("empty file");
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
@@ -416,6 +593,7 @@ allow_local_networks = true
             ("[users]\nallowed = []", "allowed"),
             ("[firewall]\ndns = \"x\"", "dns"),
             ("[metrics]\nlisten = \"127.0.0.1:9000\"", "metrics"),
+            ("[proxy]\nupstream = \"127.0.0.1:9000\"", "upstream"),
         ] {
             let err = check(text).expect_err(text).to_string();
             assert!(
@@ -447,6 +625,25 @@ allow_local_networks = true
             ("[users]\nmailbox_per_user = 0", &["users.mailbox_per_user"]),
             ("[firewall]\nresolver = \"udp://x\"", &["firewall.resolver"]),
             ("listen = 443", &["listen"]),
+            (
+                "domain = \"a.org\"\n[tls]\nself_signed = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"",
+                &["proxy.backend", "tls.self_signed"],
+            ),
+            (
+                "listen = \"0.0.0.0:443\"\ndomain = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"",
+                &["proxy.backend", "listen"],
+            ),
+            ("[proxy]\nbackend = \"127.0.0.1:9000\"", &["proxy.backend", "domain"]),
+            ("domain = \"a.org\"\n[proxy]\nbackend = \"0.0.0.0:9000\"", &["proxy.backend"]),
+            ("[proxy]\nport = 8443", &["proxy.port", "proxy.backend"]),
+            (
+                "domain = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"\ncarriers = [\"h3\"]",
+                &["proxy.carriers", "h3"],
+            ),
+            (
+                "domain = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"\nreplay_window = 1",
+                &["proxy.replay_window"],
+            ),
         ] {
             let err = check(text).expect_err(text).to_string();
             for n in names {

@@ -169,6 +169,7 @@ mod tests {
                     .to_peer_id()
                     .to_base58(),
             ),
+            proxied: false,
         }
     }
 

@@ -238,6 +238,7 @@ async fn the_tunnel_starts_with_noise_not_a_plaintext_header() {
             pin,
             ip: Some(addr.ip()),
             id: None,
+            proxied: false,
         };
         let directory = Directory::default();
         let sockets = Arc::new(GuardedSockets::for_relay(&line, "test").expect("sockets"));

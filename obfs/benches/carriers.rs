@@ -125,6 +125,7 @@ async fn setup() -> Env {
         pin: Some(pin),
         ip: Some(addr.ip()),
         id: None,
+        proxied: false,
     };
     let relay = Client::new(line, Arc::new(LoopbackSockets)).expect("client");
     Env {

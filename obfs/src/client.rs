@@ -1,5 +1,6 @@
-//! The client side: dial a relay over HTTP/2-on-TLS or HTTP/3-on-QUIC and
-//! open a tunnel, trying the other carrier when one fails.
+//! The client side: dial a relay over HTTP/2-on-TLS, HTTP/3-on-QUIC or a
+//! WebSocket on HTTP/1.1-on-TLS and open a tunnel, trying the next carrier
+//! when one fails.
 //!
 //! The request looks like a current browser's `fetch()` POST with a
 //! streaming body; the gate value rides in a cookie. The tunnel is returned
@@ -17,10 +18,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use rand::RngCore;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -28,7 +31,7 @@ use crate::error::Error;
 use crate::front::{self, Limits, GATE_COOKIE};
 use crate::gate::{self, Binding, EXPORTER_LABEL, EXPORTER_LEN};
 use crate::relay_line::{Carrier, RelayLine};
-use crate::tls::{self, Trust, ALPN_QUIC, ALPN_TCP};
+use crate::tls::{self, Trust, ALPN_HTTP1, ALPN_QUIC, ALPN_TCP};
 use crate::tunnel::{self, Tunnel};
 
 /// The `User-Agent` of the browser the client imitates.
@@ -70,6 +73,9 @@ pub struct Client {
     line: RelayLine,
     sockets: Arc<dyn Sockets>,
     tcp_tls: Arc<rustls::ClientConfig>,
+    /// For the WebSocket carrier: HTTP/1.1 only, as a browser's second
+    /// connection for a WebSocket to a server without RFC 8441.
+    ws_tls: Arc<rustls::ClientConfig>,
     quic_tls: Arc<quinn::crypto::rustls::QuicClientConfig>,
     limits: Limits,
     connect_timeout: Duration,
@@ -92,6 +98,7 @@ impl Client {
             None => Trust::WebRoots,
         };
         let tcp_tls = tls::client_config(&trust, &ALPN_TCP)?;
+        let ws_tls = tls::client_config(&trust, &[ALPN_HTTP1])?;
         let quic_rustls = tls::client_config(&trust, &[ALPN_QUIC])?;
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(quic_rustls)
             .map_err(Error::tls_setup)?;
@@ -99,6 +106,7 @@ impl Client {
             line,
             sockets,
             tcp_tls,
+            ws_tls,
             quic_tls: Arc::new(quic_tls),
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
@@ -159,6 +167,7 @@ impl Client {
             match carrier {
                 Carrier::H2 => self.connect_h2(&host, port).await,
                 Carrier::H3 => self.connect_h3(&host, port).await,
+                Carrier::Ws => self.connect_ws(&host, port).await,
             }
         };
         match tokio::time::timeout(self.connect_timeout, fut).await {
@@ -237,19 +246,24 @@ impl Client {
         Ok(req)
     }
 
-    /// The tunnel request: a streaming `fetch()` POST whose cookie carries
-    /// a fresh gate message bound to this connection.
-    fn tunnel_request(&self, binding: &Binding) -> Result<Request<()>, Error> {
+    /// A fresh gate message for this relay, bound to `binding`.
+    fn gate_value(&self, binding: &Binding) -> String {
         let mut rng = rand::thread_rng();
         let mut ephemeral = [0u8; 32];
         rng.fill_bytes(&mut ephemeral);
-        let gate = gate::build(
+        gate::build(
             &self.line.key,
             binding,
             front::unix_now(),
             ephemeral,
             &mut rng,
-        );
+        )
+    }
+
+    /// The tunnel request: a streaming `fetch()` POST whose cookie carries
+    /// a fresh gate message bound to this connection.
+    fn tunnel_request(&self, binding: &Binding) -> Result<Request<()>, Error> {
+        let gate = self.gate_value(binding);
         let mut req = self.browser_request(Method::POST, &self.line.path.clone(), "empty")?;
         let cookie = HeaderValue::from_str(&format!("{GATE_COOKIE}={gate}"))
             .map_err(|e| Error::dial("any", e))?;
@@ -262,30 +276,59 @@ impl Client {
         Ok(req)
     }
 
+    /// What the gate binds to: this connection, or behind a proxy (which
+    /// terminates TLS, so the relay cannot see it) the time.
+    fn binding(&self, exporter: [u8; EXPORTER_LEN]) -> Binding {
+        if self.line.proxied {
+            Binding::Proxied
+        } else {
+            Binding::Exporter(exporter)
+        }
+    }
+
+    /// Connects TCP and TLS with `config`; the TLS exporter comes with it.
+    async fn open_tls(
+        &self,
+        carrier: &'static str,
+        config: &Arc<rustls::ClientConfig>,
+        host: &str,
+        port: u16,
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<TcpStream>,
+            [u8; EXPORTER_LEN],
+        ),
+        Error,
+    > {
+        let tcp = self
+            .sockets
+            .tcp(host, port)
+            .await
+            .map_err(|e| Error::dial(carrier, e))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let tls = connector
+            .connect(self.server_name()?, tcp)
+            .await
+            .map_err(|e| Error::dial(carrier, format!("TLS: {e}")))?;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        tls.get_ref()
+            .1
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+            .map_err(|e| Error::dial(carrier, e))?;
+        Ok((tls, exporter))
+    }
+
     async fn open_h2(
         &self,
         host: &str,
         port: u16,
     ) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
         const C: &str = "h2";
-        let tcp = self
-            .sockets
-            .tcp(host, port)
-            .await
-            .map_err(|e| Error::dial(C, e))?;
-        let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(self.tcp_tls.clone());
-        let tls = connector
-            .connect(self.server_name()?, tcp)
-            .await
-            .map_err(|e| Error::dial(C, format!("TLS: {e}")))?;
-        let (_, conn) = tls.get_ref();
-        if conn.alpn_protocol() != Some(b"h2") {
+        let (tls, exporter) = self.open_tls(C, &self.tcp_tls, host, port).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(Error::dial(C, "server did not offer HTTP/2"));
         }
-        let mut exporter = [0u8; EXPORTER_LEN];
-        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, None)
-            .map_err(|e| Error::dial(C, e))?;
         let (send_request, connection) = h2::client::Builder::new()
             .header_table_size(CHROME_HEADER_TABLE)
             .enable_push(false)
@@ -301,7 +344,7 @@ impl Client {
             }
         });
         let send_request = send_request.ready().await.map_err(|e| Error::dial(C, e))?;
-        Ok((send_request, Binding::Exporter(exporter)))
+        Ok((send_request, self.binding(exporter)))
     }
 
     async fn open_h3(&self, host: &str, port: u16) -> Result<(H3Handle, Binding), Error> {
@@ -342,7 +385,7 @@ impl Client {
                 endpoint,
                 send_request,
             },
-            Binding::Exporter(exporter),
+            self.binding(exporter),
         ))
     }
 
@@ -383,8 +426,61 @@ impl Client {
         Ok(Tunnel::h3(Box::new(send), recv, Some(keep)))
     }
 
+    /// The WebSocket carrier: HTTP/1.1 on TLS, a `GET` of the tunnel path
+    /// with Chrome's WebSocket handshake headers and the gate in a cookie.
+    /// The tunnel starts after the relay's `101`, so it costs one more round
+    /// trip than the other carriers; in exchange it passes any proxy or CDN
+    /// that carries WebSockets.
+    async fn connect_ws(&self, host: &str, port: u16) -> Result<Tunnel, Error> {
+        const C: &str = "ws";
+        let (mut tls, exporter) = self.open_tls(C, &self.ws_tls, host, port).await?;
+        let mut nonce = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+        let request = self.websocket_request(&self.gate_value(&self.binding(exporter)), &key);
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| Error::dial(C, e))?;
+        tls.flush().await.map_err(|e| Error::dial(C, e))?;
+        let (head, rest) = read_head(&mut tls).await.map_err(|e| Error::dial(C, e))?;
+        let status = parse_status(&head).ok_or_else(|| Error::dial(C, "not an HTTP answer"))?;
+        let accept = crate::h1_server::websocket_accept(key.as_bytes());
+        let accepted = status == 101
+            && header_value(&head, "sec-websocket-accept").is_some_and(|v| v == accept);
+        if !accepted {
+            return Err(Error::NotARelay { carrier: C, status });
+        }
+        Ok(Tunnel::raw(Carrier::Ws, Box::new(tls), rest))
+    }
+
+    /// Chrome's WebSocket opening handshake, in its header order.
+    fn websocket_request(&self, gate: &str, key: &str) -> String {
+        let authority = if self.line.port == 443 {
+            self.line.host.clone()
+        } else {
+            format!("{}:{}", self.line.host, self.line.port)
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\n\
+             Host: {authority}\r\n\
+             Connection: Upgrade\r\n\
+             Pragma: no-cache\r\n\
+             Cache-Control: no-cache\r\n\
+             User-Agent: {USER_AGENT}\r\n\
+             Upgrade: websocket\r\n\
+             Origin: https://{authority}\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             Accept-Encoding: gzip, deflate, br, zstd\r\n\
+             Accept-Language: en-US,en;q=0.9\r\n\
+             Cookie: {GATE_COOKIE}={gate}\r\n\
+             Sec-WebSocket-Key: {key}\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+            path = self.line.path,
+        )
+    }
+
     /// Fetches a page of the relay's site the way a browser navigation
-    /// would, over one carrier; returns the whole response.
+    /// would, over HTTP/2 or HTTP/3; returns the whole response.
     pub async fn fetch(
         &self,
         carrier: Carrier,
@@ -410,6 +506,10 @@ impl Client {
                 }
                 Ok(Response::from_parts(parts, Bytes::from(out)))
             }
+            Carrier::Ws => Err(Error::dial(
+                "ws",
+                "pages are fetched over h2 or h3; ws carries tunnels only",
+            )),
             Carrier::H3 => {
                 let (mut handle, _) = self.open_h3(&host, port).await?;
                 let mut stream = handle
@@ -417,7 +517,12 @@ impl Client {
                     .send_request(req)
                     .await
                     .map_err(|e| Error::dial("h3", e))?;
-                stream.finish().await.map_err(|e| Error::dial("h3", e))?;
+                // A server may answer before it reads the end of the request
+                // and stop it (RFC 9114 §4.1); that must not lose the
+                // response, so a failed finish is only a note.
+                if let Err(e) = stream.finish().await {
+                    debug!("h3 request end not sent: {e}");
+                }
                 let resp = stream
                     .recv_response()
                     .await
@@ -441,6 +546,44 @@ struct H3Handle {
     #[allow(dead_code)]
     endpoint: quinn::Endpoint,
     send_request: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+}
+
+/// Largest HTTP/1.1 response head the WebSocket carrier reads.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Reads an HTTP/1.1 response head; returns it and the bytes after it.
+async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(String, Bytes)> {
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = buf.split_to(end + 4);
+            return Ok((String::from_utf8_lossy(&head).into_owned(), buf.freeze()));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+fn parse_status(head: &str) -> Option<u16> {
+    let mut parts = head.lines().next()?.split(' ');
+    parts.next()?.strip_prefix("HTTP/1.")?;
+    parts.next()?.parse().ok()
+}
+
+/// A header's value in an HTTP/1.x head (first occurrence, trimmed).
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> {

@@ -34,6 +34,9 @@ pub enum Error {
         proto: &'static str,
         source: io::Error,
     },
+    /// The backend listener (behind a web server) could not be bound.
+    #[error("cannot listen on {addr} (backend): {source}")]
+    BindBackend { addr: String, source: io::Error },
     /// The remote side misbehaved or the network failed while dialing.
     #[error("{carrier} carrier: {reason}")]
     Dial {

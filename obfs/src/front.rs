@@ -9,7 +9,7 @@
 //! request to that path. HTTP/1.1 never carries tunnels.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::error::Error;
-use crate::gate::{Binding, Gate, Refusal, EXPORTER_LABEL, EXPORTER_LEN};
+use crate::gate::{
+    Binding, Gate, Refusal, ReplayGuard, ReplayLimits, EXPORTER_LABEL, EXPORTER_LEN,
+};
 use crate::site::{Site, SiteRequest, SiteResponse};
 use crate::tls::{Certificates, Identity};
 use crate::tunnel::Tunnel;
@@ -87,6 +89,10 @@ pub(crate) struct Shared {
     limits: Limits,
     tunnels: mpsc::Sender<Tunnel>,
     connections: Arc<Semaphore>,
+    /// For gates without an exporter (behind a proxy).
+    replay: Mutex<ReplayGuard>,
+    /// Behind a proxy: the client's address comes from `X-Real-IP`.
+    behind_proxy: bool,
 }
 
 /// A bound, not yet running front.
@@ -150,15 +156,14 @@ impl Front {
         if site.port() == 0 {
             site.set_port(tcp_addr.port());
         }
-        let (tx, rx) = mpsc::channel(config.limits.tunnel_backlog);
-        let shared = Arc::new(Shared {
-            gate: config.gate,
-            tunnel_path: config.tunnel_path,
+        let (shared, tunnels) = Shared::new(
+            config.gate,
+            config.tunnel_path,
             site,
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            limits: config.limits,
-            tunnels: tx,
-        });
+            config.limits,
+            ReplayLimits::default(),
+            false,
+        );
         Ok((
             Self {
                 tcp,
@@ -167,7 +172,7 @@ impl Front {
                 tcp_tls,
                 certificates,
             },
-            Tunnels(rx),
+            tunnels,
         ))
     }
 
@@ -315,10 +320,12 @@ async fn serve_tcp(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, share
         return;
     }
     let binding = Binding::Exporter(exporter);
-    if conn.alpn_protocol() == Some(b"h2") {
-        crate::h2_server::serve(tls, binding, shared).await;
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    let peer = tls.get_ref().0.peer_addr().ok();
+    if h2 {
+        crate::h2_server::serve(tls, peer, binding, shared).await;
     } else {
-        crate::h1_server::serve(tls, shared).await;
+        crate::h1_server::serve(tls, peer, binding, shared).await;
     }
 }
 
@@ -340,6 +347,28 @@ async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 }
 
 impl Shared {
+    pub(crate) fn new(
+        gate: Gate,
+        tunnel_path: String,
+        site: Site,
+        limits: Limits,
+        replay: ReplayLimits,
+        behind_proxy: bool,
+    ) -> (Arc<Self>, Tunnels) {
+        let (tx, rx) = mpsc::channel(limits.tunnel_backlog);
+        let shared = Arc::new(Shared {
+            gate,
+            tunnel_path,
+            site,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            tunnels: tx,
+            replay: Mutex::new(ReplayGuard::new(replay)),
+            behind_proxy,
+        });
+        (shared, Tunnels(rx))
+    }
+
     /// The one place that decides tunnel or site.
     pub(crate) fn classify(
         &self,
@@ -351,9 +380,46 @@ impl Shared {
         if method != Method::POST || path != self.tunnel_path {
             return Err(NotTunnel::Site);
         }
+        self.check_gate(binding, headers)
+    }
+
+    /// An HTTP/1.1 `Upgrade: websocket` request for the tunnel path (behind
+    /// a proxy only); the same gate decides.
+    pub(crate) fn classify_upgrade(
+        &self,
+        binding: &Binding,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), NotTunnel> {
+        let websocket = headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if method != Method::GET
+            || path != self.tunnel_path
+            || !websocket
+            || !headers.contains_key("sec-websocket-key")
+        {
+            return Err(NotTunnel::Site);
+        }
+        self.check_gate(binding, headers)
+    }
+
+    fn check_gate(&self, binding: &Binding, headers: &HeaderMap) -> Result<(), NotTunnel> {
         let value = gate_cookie(headers);
-        match self.gate.check(binding, value) {
-            Ok(_) => Ok(()),
+        let checked = self
+            .gate
+            .check(binding, value)
+            .and_then(|passed| match binding {
+                Binding::Exporter(_) => Ok(()),
+                Binding::Proxied => self
+                    .replay
+                    .lock()
+                    .map_err(|_| Refusal::ReplayCacheFull)?
+                    .admit(unix_now(), &passed),
+            });
+        match checked {
+            Ok(()) => Ok(()),
             Err(r) => {
                 debug!(reason = r.label(), "gate refused a tunnel request");
                 Err(NotTunnel::Refused(r))
@@ -415,6 +481,31 @@ impl Shared {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The tunnel's client: the connection's peer, or behind a proxy the
+    /// address the proxy names in `X-Real-IP` (the backend listens only
+    /// where the proxy can reach it).
+    pub(crate) fn client_addr(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Option<SocketAddr> {
+        if !self.behind_proxy {
+            return peer;
+        }
+        let ip: std::net::IpAddr = headers
+            .get("x-real-ip")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(SocketAddr::new(ip, 0))
+    }
+
+    pub(crate) fn connections(&self) -> &Arc<Semaphore> {
+        &self.connections
     }
 }
 

@@ -31,9 +31,18 @@
 //! exporter the binding already makes replay impossible and a user's wrong
 //! clock must not lock them out.
 //!
+//! Behind a TLS-terminating proxy (nginx, Caddy) the relay never sees the
+//! client's TLS connection, so there is no exporter to bind to. There the
+//! prologue says so ([`Binding::Proxied`]) and replay is stopped differently:
+//! the timestamp must lie within a window of the relay's clock and each
+//! message's ephemeral key is remembered until it would be stale anyway
+//! ([`ReplayGuard`]). A recorded message replayed inside the window is
+//! refused by the cache; one replayed later is refused by the clock.
+//!
 //! This module does no I/O and reads no clock: the caller passes the
 //! exporter value, the current time and the randomness.
 
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -120,13 +129,21 @@ impl fmt::Debug for GatePublic {
 pub enum Binding {
     /// TLS/QUIC exporter value of the connection the request arrived on.
     Exporter([u8; EXPORTER_LEN]),
+    /// No exporter: a proxy terminated TLS. The relay checks the timestamp
+    /// and a replay cache instead ([`ReplayGuard`]).
+    Proxied,
 }
+
+/// Prologue marker of [`Binding::Proxied`]; it cannot be confused with an
+/// exporter value, which is exactly [`EXPORTER_LEN`] bytes long.
+const PROXIED_MARKER: &[u8] = b"/proxied";
 
 impl Binding {
     fn prologue(&self) -> Vec<u8> {
         let mut p = PROLOGUE_LABEL.to_vec();
         match self {
             Binding::Exporter(value) => p.extend_from_slice(value),
+            Binding::Proxied => p.extend_from_slice(PROXIED_MARKER),
         }
         p
     }
@@ -144,6 +161,12 @@ pub enum Refusal {
     Undecryptable,
     #[error("gate payload has an unknown version")]
     UnknownVersion,
+    #[error("gate message is outside the time window (behind a proxy)")]
+    Stale,
+    #[error("gate message was already used (behind a proxy)")]
+    Replayed,
+    #[error("replay cache is full; refusing until entries expire")]
+    ReplayCacheFull,
 }
 
 impl Refusal {
@@ -154,6 +177,9 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Undecryptable => "undecryptable",
             Refusal::UnknownVersion => "unknown_version",
+            Refusal::Stale => "stale",
+            Refusal::Replayed => "replayed",
+            Refusal::ReplayCacheFull => "replay_cache_full",
         }
     }
 }
@@ -163,6 +189,9 @@ impl Refusal {
 pub struct Passed {
     /// The client's clock when it built the message (seconds since the epoch).
     pub client_time: u64,
+    /// The message's ephemeral public key: unique per message, so it names
+    /// the message in a replay cache.
+    pub ephemeral: [u8; KEY_LEN],
 }
 
 /// The relay side of the gate.
@@ -216,9 +245,93 @@ impl Gate {
         }
         let mut t = [0u8; 8];
         t.copy_from_slice(&payload[2..10]);
+        let mut ephemeral = [0u8; KEY_LEN];
+        ephemeral.copy_from_slice(&raw[..KEY_LEN]);
         Ok(Passed {
             client_time: u64::from_be_bytes(t),
+            ephemeral,
         })
+    }
+}
+
+/// Limits of a [`ReplayGuard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayLimits {
+    /// How far a client's clock may be from the relay's, either way, in
+    /// seconds. A message is accepted while `|now - client_time| <= skew`.
+    pub skew_secs: u64,
+    /// Messages remembered at once. Only messages that decrypted (built by
+    /// someone who knows the relay's key) enter, so strangers cannot fill
+    /// it; when it is full, new gates are refused until entries expire.
+    pub capacity: usize,
+}
+
+impl Default for ReplayLimits {
+    fn default() -> Self {
+        Self {
+            skew_secs: 300,
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Replay protection for [`Binding::Proxied`] gates: a time window and a
+/// bounded cache of the messages seen inside it. Sans-IO: the caller
+/// passes the current time.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    limits: ReplayLimits,
+    seen: HashSet<[u8; KEY_LEN]>,
+    /// (time after which the entry can go, key), oldest first.
+    expiry: BTreeSet<(u64, [u8; KEY_LEN])>,
+}
+
+impl ReplayGuard {
+    pub fn new(limits: ReplayLimits) -> Self {
+        Self {
+            limits,
+            seen: HashSet::new(),
+            expiry: BTreeSet::new(),
+        }
+    }
+
+    /// Admits a message that passed [`Gate::check_raw`] once, inside the
+    /// window; remembers it until it would be stale anyway.
+    pub fn admit(&mut self, now_unix: u64, passed: &Passed) -> Result<(), Refusal> {
+        self.expire(now_unix);
+        if now_unix.abs_diff(passed.client_time) > self.limits.skew_secs {
+            return Err(Refusal::Stale);
+        }
+        if self.seen.contains(&passed.ephemeral) {
+            return Err(Refusal::Replayed);
+        }
+        if self.seen.len() >= self.limits.capacity {
+            return Err(Refusal::ReplayCacheFull);
+        }
+        let until = passed.client_time.saturating_add(self.limits.skew_secs);
+        self.seen.insert(passed.ephemeral);
+        self.expiry.insert((until, passed.ephemeral));
+        Ok(())
+    }
+
+    /// Messages remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Forgets the messages whose timestamp the window already refuses.
+    fn expire(&mut self, now_unix: u64) {
+        while let Some(&(until, key)) = self.expiry.first() {
+            if until >= now_unix {
+                break;
+            }
+            self.expiry.pop_first();
+            self.seen.remove(&key);
+        }
     }
 }
 
@@ -392,6 +505,75 @@ mod tests {
             let text = URL_SAFE_NO_PAD.encode(&raw[..len.min(MAX_MESSAGE_LEN)]);
             assert!(gate.check(&b, Some(text.as_bytes())).is_err());
         }
+    }
+
+    #[test]
+    fn proxied_messages_do_not_pass_as_exporter_bound_and_back() {
+        let (gate, public, mut rng) = fixture();
+        let proxied = build(&public, &Binding::Proxied, 1_000, [3; 32], &mut rng);
+        assert!(gate
+            .check(&Binding::Proxied, Some(proxied.as_bytes()))
+            .is_ok());
+        assert_eq!(
+            gate.check(&exporter(1), Some(proxied.as_bytes())),
+            Err(Refusal::Undecryptable)
+        );
+        let bound = build(&public, &exporter(1), 1_000, [4; 32], &mut rng);
+        assert_eq!(
+            gate.check(&Binding::Proxied, Some(bound.as_bytes())),
+            Err(Refusal::Undecryptable)
+        );
+    }
+
+    fn passed_at(gate: &Gate, public: &GatePublic, t: u64, eph: u8, rng: &mut StdRng) -> Passed {
+        let msg = build(public, &Binding::Proxied, t, [eph; 32], rng);
+        gate.check(&Binding::Proxied, Some(msg.as_bytes()))
+            .expect("passes the gate")
+    }
+
+    #[test]
+    fn replay_guard_refuses_stale_and_replayed_messages() {
+        let (gate, public, mut rng) = fixture();
+        let limits = ReplayLimits {
+            skew_secs: 60,
+            capacity: 10,
+        };
+        let mut guard = ReplayGuard::new(limits);
+        let now = 10_000;
+        let fresh = passed_at(&gate, &public, now - 59, 1, &mut rng);
+        assert_eq!(guard.admit(now, &fresh), Ok(()));
+        assert_eq!(guard.admit(now, &fresh), Err(Refusal::Replayed));
+        // A clock ahead of ours is fine within the window, not beyond it.
+        let ahead = passed_at(&gate, &public, now + 60, 2, &mut rng);
+        assert_eq!(guard.admit(now, &ahead), Ok(()));
+        let too_old = passed_at(&gate, &public, now - 61, 3, &mut rng);
+        assert_eq!(guard.admit(now, &too_old), Err(Refusal::Stale));
+        let too_new = passed_at(&gate, &public, now + 61, 4, &mut rng);
+        assert_eq!(guard.admit(now, &too_new), Err(Refusal::Stale));
+        // Once the first message is stale the clock refuses it and the
+        // cache lets it go; the replay is still refused.
+        assert_eq!(guard.admit(now + 2, &fresh), Err(Refusal::Stale));
+        assert_eq!(guard.len(), 1, "only the message from ahead is left");
+    }
+
+    #[test]
+    fn replay_guard_is_bounded_and_frees_expired_entries() {
+        let (gate, public, mut rng) = fixture();
+        let mut guard = ReplayGuard::new(ReplayLimits {
+            skew_secs: 30,
+            capacity: 3,
+        });
+        let now = 50_000;
+        for i in 0..3 {
+            let p = passed_at(&gate, &public, now, i, &mut rng);
+            assert_eq!(guard.admit(now, &p), Ok(()));
+        }
+        let fourth = passed_at(&gate, &public, now, 9, &mut rng);
+        assert_eq!(guard.admit(now, &fourth), Err(Refusal::ReplayCacheFull));
+        // 31 s later the first three are stale and make room.
+        let later = passed_at(&gate, &public, now + 31, 9, &mut rng);
+        assert_eq!(guard.admit(now + 31, &later), Ok(()));
+        assert_eq!(guard.len(), 1);
     }
 
     #[test]

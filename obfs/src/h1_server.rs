@@ -1,5 +1,8 @@
-//! HTTP/1.1 on TLS: the site only. Tunnels never run over HTTP/1.1, so a
-//! POST to the tunnel path here gets the site's answer like any other.
+//! HTTP/1.1, on TLS (the front) or in cleartext from a proxy (the backend):
+//! the site, and tunnels opened by a WebSocket upgrade (`GET` on the tunnel
+//! path with `Upgrade: websocket` and a gate that passes, answered `101`;
+//! the connection is then the tunnel). Any other request, including a POST
+//! to the tunnel path or an upgrade whose gate fails, gets the site's answer.
 //!
 //! A thin loop around the sans-IO parser in `h1`: read a head, discard the
 //! body as nginx does, write the site's answer with nginx's spelling, keep
@@ -12,9 +15,14 @@ use bytes::BytesMut;
 use http::{header, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use std::net::SocketAddr;
+
 use crate::front::SharedRef;
+use crate::gate::Binding;
 use crate::h1::{self, BodyReader, Parsed, Reject};
+use crate::relay_line::Carrier;
 use crate::site::{self, SiteRequest, SiteResponse, MAX_REQUEST_BODY};
+use crate::tunnel::Tunnel;
 use crate::upstream::ReasonPhrase;
 
 /// nginx's `client_header_timeout`.
@@ -26,7 +34,14 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx's `keepalive_requests`.
 const KEEPALIVE_REQUESTS: u32 = 1000;
 
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: SharedRef) {
+pub(crate) async fn serve<S>(
+    mut io: S,
+    peer: Option<SocketAddr>,
+    binding: Binding,
+    shared: SharedRef,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(4096);
     let mut served = 0u32;
     loop {
@@ -57,6 +72,32 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: 
             }
         };
         served += 1;
+        let path = head.target.split('?').next().unwrap_or("/");
+        if head.body == h1::BodyKind::None
+            && shared
+                .classify_upgrade(&binding, &head.method, path, &head.headers)
+                .is_ok()
+        {
+            let Some(accept) = head
+                .headers
+                .get("sec-websocket-key")
+                .map(|k| websocket_accept(k.as_bytes()))
+            else {
+                return;
+            };
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nServer: nginx\r\nDate: {}\r\n\
+                 Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
+                site::http_date_now().to_str().unwrap_or_default()
+            );
+            if io.write_all(answer.as_bytes()).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+            let client = shared.client_addr(peer, &head.headers);
+            let tunnel = Tunnel::raw(Carrier::Ws, Box::new(io), buf.freeze()).with_peer(client);
+            shared.hand_over(tunnel).await;
+            return;
+        }
         let mut keep_alive = head.keep_alive && served < KEEPALIVE_REQUESTS;
         let mut discard = BodyReader::new(head.body);
         let resp = if shared.site().reads_bodies() {
@@ -113,6 +154,17 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, shared: 
             }
         }
     }
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub(crate) fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut h = sha1::Sha1::new();
+    h.update(key.trim_ascii());
+    h.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
 fn site_request<'a>(head: &'a h1::Head, body: &'a [u8]) -> SiteRequest<'a> {
@@ -241,4 +293,16 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     io.write_all(&out).await?;
     io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_accept_matches_rfc6455() {
+        // RFC 6455 §1.3's example.
+        assert_eq!(
+            super::websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

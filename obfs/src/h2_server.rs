@@ -10,9 +10,10 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http::Request;
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
@@ -35,16 +36,20 @@ const PROTOCOL_DEFAULT_WINDOW: u32 = 65_535;
 /// nginx raises the connection window to the maximum at once.
 const CONNECTION_WINDOW: u32 = i32::MAX as u32;
 
-pub(crate) async fn serve(tls: TlsStream<TcpStream>, binding: Binding, shared: SharedRef) {
+/// Serves one HTTP/2 connection: on TLS (the front) or in cleartext from a
+/// proxy (the backend, `binding` = [`Binding::Proxied`]).
+pub(crate) async fn serve<S>(io: S, peer: Option<SocketAddr>, binding: Binding, shared: SharedRef)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = shared.limits().clone();
-    let peer = tls.get_ref().0.peer_addr().ok();
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_streams)
         .initial_window_size(SITE_STREAM_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(ShapedIo::new(
-            tls,
+            io,
             CONNECTION_WINDOW - PROTOCOL_DEFAULT_WINDOW,
         ));
     let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
@@ -85,7 +90,7 @@ async fn handle(
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     binding: Binding,
-    peer: Option<std::net::SocketAddr>,
+    peer: Option<SocketAddr>,
     shared: SharedRef,
     raise: mpsc::Sender<()>,
 ) {
@@ -95,10 +100,11 @@ async fn handle(
         .is_ok()
     {
         let _ = raise.try_send(());
+        let client = shared.client_addr(peer, &parts.headers);
         match respond.send_response(tunnel_response(), false) {
             Ok(send) => {
                 shared
-                    .hand_over(Tunnel::h2(send, open(body)).with_peer(peer))
+                    .hand_over(Tunnel::h2(send, open(body)).with_peer(client))
                     .await
             }
             Err(e) => debug!("tunnel response failed: {e}"),

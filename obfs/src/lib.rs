@@ -4,12 +4,15 @@
 //! HTTP/2 on TLS and HTTP/3 on QUIC ([`front`]). A client that knows the
 //! relay's public key opens a [`Tunnel`] — a plain byte stream inside one
 //! HTTP/2 or HTTP/3 request — by passing the [`gate`]; every other request,
-//! including every failed gate, gets the website's answer.
+//! including every failed gate, gets the website's answer. Behind a web
+//! server that terminates TLS itself, the [`backend`] takes the tunnel
+//! location in cleartext instead.
 //!
 //! This crate knows nothing of libp2p and opens no outbound sockets by
 //! itself: clients get theirs through [`client::Sockets`].
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod client;
 pub mod error;
 pub mod front;
@@ -26,6 +29,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
+pub use backend::{Backend, BackendAddr, BackendConfig};
 pub use client::{Client, Sockets};
 pub use error::{ConfigError, Error};
 pub use front::{Front, FrontConfig, Limits, Tunnels};

@@ -2,19 +2,22 @@
 //! to reach a relay, and a checksum so a typo is caught rather than dialled.
 //!
 //! ```text
-//! burrow-relay://HOST:PORT/PATH?k=KEY&c=CARRIERS[&pin=PIN][&ip=IP][&id=ID]&x=CHECK
+//! burrow-relay://HOST:PORT/PATH?k=KEY&c=CARRIERS[&pin=PIN][&ip=IP][&id=ID][&via=proxy]&x=CHECK
 //!
 //! HOST      DNS name used for TLS (SNI and certificate), or an IP literal
 //! PORT      TCP and UDP port of the relay's web server
 //! PATH      the site path that carries tunnels, e.g. /api/v2/events
 //! KEY       the relay's gate public key, 32 bytes, base64url
-//! CARRIERS  "h2", "h3" or "h2,h3", in the order the client tries them
+//! CARRIERS  "h2", "h3", "ws" (HTTP/1.1 WebSocket upgrade), comma-separated,
+//!           in the order the client tries them
 //! PIN       SHA-256 of a self-signed certificate, base64url; without it the
 //!           certificate must verify against the usual web roots for HOST
 //! IP        address to dial instead of resolving HOST (tests, demos, or a
 //!           relay without DNS)
 //! ID        the relay's node id inside the tunnel (base58, opaque here;
 //!           the messaging node checks it is the peer it reaches)
+//! via=proxy the relay sits behind a web server that terminates TLS: the
+//!           gate binds to the time instead of the TLS connection
 //! CHECK     first 4 bytes of SHA-256 over everything before "&x=", hex
 //! ```
 
@@ -40,6 +43,9 @@ pub enum Carrier {
     H2,
     /// QUIC v1 over UDP, HTTP/3.
     H3,
+    /// TLS over TCP, HTTP/1.1 with a WebSocket upgrade: passes proxies and
+    /// CDNs that carry WebSockets but not streaming HTTP/2 requests.
+    Ws,
 }
 
 impl Carrier {
@@ -47,6 +53,7 @@ impl Carrier {
         match self {
             Carrier::H2 => "h2",
             Carrier::H3 => "h3",
+            Carrier::Ws => "ws",
         }
     }
 }
@@ -63,6 +70,7 @@ impl FromStr for Carrier {
         match s {
             "h2" => Ok(Carrier::H2),
             "h3" => Ok(Carrier::H3),
+            "ws" => Ok(Carrier::Ws),
             other => Err(LineError::UnknownCarrier(other.to_string())),
         }
     }
@@ -79,6 +87,8 @@ pub struct RelayLine {
     pub pin: Option<CertPin>,
     pub ip: Option<IpAddr>,
     pub id: Option<String>,
+    /// Behind a TLS-terminating proxy: gates use [`crate::gate::Binding::Proxied`].
+    pub proxied: bool,
 }
 
 /// Why a relay line was rejected.
@@ -94,7 +104,7 @@ pub enum LineError {
     Missing(&'static str),
     #[error("bad {field}: {reason}")]
     Bad { field: &'static str, reason: String },
-    #[error("unknown carrier {0:?} (expected h2 or h3)")]
+    #[error("unknown carrier {0:?} (expected h2, h3 or ws)")]
     UnknownCarrier(String),
     #[error("unknown field {0:?}")]
     UnknownField(String),
@@ -136,6 +146,9 @@ impl RelayLine {
         if let Some(id) = &self.id {
             s.push_str("&id=");
             s.push_str(id);
+        }
+        if self.proxied {
+            s.push_str("&via=proxy");
         }
         s
     }
@@ -191,6 +204,7 @@ impl RelayLine {
         let mut pin = None;
         let mut ip = None;
         let mut id = None;
+        let mut proxied = false;
         for pair in query.split('&') {
             let (name, value) = pair.split_once('=').ok_or_else(|| LineError::Bad {
                 field: "query",
@@ -222,17 +236,22 @@ impl RelayLine {
                     }
                     id = Some(value.to_string());
                 }
+                "via" if value == "proxy" => proxied = true,
+                "via" => {
+                    return Err(LineError::Bad {
+                        field: "via",
+                        reason: format!("{value:?} (expected proxy)"),
+                    })
+                }
                 other => return Err(LineError::UnknownField(other.to_string())),
             }
         }
         let carriers = carriers.ok_or(LineError::Missing("carriers"))?;
-        if carriers.is_empty()
-            || carriers.len() > 2
-            || (carriers.len() == 2 && carriers[0] == carriers[1])
-        {
+        let distinct: std::collections::HashSet<_> = carriers.iter().collect();
+        if carriers.is_empty() || distinct.len() != carriers.len() {
             return Err(LineError::Bad {
                 field: "carriers",
-                reason: "list h2 and/or h3 once each".into(),
+                reason: "list h2, h3 and/or ws, each at most once".into(),
             });
         }
         Ok(RelayLine {
@@ -244,6 +263,7 @@ impl RelayLine {
             pin,
             ip,
             id,
+            proxied,
         })
     }
 }
@@ -324,6 +344,7 @@ mod tests {
             pin: Some(CertPin([9; 32])),
             ip: Some("127.0.0.1".parse().expect("literal")),
             id: None,
+            proxied: false,
         }
     }
 
@@ -339,6 +360,15 @@ mod tests {
         v6.carriers = vec![Carrier::H3];
         v6.id = Some("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into());
         assert_eq!(v6.to_string().parse::<RelayLine>(), Ok(v6.clone()));
+        let mut proxied = sample();
+        proxied.carriers = vec![Carrier::Ws, Carrier::H2];
+        proxied.proxied = true;
+        let text = proxied.to_string();
+        assert!(
+            text.contains("c=ws,h2") && text.contains("&via=proxy&x="),
+            "{text}"
+        );
+        assert_eq!(text.parse::<RelayLine>(), Ok(proxied));
         let mut bad = v6.to_string().replace("&id=12D3", "&id=0D3");
         let body = &bad[..bad.rfind("&x=").expect("check")];
         bad = format!("{body}&x={}", checksum(body));
@@ -426,6 +456,8 @@ mod tests {
             "burrow-relay://h h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2",
             "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2,h2",
             "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2&ip=300.1.1.1",
+            "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=h2&via=cdn",
+            "burrow-relay://h:1/p?k=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&c=ws,h3,ws",
         ] {
             assert!(
                 matches!(

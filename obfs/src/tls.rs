@@ -18,6 +18,9 @@ use crate::error::{ConfigError, Error};
 
 /// ALPN protocols a browser offers over TCP, in its order.
 pub const ALPN_TCP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN of an HTTP/1.1-only connection (a browser's WebSocket to a server
+/// without RFC 8441).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN for QUIC.
 pub const ALPN_QUIC: &[u8] = b"h3";
 
@@ -28,6 +31,26 @@ pub struct CertPin(pub [u8; 32]);
 impl CertPin {
     pub fn of(cert: &CertificateDer<'_>) -> Self {
         Self(Sha256::digest(cert.as_ref()).into())
+    }
+
+    /// The pin of the first certificate in a PEM file (another server's
+    /// self-signed certificate, e.g. the web server a relay sits behind).
+    pub fn of_pem_file(path: &std::path::Path) -> Result<Self, Error> {
+        let pem = std::fs::read(path).map_err(|cause| Error::ReadFile {
+            path: path.display().to_string(),
+            cause,
+        })?;
+        let first = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .ok_or_else(|| "no CERTIFICATE block found".to_string())
+            .and_then(|c| c.map_err(|e| format!("certificate PEM: {e}")))
+            .map_err(|reason| {
+                Error::Config(ConfigError::BadCertificate {
+                    path: path.display().to_string(),
+                    reason,
+                })
+            })?;
+        Ok(Self::of(&first))
     }
 }
 

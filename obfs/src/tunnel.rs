@@ -1,5 +1,6 @@
-//! A tunnel: one HTTP request stream (HTTP/2 or HTTP/3) presented as a
-//! plain bidirectional byte stream (`AsyncRead + AsyncWrite`).
+//! A tunnel: one HTTP request stream (HTTP/2 or HTTP/3), or one HTTP/1.1
+//! connection after a WebSocket upgrade, presented as a plain bidirectional
+//! byte stream (`AsyncRead + AsyncWrite`).
 //!
 //! The request body carries client-to-relay bytes, the response body
 //! relay-to-client bytes. `shutdown` ends our direction with END_STREAM (a
@@ -46,6 +47,7 @@ impl fmt::Debug for Tunnel {
 enum Io {
     H2(H2Io),
     H3(H3Io),
+    Raw(RawIo),
 }
 
 /// The receive side before and after the response head is known.
@@ -93,6 +95,8 @@ impl Tunnel {
         std::future::poll_fn(|cx| match &mut self.io {
             Io::H2(h) => h.recv.poll_open(cx).map_ok(|_| ()),
             Io::H3(h) => h.recv.poll_open(cx).map_ok(|_| ()),
+            // Handed over only after the upgrade was answered.
+            Io::Raw(_) => Poll::Ready(Ok(())),
         })
         .await
     }
@@ -128,6 +132,19 @@ impl Tunnel {
     }
 }
 
+impl Tunnel {
+    /// A connection the HTTP layer handed over whole (HTTP/1.1 after `101
+    /// Switching Protocols`); `prefix` holds bytes already read past the
+    /// HTTP head.
+    pub(crate) fn raw(carrier: Carrier, io: Box<dyn RawStream>, prefix: Bytes) -> Self {
+        Self {
+            carrier,
+            peer: None,
+            io: Io::Raw(RawIo { io, prefix }),
+        }
+    }
+}
+
 pub(crate) fn awaiting<R>(
     fut: impl Future<Output = io::Result<R>> + Send + 'static,
 ) -> RecvState<R> {
@@ -153,6 +170,7 @@ impl AsyncRead for Tunnel {
         match &mut self.get_mut().io {
             Io::H2(h) => h.poll_read(cx, out),
             Io::H3(h) => h.poll_read(cx, out),
+            Io::Raw(r) => r.poll_read(cx, out),
         }
     }
 }
@@ -166,6 +184,7 @@ impl AsyncWrite for Tunnel {
         match &mut self.get_mut().io {
             Io::H2(h) => h.poll_write(cx, buf),
             Io::H3(h) => h.poll_write(cx, buf),
+            Io::Raw(r) => Pin::new(&mut r.io).poll_write(cx, buf),
         }
     }
 
@@ -174,6 +193,7 @@ impl AsyncWrite for Tunnel {
             // h2 writes frames from its connection task; nothing is held here.
             Io::H2(_) => Poll::Ready(Ok(())),
             Io::H3(h) => h.poll_flush(cx),
+            Io::Raw(r) => Pin::new(&mut r.io).poll_flush(cx),
         }
     }
 
@@ -181,7 +201,30 @@ impl AsyncWrite for Tunnel {
         match &mut self.get_mut().io {
             Io::H2(h) => h.poll_shutdown(),
             Io::H3(h) => h.poll_shutdown(cx),
+            Io::Raw(r) => Pin::new(&mut r.io).poll_shutdown(cx),
         }
+    }
+}
+
+// ------------------------------------------------ HTTP/1.1 after upgrade
+
+/// A whole connection: TLS to the client, or cleartext from a proxy.
+pub(crate) trait RawStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> RawStream for T {}
+
+struct RawIo {
+    io: Box<dyn RawStream>,
+    /// Read past the HTTP head before the hand-over; delivered first.
+    prefix: Bytes,
+}
+
+impl RawIo {
+    fn poll_read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            copy_out(&mut self.prefix, out);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
     }
 }
 

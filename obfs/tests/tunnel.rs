@@ -1,5 +1,6 @@
-//! Tunnels over both carriers, in one process on loopback: data both ways,
-//! byte-exact; many at once; clean close from either side; wrong key refused.
+//! Tunnels over every carrier (HTTP/2, HTTP/3, WebSocket), in one process on
+//! loopback: data both ways, byte-exact; many at once; clean close from
+//! either side; wrong key refused.
 
 use std::future::Future;
 use std::io;
@@ -18,6 +19,9 @@ use support::LoopbackSockets;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+/// Every carrier; the shared tests run over each.
+const CARRIERS: [Carrier; 3] = [Carrier::H2, Carrier::H3, Carrier::Ws];
 
 struct Relay {
     line: RelayLine,
@@ -47,10 +51,11 @@ async fn relay() -> Relay {
         port: addr.port(),
         path: "/api/v2/events".into(),
         key: secret.public(),
-        carriers: vec![Carrier::H2, Carrier::H3],
+        carriers: CARRIERS.to_vec(),
         pin,
         ip: Some(addr.ip()),
         id: None,
+        proxied: false,
     };
     Relay {
         line,
@@ -116,7 +121,7 @@ async fn bulk_both_ways_over_each_carrier() {
     let r = relay().await;
     let line = r.line.clone();
     spawn_echo(r.tunnels);
-    for carrier in [Carrier::H2, Carrier::H3] {
+    for carrier in CARRIERS {
         let t = client(&line).connect_via(carrier).await.expect("connect");
         assert_eq!(t.carrier(), carrier);
         echo_roundtrip(t, 100 * 1000 * 1000 + 17, 3).await;
@@ -132,7 +137,7 @@ async fn many_tunnels_at_once() {
     for i in 0..40u8 {
         let line = line.clone();
         tasks.push(tokio::spawn(async move {
-            let carrier = if i % 2 == 0 { Carrier::H2 } else { Carrier::H3 };
+            let carrier = CARRIERS[usize::from(i) % CARRIERS.len()];
             let t = client(&line).connect_via(carrier).await.expect("connect");
             echo_roundtrip(t, 200_000 + usize::from(i), i).await;
         }));
@@ -145,7 +150,7 @@ async fn many_tunnels_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_side_close_reaches_client_cleanly() {
     let mut r = relay().await;
-    for carrier in [Carrier::H2, Carrier::H3] {
+    for carrier in CARRIERS {
         let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
         t.write_all(b"hello").await.expect("write");
         t.flush().await.expect("flush");
@@ -183,6 +188,21 @@ async fn wrong_key_gets_the_site_not_a_tunnel() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         assert!(err.to_string().contains("HTTP 404"), "{err}");
     }
+    // The WebSocket carrier waits for the 101, so the refusal comes at once.
+    let err = client(&line)
+        .connect_via(Carrier::Ws)
+        .await
+        .expect_err("must be refused");
+    assert!(
+        matches!(
+            err,
+            burrow_obfs::Error::NotARelay {
+                carrier: "ws",
+                status: 404
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// A network where a censor blocks UDP outright and, optionally, black-holes TCP.
@@ -266,7 +286,7 @@ async fn ping_pong_when_the_writer_never_flushes() {
     let r = relay().await;
     let line = r.line.clone();
     spawn_echo(r.tunnels);
-    for carrier in [Carrier::H2, Carrier::H3] {
+    for carrier in CARRIERS {
         let mut t = client(&line).connect_via(carrier).await.expect("connect");
         let mut back = [0u8; 64];
         for i in 0..50u8 {

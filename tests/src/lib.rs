@@ -119,6 +119,23 @@ impl RelayProc {
     /// Like [`RelayProc::start_in`] on a given address (a restart on the
     /// same port keeps the relay line).
     pub fn start_at(data_dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> RelayProc {
+        let mut args = vec!["--listen", listen];
+        if !extra.contains(&"--cert") {
+            args.extend(["--self-signed", "example.org"]);
+        }
+        args.extend_from_slice(extra);
+        Self::spawn(data_dir, &args)
+    }
+
+    /// `burrow relay --behind-proxy BACKEND EXTRA…`: no TLS of its own.
+    pub fn start_behind_proxy(backend: &str, extra: &[&str]) -> RelayProc {
+        let mut args = vec!["--behind-proxy", backend];
+        args.extend_from_slice(extra);
+        Self::spawn(tempfile::tempdir().expect("tempdir"), &args)
+    }
+
+    /// `burrow relay --data-dir DIR ARGS…`; waits for the relay line.
+    fn spawn(data_dir: tempfile::TempDir, args: &[&str]) -> RelayProc {
         let stderr = data_dir.path().join("relay.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -126,13 +143,9 @@ impl RelayProc {
             .open(&stderr)
             .expect("log file");
         let mut cmd = Command::new(burrow_bin());
-        cmd.args(["relay", "--listen", listen, "--data-dir"])
-            .arg(data_dir.path());
-        if !extra.contains(&"--cert") {
-            cmd.args(["--self-signed", "example.org"]);
-        }
+        cmd.args(["relay", "--data-dir"]).arg(data_dir.path());
         let mut child = cmd
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -218,9 +231,13 @@ impl Nginx {
     }
 
     /// nginx with `content` as what its server block serves.
-    fn start_with(cert: &Path, key: &Path, content: &str) -> Nginx {
+    pub fn start_with(cert: &Path, key: &Path, content: &str) -> Nginx {
+        Self::start_on(free_port(), cert, key, content)
+    }
+
+    /// Like [`Nginx::start_with`] on a given port.
+    pub fn start_on(port: u16, cert: &Path, key: &Path, content: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("nginx.conf");
         let mime = ["/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types"]
             .into_iter()
@@ -233,7 +250,8 @@ impl Nginx {
                 "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                  events {{}}\nhttp {{\n  include {mime};\n  default_type application/octet-stream;\n  \
                  access_log off;\n  server_tokens off;\n  client_body_temp_path {d}/body;\n  \
-                 proxy_temp_path {d}/proxy;\n  \
+                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+                 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
                  server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {};\n    \
                  ssl_certificate_key {};\n    {content}\n    add_header Alt-Svc 'h3=\":{port}\"; ma=86400';\n  }}\n}}\n",
                 cert.display(),

@@ -535,8 +535,8 @@ async fn raw_exchange(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_and_raw_byte_probes_get_the_sites_answer() {
     let p = pair().await;
-    // HTTP/1.1 never carries tunnels: even a gate valid for this very
-    // connection gets the site's answer.
+    // On HTTP/1.1 only a WebSocket upgrade carries a tunnel: a POST, even
+    // with a gate valid for this very connection, gets the site's answer.
     let mut answers = Vec::new();
     for server in [&p.relay, &p.site] {
         let (mut tls, exporter) = tls_raw(server.addr, p.pin, &[b"http/1.1"]).await;
@@ -548,6 +548,67 @@ async fn http11_and_raw_byte_probes_get_the_sites_answer() {
     }
     assert_eq!(answers[0], answers[1], "HTTP/1.1 POST with a gate");
     assert!(String::from_utf8_lossy(&answers[0].0).starts_with("HTTP/1.1 404"));
+
+    // WebSocket upgrades that fail the gate: a gate for another key, one
+    // recorded on another connection, none at all, and a valid gate
+    // without the WebSocket key.
+    let upgrade = |cookie: Option<String>, ws_key: bool| {
+        let mut r = format!(
+            "GET {TUNNEL_PATH} HTTP/1.1\r\nHost: example.org\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        if ws_key {
+            r.push_str("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        }
+        if let Some(c) = cookie {
+            r.push_str(&format!("Cookie: {GATE_COOKIE}={c}\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    let other_key = GateSecret::generate(&mut rand::thread_rng()).public();
+    let recorded = {
+        let (_, exporter) = tls_raw(p.relay.addr, p.pin, &[b"http/1.1"]).await;
+        gate_value(&p.relay.key, exporter)
+    };
+    type Probe = Box<dyn Fn(&GatePublic, [u8; EXPORTER_LEN]) -> String>;
+    let probes: [(&str, Probe); 4] = [
+        (
+            "upgrade with a gate for another key",
+            Box::new(move |_, e| upgrade(Some(gate_value(&other_key, e)), true)),
+        ),
+        (
+            "upgrade with a gate from another connection",
+            Box::new(move |_, _| upgrade(Some(recorded.clone()), true)),
+        ),
+        (
+            "upgrade without a gate",
+            Box::new(move |_, _| upgrade(None, true)),
+        ),
+        (
+            "upgrade without Sec-WebSocket-Key",
+            Box::new(move |k, e| upgrade(Some(gate_value(k, e)), false)),
+        ),
+    ];
+    for (what, make) in probes {
+        let mut answers = Vec::new();
+        for server in [&p.relay, &p.site] {
+            let (mut tls, exporter) = tls_raw(server.addr, p.pin, &[b"http/1.1"]).await;
+            let req = make(&server.key, exporter);
+            answers.push(raw_exchange(&mut tls, req.as_bytes()).await);
+        }
+        assert_eq!(answers[0], answers[1], "{what}");
+        assert!(
+            !String::from_utf8_lossy(&answers[0].0).starts_with("HTTP/1.1 101"),
+            "{what}"
+        );
+    }
+    // The positive control: a valid gate on this connection upgrades.
+    let (mut tls, exporter) = tls_raw(p.relay.addr, p.pin, &[b"http/1.1"]).await;
+    let req = upgrade(Some(gate_value(&p.relay.key, exporter)), true);
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).await.expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 101", "a valid gate upgrades");
 
     // Random bytes right after the TLS handshake, under each ALPN.
     let garbage = random_bytes(2000);

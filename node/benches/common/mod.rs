@@ -108,6 +108,7 @@ pub async fn tls_connect(addr: SocketAddr, pin: burrow_obfs::tls::CertPin) -> Tl
         pin: Some(pin),
         ip: Some(addr.ip()),
         id: None,
+        proxied: false,
     };
     let sockets = GuardedSockets::for_relay(&line, "bench").expect("sockets");
     let tcp = sockets

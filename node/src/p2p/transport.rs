@@ -84,7 +84,7 @@ impl Directory {
     fn refuse_unknown(&self, key: &Endpointish, carrier: Carrier) {
         let Some(fw) = &self.firewall else { return };
         let proto = match carrier {
-            Carrier::H2 => burrow_firewall::Proto::Tcp,
+            Carrier::H2 | Carrier::Ws => burrow_firewall::Proto::Tcp,
             Carrier::H3 => burrow_firewall::Proto::Udp,
         };
         if let Ok(host) = burrow_firewall::Host::parse(&key.host) {
@@ -144,6 +144,10 @@ fn carrier_addr(host: &str, port: u16, carrier: Carrier) -> Multiaddr {
             .with(Protocol::Tls)
             .with(Protocol::Http),
         Carrier::H3 => base.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+        Carrier::Ws => base
+            .with(Protocol::Tcp(port))
+            .with(Protocol::Tls)
+            .with(Protocol::Ws("/".into())),
     }
 }
 
@@ -164,6 +168,7 @@ fn parse_addr(addr: &Multiaddr) -> Option<(Endpointish, Carrier)> {
     let (port, carrier) = match (it.next()?, it.next()?) {
         (Protocol::Tcp(p), Protocol::Tls) => match it.next()? {
             Protocol::Http => (p, Carrier::H2),
+            Protocol::Ws(_) => (p, Carrier::Ws),
             _ => return None,
         },
         (Protocol::Udp(p), Protocol::QuicV1) => (p, Carrier::H3),
@@ -283,7 +288,14 @@ impl Transport for CarrierTransport {
                 .connect_via(carrier)
                 .await
                 .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
-            tunnel.established().await?;
+            // Behind nginx the relay's answer head waits in nginx's TLS
+            // buffer until the first body bytes follow it, and those come
+            // only after our first Noise message: there, the answer is
+            // checked on the first read instead (a refusal still fails the
+            // dial, in the Noise upgrade).
+            if !client.line().proxied {
+                tunnel.established().await?;
+            }
             Ok(tunnel.compat())
         }
         .boxed())

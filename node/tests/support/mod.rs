@@ -47,6 +47,7 @@ pub async fn relay_with(carriers: Vec<Carrier>, limits: &RelayLimits) -> Relay {
         pin,
         ip: Some(addr.ip()),
         id: Some(keypair.public().to_peer_id().to_base58()),
+        proxied: false,
     };
     let node = relay_node(tunnels, &keypair, &line, limits, &Admission::Open).expect("relay node");
     let stats = node.stats();
