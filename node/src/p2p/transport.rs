@@ -445,6 +445,12 @@ mod tests {
                 443,
                 Carrier::H2,
             ),
+            (
+                "/dns/example.org/tcp/443/tls/ws",
+                "example.org",
+                443,
+                Carrier::Ws,
+            ),
         ] {
             let addr: Multiaddr = text.parse().expect("multiaddr");
             let (key, c) = parse_addr(&addr).expect("ours");
@@ -518,7 +524,8 @@ mod tests {
             "/ip4/127.0.0.1/tcp/8443".to_string(),
             "/ip4/127.0.0.1/tcp/8443/http".to_string(),
             "/ip4/127.0.0.1/udp/443/quic".to_string(),
-            "/ip4/127.0.0.1/tcp/8443/tls/ws".to_string(),
+            "/ip4/127.0.0.1/tcp/8443/ws".to_string(),
+            "/ip4/127.0.0.1/tcp/8443/wss".to_string(),
             format!("/ip4/127.0.0.1/tcp/8443/tls/http/p2p/{relay}/p2p-circuit"),
             format!("/ip4/127.0.0.1/udp/443/quic-v1/p2p/{relay}/p2p-circuit/p2p/{relay}"),
         ] {
