@@ -295,6 +295,14 @@ pub struct RelayArgs {
     /// Needs --domain (the web server's name); see contrib/nginx-relay.conf.
     #[arg(long, value_name = "BACKEND", conflicts_with_all = ["listen", "cert", "self_signed"])]
     pub behind_proxy: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (counts only, no
+    /// user ids or addresses); off by default. Use a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// After SIGTERM, refuse new connections and let open circuits go on
+    /// for up to this many seconds before stopping [default: 20].
+    #[arg(long, value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
     /// The web server's public HTTPS port, for the relay line [default: 443].
     #[arg(long, value_name = "PORT")]
     pub public_port: Option<u16>,

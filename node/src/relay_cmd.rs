@@ -6,7 +6,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,7 +18,7 @@ use burrow_firewall::{
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
     Backend, BackendConfig, Carrier, CertPin, Certificates, Error as ObfsError, Front, FrontConfig,
-    Gate, GateSecret, Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
+    FrontStats, Gate, GateSecret, Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ use crate::datadir;
 use crate::guarded::GuardedSockets;
 use crate::p2p::transport::relay_node;
 use crate::relay_config::{ProxyChoice, RawConfig, RelayConfig, SiteChoice, TlsChoice};
-use burrow_relay::{Admission, RelayLimits};
+use burrow_relay::{metrics, Admission, RelayLimits, RelayStats};
 
 const STATE_FILE: &str = "relay.toml";
 const GATE_KEY_FILE: &str = "gate.key";
@@ -344,6 +345,14 @@ pub fn check_config(file: &Path) -> Result<()> {
     }
     println!("  mailbox     {} messages per user", cfg.mailbox_per_user);
     println!("  resolver    {}", cfg.resolver);
+    match cfg.metrics {
+        Some(a) => println!("  metrics     http://{a}/metrics"),
+        None => println!("  metrics     off"),
+    }
+    println!(
+        "  on SIGTERM  new connections refused, open circuits get up to {} s",
+        cfg.drain.as_secs()
+    );
     Ok(())
 }
 
@@ -439,16 +448,111 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     // The line goes to stdout so scripts can read it; logs go to stderr.
     println!("{line}");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(front.run(stop_rx.clone()));
-    let relay = tokio::spawn(node.run(stop_rx));
+    let phases = Phases::new();
+    let relay_stats = node.stats();
+    let metrics = start_metrics(&cfg, relay_stats.clone(), front.stats(), &phases).await?;
+    let server = tokio::spawn(front.serve(phases.accepting(), phases.closing()));
+    let relay = tokio::spawn(node.run(phases.closing()));
     wait_for_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
+    phases.drain(&relay_stats, cfg.drain).await;
     reload.abort();
     let _ = server.await;
     let _ = relay.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     Ok(())
+}
+
+/// A relay's shutdown in two steps: stop accepting (SIGTERM), then close
+/// what is still open (circuits ended, the drain timed out, or a second
+/// signal).
+struct Phases {
+    stop_accepting: watch::Sender<bool>,
+    close: watch::Sender<bool>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            stop_accepting: watch::channel(false).0,
+            close: watch::channel(false).0,
+        }
+    }
+
+    fn accepting(&self) -> watch::Receiver<bool> {
+        self.stop_accepting.subscribe()
+    }
+
+    fn closing(&self) -> watch::Receiver<bool> {
+        self.close.subscribe()
+    }
+
+    /// Refuses new connections at once, waits up to `timeout` for open
+    /// circuits (conversations in progress) to end, then closes the rest.
+    async fn drain(&self, stats: &Arc<Mutex<RelayStats>>, timeout: Duration) {
+        let _ = self.stop_accepting.send(true);
+        let circuits = || stats.lock().map(|s| s.circuits).unwrap_or(0);
+        if circuits() > 0 && !timeout.is_zero() {
+            info!(
+                "draining: new connections are refused; waiting up to {} s for {} open circuit(s) (a second signal stops at once)",
+                timeout.as_secs(),
+                circuits()
+            );
+            let deadline = tokio::time::Instant::now() + timeout;
+            let settled = async {
+                while circuits() > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                _ = settled => info!("every circuit ended"),
+                _ = tokio::time::sleep_until(deadline) => {
+                    info!("drain timed out with {} circuit(s) open", circuits())
+                }
+                _ = wait_for_signal() => info!("second signal: stopping now"),
+            }
+        }
+        info!("shutting down");
+        let _ = self.close.send(true);
+    }
+}
+
+/// Binds the metrics endpoint if one is configured (a busy address is an
+/// error at start, not a silent absence) and serves it until the close.
+async fn start_metrics(
+    cfg: &RelayConfig,
+    relay: Arc<Mutex<RelayStats>>,
+    front: Arc<FrontStats>,
+    phases: &Phases,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = cfg.metrics else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+    info!("metrics at http://{addr}/metrics");
+    let figures = move || {
+        let relay = relay.lock().map(|s| s.clone()).unwrap_or_default();
+        let f = front.snapshot();
+        std::future::ready(metrics::Figures {
+            relay,
+            front: metrics::FrontFigures {
+                connections: f.connections,
+                tunnels_opened: f.tunnels_opened,
+                refusals: f.refusals,
+                bytes_received: f.bytes_received,
+                bytes_sent: f.bytes_sent,
+            },
+            resident_bytes: metrics::resident_bytes(),
+        })
+    };
+    Ok(Some(tokio::spawn(metrics::serve(
+        listener,
+        figures,
+        phases.closing(),
+    ))))
 }
 
 fn relay_limits(cfg: &RelayConfig) -> RelayLimits {
@@ -535,14 +639,18 @@ async fn run_behind_proxy(relay: RelayParts<'_>, proxy: &ProxyChoice) -> Result<
         proxy.host, relay.path
     );
     println!("{line}");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(backend.run(stop_rx.clone()));
-    let node = tokio::spawn(node.run(stop_rx));
+    let phases = Phases::new();
+    let relay_stats = node.stats();
+    let metrics = start_metrics(relay.cfg, relay_stats.clone(), backend.stats(), &phases).await?;
+    let server = tokio::spawn(backend.run(phases.accepting()));
+    let node = tokio::spawn(node.run(phases.closing()));
     wait_for_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
+    phases.drain(&relay_stats, relay.cfg.drain).await;
     let _ = server.await;
     let _ = node.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use burrow_firewall::ResolverSpec;
 use burrow_obfs::gate::ReplayLimits;
@@ -65,6 +66,8 @@ fn flag_of(key: &str) -> &'static str {
         "proxy.carriers" => "--proxy-carriers",
         "proxy.pin_cert" => "--pin-cert",
         "proxy.replay_window" => "no flag",
+        "metrics.listen" => "--metrics",
+        "drain_timeout" => "--drain-timeout",
         _ => "no flag",
     }
 }
@@ -79,6 +82,8 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     pub domain: Option<String>,
     pub path: Option<String>,
+    /// Seconds to wait, after SIGTERM, for open circuits to end.
+    pub drain_timeout: Option<u64>,
     #[serde(default)]
     pub tls: RawTls,
     #[serde(default)]
@@ -89,6 +94,16 @@ pub struct RawConfig {
     pub firewall: RawFirewall,
     #[serde(default)]
     pub proxy: RawProxy,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// The operator's Prometheus endpoint (off unless `listen` is set).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// IP:PORT for `GET /metrics`, e.g. 127.0.0.1:9100.
+    pub listen: Option<String>,
 }
 
 /// Behind a web server that terminates TLS (nginx, Caddy).
@@ -208,6 +223,12 @@ impl RawConfig {
         }
         if args.pin_cert.is_some() {
             self.proxy.pin_cert = args.pin_cert.clone();
+        }
+        if args.drain_timeout.is_some() {
+            self.drain_timeout = args.drain_timeout;
+        }
+        if let Some(m) = args.metrics {
+            self.metrics.listen = Some(m.to_string());
         }
         self
     }
@@ -354,7 +375,14 @@ pub struct RelayConfig {
     pub allow_local_networks: bool,
     /// `Some`: behind a web server; `listen` and `tls` are then unused.
     pub proxy: Option<ProxyChoice>,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// After SIGTERM: how long open circuits may go on before the relay stops.
+    pub drain: Duration,
 }
+
+/// How long a relay waits for open circuits after SIGTERM by default.
+pub const DEFAULT_DRAIN_SECS: u64 = 20;
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
@@ -367,6 +395,29 @@ impl RelayConfig {
     /// Checks `raw` (the file with the flags laid over it).
     pub fn check(raw: RawConfig) -> Result<Self, ConfigError> {
         let proxy = check_proxy(&raw)?;
+        let drain_secs = raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_SECS);
+        if drain_secs > 3600 {
+            return Err(invalid("drain_timeout", "at most 3600 seconds"));
+        }
+        let drain = Duration::from_secs(drain_secs);
+        let metrics = match &raw.metrics.listen {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        "expected ADDRESS:PORT, like 127.0.0.1:9100",
+                    )
+                })?;
+                if addr.ip().is_unspecified() {
+                    return Err(invalid(
+                        "metrics.listen",
+                        "name one address (127.0.0.1 for a Prometheus on this machine), not every interface",
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let listen = raw
             .listen
             .as_deref()
@@ -479,6 +530,8 @@ impl RelayConfig {
             resolver,
             allow_local_networks: raw.firewall.allow_local_networks.unwrap_or(false),
             proxy,
+            metrics,
+            drain,
         })
     }
 
@@ -592,7 +645,8 @@ replay_window = 120
             ("[site]\nroot = \"/var/www\"", "root"),
             ("[users]\nallowed = []", "allowed"),
             ("[firewall]\ndns = \"x\"", "dns"),
-            ("[metrics]\nlisten = \"127.0.0.1:9000\"", "metrics"),
+            ("[metrics]\naddress = \"127.0.0.1:9000\"", "address"),
+            ("[logging]\nlevel = \"info\"", "logging"),
             ("[proxy]\nupstream = \"127.0.0.1:9000\"", "upstream"),
         ] {
             let err = check(text).expect_err(text).to_string();
@@ -625,6 +679,9 @@ replay_window = 120
             ("[users]\nmailbox_per_user = 0", &["users.mailbox_per_user"]),
             ("[firewall]\nresolver = \"udp://x\"", &["firewall.resolver"]),
             ("listen = 443", &["listen"]),
+            ("[metrics]\nlisten = \"0.0.0.0:9100\"", &["metrics.listen", "--metrics"]),
+            ("[metrics]\nlisten = \"9100\"", &["metrics.listen"]),
+            ("drain_timeout = 7200", &["drain_timeout", "--drain-timeout"]),
             (
                 "domain = \"a.org\"\n[tls]\nself_signed = \"a.org\"\n[proxy]\nbackend = \"127.0.0.1:9000\"",
                 &["proxy.backend", "tls.self_signed"],

@@ -164,6 +164,11 @@ impl Backend {
         ))
     }
 
+    /// Counts for the operator's metrics, live while the backend runs.
+    pub fn stats(&self) -> Arc<crate::front::FrontStats> {
+        self.shared.stats()
+    }
+
     /// The address actually bound (the port chosen for port 0).
     pub fn local_addr(&self) -> &BackendAddr {
         &self.local

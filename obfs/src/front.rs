@@ -9,6 +9,7 @@
 //! request to that path. HTTP/1.1 never carries tunnels.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,7 @@ use crate::gate::{
 };
 use crate::site::{Site, SiteRequest, SiteResponse};
 use crate::tls::{Certificates, Identity};
-use crate::tunnel::Tunnel;
+use crate::tunnel::{Meter, Tunnel};
 
 /// Name of the cookie that carries the gate value.
 pub const GATE_COOKIE: &str = "sid";
@@ -82,6 +83,65 @@ pub enum NotTunnel {
     Refused(Refusal),
 }
 
+/// What a front (or a backend) counted, for the operator's metrics: counts
+/// only, nothing about who.
+#[derive(Debug)]
+pub struct FrontStats {
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    tunnels_opened: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    meter: Arc<Meter>,
+}
+
+/// One reading of [`FrontStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontSnapshot {
+    /// Carrier connections open now.
+    pub connections: u64,
+    pub tunnels_opened: u64,
+    /// Gate refusals by reason ([`Refusal::label`]), every reason listed.
+    pub refusals: Vec<(&'static str, u64)>,
+    /// Bytes through tunnels, from users and to users.
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+impl FrontStats {
+    fn new(connections: Arc<Semaphore>, max_connections: usize) -> Self {
+        Self {
+            connections,
+            max_connections,
+            tunnels_opened: AtomicU64::new(0),
+            refusals: Default::default(),
+            meter: Arc::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> FrontSnapshot {
+        let open = self
+            .max_connections
+            .saturating_sub(self.connections.available_permits());
+        FrontSnapshot {
+            connections: open as u64,
+            tunnels_opened: self.tunnels_opened.load(Ordering::Relaxed),
+            refusals: Refusal::ALL
+                .iter()
+                .zip(&self.refusals)
+                .map(|(r, n)| (r.label(), n.load(Ordering::Relaxed)))
+                .collect(),
+            bytes_received: self.meter.received(),
+            bytes_sent: self.meter.sent(),
+        }
+    }
+
+    fn refused(&self, r: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|x| *x == r) {
+            self.refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 pub(crate) struct Shared {
     gate: Gate,
     tunnel_path: String,
@@ -93,6 +153,7 @@ pub(crate) struct Shared {
     replay: Mutex<ReplayGuard>,
     /// Behind a proxy: the client's address comes from `X-Real-IP`.
     behind_proxy: bool,
+    stats: Arc<FrontStats>,
 }
 
 /// A bound, not yet running front.
@@ -183,14 +244,32 @@ impl Front {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Counts for the operator's metrics, live while the front runs.
+    pub fn stats(&self) -> Arc<FrontStats> {
+        self.shared.stats()
+    }
+
     /// The certificate this front serves, replaceable while it runs.
     pub fn certificates(&self) -> Arc<Certificates> {
         self.certificates.clone()
     }
 
-    /// Serves until `shutdown` becomes true; then stops accepting and
-    /// returns (open connections finish on their own tasks).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Serves until `shutdown` becomes true; then stops accepting, closes
+    /// its QUIC connections and returns (open TCP connections finish on
+    /// their own tasks).
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.serve(shutdown.clone(), shutdown).await
+    }
+
+    /// Serves until `stop_accepting` becomes true; then refuses new
+    /// connections (TCP and QUIC) while open ones go on, until `close`
+    /// becomes true and the QUIC connections are closed. Between the two
+    /// lies a graceful drain.
+    pub async fn serve(
+        self,
+        mut stop_accepting: watch::Receiver<bool>,
+        mut close: watch::Receiver<bool>,
+    ) {
         let Front {
             tcp,
             quic,
@@ -199,13 +278,16 @@ impl Front {
             ..
         } = self;
         let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
+        // The TCP listener lives in its loop: it closes when the loop ends.
         let tcp_loop = accept_tcp(tcp, acceptor, shared.clone());
         let quic_loop = accept_quic(quic.clone(), shared);
         tokio::select! {
             _ = tcp_loop => {}
             _ = quic_loop => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = stop_accepting.wait_for(|stop| *stop) => {}
         }
+        quic.set_server_config(None);
+        let _ = close.wait_for(|c| *c).await;
         quic.close(0u32.into(), b"");
     }
 }
@@ -356,11 +438,13 @@ impl Shared {
         behind_proxy: bool,
     ) -> (Arc<Self>, Tunnels) {
         let (tx, rx) = mpsc::channel(limits.tunnel_backlog);
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Arc::new(Shared {
             gate,
             tunnel_path,
             site,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            stats: Arc::new(FrontStats::new(connections.clone(), limits.max_connections)),
+            connections,
             limits,
             tunnels: tx,
             replay: Mutex::new(ReplayGuard::new(replay)),
@@ -421,6 +505,7 @@ impl Shared {
         match checked {
             Ok(()) => Ok(()),
             Err(r) => {
+                self.stats.refused(r);
                 debug!(reason = r.label(), "gate refused a tunnel request");
                 Err(NotTunnel::Refused(r))
             }
@@ -470,6 +555,8 @@ impl Shared {
     }
 
     pub(crate) async fn hand_over(&self, tunnel: Tunnel) {
+        self.stats.tunnels_opened.fetch_add(1, Ordering::Relaxed);
+        let tunnel = tunnel.with_meter(self.stats.meter.clone());
         if self.tunnels.send(tunnel).await.is_err() {
             debug!("tunnel dropped: the application stopped accepting");
         }
@@ -506,6 +593,10 @@ impl Shared {
 
     pub(crate) fn connections(&self) -> &Arc<Semaphore> {
         &self.connections
+    }
+
+    pub(crate) fn stats(&self) -> Arc<FrontStats> {
+        self.stats.clone()
     }
 }
 

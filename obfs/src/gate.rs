@@ -170,6 +170,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, in a fixed order (for metrics).
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Missing,
+        Refusal::Malformed,
+        Refusal::Undecryptable,
+        Refusal::UnknownVersion,
+        Refusal::Stale,
+        Refusal::Replayed,
+        Refusal::ReplayCacheFull,
+    ];
+
     /// Stable label, for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -17,6 +17,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -34,6 +36,27 @@ pub struct Tunnel {
     carrier: Carrier,
     peer: Option<SocketAddr>,
     io: Io,
+    /// Relay side: where the bytes through this tunnel are counted.
+    meter: Option<Arc<Meter>>,
+}
+
+/// Bytes through a front's tunnels, for the operator's metrics.
+#[derive(Debug, Default)]
+pub struct Meter {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Meter {
+    /// Bytes read from users so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to users so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for Tunnel {
@@ -89,6 +112,11 @@ impl Tunnel {
         self
     }
 
+    pub(crate) fn with_meter(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
     /// Waits until the relay has accepted the tunnel (client side); returns
     /// at once on the relay side.
     pub async fn established(&mut self) -> io::Result<()> {
@@ -105,6 +133,7 @@ impl Tunnel {
         Self {
             carrier: Carrier::H2,
             peer: None,
+            meter: None,
             io: Io::H2(H2Io {
                 send,
                 recv,
@@ -122,6 +151,7 @@ impl Tunnel {
         Self {
             carrier: Carrier::H3,
             peer: None,
+            meter: None,
             io: Io::H3(H3Io {
                 send: SendState::Idle(send),
                 recv,
@@ -140,6 +170,7 @@ impl Tunnel {
         Self {
             carrier,
             peer: None,
+            meter: None,
             io: Io::Raw(RawIo { io, prefix }),
         }
     }
@@ -167,11 +198,18 @@ impl AsyncRead for Tunnel {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        let before = out.filled().len();
+        let result = match &mut this.io {
             Io::H2(h) => h.poll_read(cx, out),
             Io::H3(h) => h.poll_read(cx, out),
             Io::Raw(r) => r.poll_read(cx, out),
+        };
+        if let (Some(m), Poll::Ready(Ok(()))) = (&this.meter, &result) {
+            let n = out.filled().len().saturating_sub(before) as u64;
+            m.received.fetch_add(n, Ordering::Relaxed);
         }
+        result
     }
 }
 
@@ -181,11 +219,16 @@ impl AsyncWrite for Tunnel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        let result = match &mut this.io {
             Io::H2(h) => h.poll_write(cx, buf),
             Io::H3(h) => h.poll_write(cx, buf),
             Io::Raw(r) => Pin::new(&mut r.io).poll_write(cx, buf),
+        };
+        if let (Some(m), Poll::Ready(Ok(n))) = (&this.meter, &result) {
+            m.sent.fetch_add(*n as u64, Ordering::Relaxed);
         }
+        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -7,6 +7,7 @@
 //! - [`mailbox`]: sealed messages for offline users, in RAM only, bounded
 //!   per recipient (1,000), by age (7 days) and in total bytes.
 //! - [`proto`]: the mailbox wire messages.
+//! - [`metrics`]: counts for the operator, as a Prometheus endpoint.
 //! - [`tracker`]: the phone book (kad in server mode, records in RAM) that
 //!   tells someone who knows a user where that user is reachable now.
 //!
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mailbox;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod tracker;
