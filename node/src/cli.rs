@@ -324,6 +324,10 @@ struct AddressArgs {
     /// IP address users should dial (added to the line as ip=).
     #[arg(long, value_name = "IP")]
     ip: Option<std::net::IpAddr>,
+    /// Also draw the line as a QR code (for a terminal with a dark
+    /// background), to be read with a phone's camera.
+    #[arg(long)]
+    qr: bool,
 }
 
 /// Entry point: returns the process exit code.
@@ -354,7 +358,7 @@ pub fn main() -> ExitCode {
                     ..
                 } => {
                     let dir = datadir::resolve(a.data_dir)?;
-                    relay_cmd::print_address(&dir, a.ip)
+                    relay_cmd::print_address(&dir, a.ip, a.qr)
                 }
                 RelayCommand {
                     sub: Some(RelaySub::CheckConfig { file }),

@@ -12,6 +12,7 @@ pub mod guarded;
 pub mod identity;
 pub mod messenger;
 pub mod p2p;
+pub mod qr;
 pub mod relay_cmd;
 pub mod relay_config;
 pub mod seal;

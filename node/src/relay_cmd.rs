@@ -216,7 +216,7 @@ fn pin_of(dir: &Path, state: &RelayState) -> Result<Option<CertPin>> {
 }
 
 /// `burrow relay address`.
-pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
+pub fn print_address(data_dir: &Path, ip: Option<IpAddr>, qr: bool) -> Result<()> {
     let dir = relay_dir(data_dir);
     let Some(state) = load_state(&dir)? else {
         bail!(
@@ -227,7 +227,11 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>) -> Result<()> {
     let key = gate_secret(&dir)?;
     let node = node_key(&dir)?.public().to_peer_id();
     let pin = pin_of(&dir, &state)?;
-    println!("{}", line_for(&state, &key, &node, pin, ip));
+    let line = line_for(&state, &key, &node, pin, ip);
+    println!("{line}");
+    if qr {
+        print!("\n{}", crate::qr::render(&line.to_string())?);
+    }
     Ok(())
 }
 
