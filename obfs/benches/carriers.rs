@@ -1,4 +1,4 @@
-//! Carrier benchmark: tunnels over HTTP/2 and HTTP/3 side by side with their
+//! Carrier benchmark: tunnels over HTTP/2, WebSocket and HTTP/3 side by side with their
 //! baselines (raw TCP, a plain rustls TLS 1.3 stream, a plain quinn stream)
 //! in one process on loopback. Rounds are interleaved so that noise from a
 //! shared machine hits every contender alike; medians are reported.
@@ -31,15 +31,17 @@ enum Kind {
     Tcp,
     Tls,
     H2Tunnel,
+    WsTunnel,
     Quic,
     H3Tunnel,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Tcp,
         Kind::Tls,
         Kind::H2Tunnel,
+        Kind::WsTunnel,
         Kind::Quic,
         Kind::H3Tunnel,
     ];
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Tcp => "raw TCP",
             Kind::Tls => "rustls TLS 1.3",
             Kind::H2Tunnel => "tunnel over HTTP/2",
+            Kind::WsTunnel => "tunnel over WebSocket (HTTP/1.1)",
             Kind::Quic => "quinn stream",
             Kind::H3Tunnel => "tunnel over HTTP/3",
         }
@@ -187,11 +190,11 @@ async fn pair(env: &mut Env, kind: Kind) -> (Stream, Stream) {
                 Box::new(tokio::io::join(srecv, ssend)),
             )
         }
-        Kind::H2Tunnel | Kind::H3Tunnel => {
-            let carrier = if kind == Kind::H2Tunnel {
-                Carrier::H2
-            } else {
-                Carrier::H3
+        Kind::H2Tunnel | Kind::H3Tunnel | Kind::WsTunnel => {
+            let carrier = match kind {
+                Kind::H2Tunnel => Carrier::H2,
+                Kind::WsTunnel => Carrier::Ws,
+                _ => Carrier::H3,
             };
             let mut c = env.relay.connect_via(carrier).await.expect("tunnel");
             c.write_all(&[0]).await.expect("first byte");
@@ -329,7 +332,7 @@ fn main() {
             println!("| {} | {:.0} | {:.0} | {:.1} | {:.1} |", kind.name(), row.0, row.1, row.2, row.3);
             med.push(row);
         }
-        let (tls, h2, quic, h3) = (med[1], med[2], med[3], med[4]);
+        let (tls, h2, ws, quic, h3) = (med[1], med[2], med[3], med[4], med[5]);
         println!();
         println!("| ratio | client→server | server→client | RTT p50 | RTT p99 |");
         println!("|---|---:|---:|---:|---:|");
@@ -339,6 +342,13 @@ fn main() {
             h2.1 / tls.1,
             h2.2 / tls.2,
             h2.3 / tls.3
+        );
+        println!(
+            "| WebSocket tunnel / TLS | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+            ws.0 / tls.0,
+            ws.1 / tls.1,
+            ws.2 / tls.2,
+            ws.3 / tls.3
         );
         println!(
             "| HTTP/3 tunnel / quinn (goal ≥ 0.9× throughput) | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
