@@ -10,16 +10,19 @@
 #   5. relay: bulk throughput A -> relay -> B vs one rustls TLS stream,
 #      messages per second for 100 pairs vs 100 TLS echo connections, and
 #      relay memory per idle user at 1,000 users vs idle TLS connections;
+#   5b. capacity: idle users one relay holds within 2 GiB of memory, and message
+#      round trips for 100 chatting users with and without 1,000 idle ones;
 #   6. firewall: one decision with 10,000 allowlist entries vs a HashSet lookup;
 #   7. dns: a relay's name through the firewall, cached and uncached, against a
 #      local DoH server, vs the decision for an address.
-# Usage: bench/run.sh [carriers|memory|rps|messages|relay|firewall|dns]...   (default: all)
+# Usage: bench/run.sh [carriers|memory|rps|messages|relay|capacity|firewall|dns]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
 #              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
-#              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5).
+#              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5),
+#              BENCH_CAPACITY_MIB, BENCH_CAPACITY_STEP, BENCH_IDLE, BENCH_CHAT_PAIRS (capacity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay firewall dns)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay capacity firewall dns)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -51,6 +54,14 @@ firewall)
   echo "Command: \`bench/run.sh firewall\`"
   echo
   cargo bench --quiet -p burrow-firewall --bench decide 2>/dev/null
+  echo
+  ;;
+capacity)
+  echo "## Relay capacity"
+  echo
+  echo "Command: \`BENCH_CAPACITY_MIB=${BENCH_CAPACITY_MIB:-2048} BENCH_IDLE=${BENCH_IDLE:-1000} bench/run.sh capacity\`"
+  echo
+  cargo bench --quiet -p burrow-node --bench capacity 2>/dev/null
   echo
   ;;
 relay)

@@ -16,29 +16,26 @@
 //! runs the memory part's relay under a profiler (`heaptrack`).
 
 use std::io;
-use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burrow_node::p2p::driver::RelayRef;
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_node::p2p::swarm;
 use burrow_node::p2p::transport::{CarrierTransport, Directory};
-use burrow_obfs::{Carrier, RelayLine};
-use burrow_relay::RelayLimits;
+use burrow_obfs::Carrier;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{relay, PeerId, StreamProtocol, Swarm};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{user, TlsServer};
+use common::{relay_child, roomy_limits, user, RelayChild, TlsServer};
 
 /// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
 /// binary without it, as a quick check that the benchmark still works.
@@ -52,17 +49,6 @@ fn env_num(name: &str, default: usize, smoke_default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke() { smoke_default } else { default })
-}
-
-/// Limits that let one machine's worth of users (all from 127.0.0.1) in.
-fn roomy_limits() -> RelayLimits {
-    let many = NonZeroU32::new(1_000_000).expect("non-zero");
-    RelayLimits {
-        reservations_per_ip_per_minute: many,
-        circuits_per_ip_per_minute: many,
-        circuits_per_peer_per_minute: many,
-        ..RelayLimits::default()
-    }
 }
 
 // ------------------------------------------------------------ throughput
@@ -403,116 +389,6 @@ async fn forward() {
 }
 
 // ---------------------------------------------------------------- memory
-
-/// The relay in a child process (this benchmark run with BENCH_RELAY_CHILD).
-struct RelayChild {
-    child: Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    line: RelayLine,
-}
-
-impl RelayChild {
-    fn start(carrier: Carrier) -> Self {
-        // BENCH_RELAY_WRAPPER runs the relay under a profiler (heaptrack…).
-        let exe = std::env::current_exe().expect("exe");
-        let mut command = match std::env::var("BENCH_RELAY_WRAPPER") {
-            Ok(wrapper) => {
-                let mut c = Command::new(wrapper);
-                c.arg(exe);
-                c
-            }
-            Err(_) => Command::new(exe),
-        };
-        let mut child = command
-            .env("BENCH_RELAY_CHILD", carrier.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("relay child");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        // A wrapper may print first; the relay prints its line.
-        let mut line = String::new();
-        while !line.starts_with("burrow-relay://") {
-            line.clear();
-            let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("line");
-            assert!(n > 0, "the relay child exited");
-        }
-        let line = line.trim().parse().expect("relay line");
-        Self {
-            child,
-            stdout,
-            line,
-        }
-    }
-
-    /// libp2p connections the relay holds.
-    fn connections(&mut self) -> usize {
-        use std::io::Write;
-        writeln!(self.child.stdin.as_mut().expect("stdin"), "stats").expect("ask");
-        let mut answer = String::new();
-        std::io::BufRead::read_line(&mut self.stdout, &mut answer).expect("answer");
-        answer.trim().parse().expect("count")
-    }
-
-    /// Resident memory in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// Waits until its memory stops moving, then reads it.
-    async fn settled_rss(&self) -> u64 {
-        let mut last = self.rss_kib();
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = self.rss_kib();
-            if now.abs_diff(last) < 256 {
-                return now;
-            }
-            last = now;
-        }
-    }
-}
-
-impl Drop for RelayChild {
-    fn drop(&mut self) {
-        // End of stdin stops it (and lets a profiler write its report).
-        drop(self.child.stdin.take());
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs as the child: a relay with roomy limits until stdin closes.
-async fn relay_child(carrier: &str) {
-    let carrier = match carrier {
-        "h3" => Carrier::H3,
-        _ => Carrier::H2,
-    };
-    let relay = support::relay_with(vec![carrier], &roomy_limits()).await;
-    println!("{}", relay.line);
-    // Each line on stdin asks for the connection count; end of input (the
-    // benchmark ends or dies) stops it.
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let mut buf = String::new();
-    while stdin.read_line(&mut buf).await.unwrap_or(0) > 0 {
-        let s = relay.stats.lock().expect("stats").clone();
-        println!("{}", s.connections);
-        buf.clear();
-    }
-    drop(relay);
-}
 
 async fn memory() {
     let users = env_num("BENCH_USERS", 1000, 10);

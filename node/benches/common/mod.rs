@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +16,11 @@ use burrow_node::p2p::transport::{CarrierTransport, Directory};
 use burrow_obfs::tls::{client_config, Trust, ALPN_TCP};
 use burrow_obfs::{Carrier, Identity, RelayLine, Sockets};
 use burrow_relay::proto::MailboxItem;
+use burrow_relay::RelayLimits;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
@@ -39,9 +43,14 @@ impl Handler for Quiet {
 /// A user with a fresh key, online at `home` (holding a reservation) when
 /// this returns.
 pub async fn user(home: &RelayRef) -> (PeerId, DriverHandle) {
+    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "bench").expect("sockets"));
+    user_with(home, sockets).await
+}
+
+/// Like [`user`], dialling through `sockets`.
+pub async fn user_with(home: &RelayRef, sockets: Arc<dyn Sockets>) -> (PeerId, DriverHandle) {
     let keypair = Keypair::generate_ed25519();
     let directory = Directory::default();
-    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "bench").expect("sockets"));
     let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone())).expect("swarm");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Quiet(tx));
@@ -121,4 +130,136 @@ pub async fn tls_connect(addr: SocketAddr, pin: burrow_obfs::tls::CertPin) -> Tl
         .connect(ServerName::try_from("bench.example").expect("name"), tcp)
         .await
         .expect("tls")
+}
+
+/// Limits that let one machine's worth of users (all from 127.0.0.1) in.
+pub fn roomy_limits() -> RelayLimits {
+    let many = NonZeroU32::new(1_000_000).expect("non-zero");
+    RelayLimits {
+        reservations_per_ip_per_minute: many,
+        circuits_per_ip_per_minute: many,
+        circuits_per_peer_per_minute: many,
+        ..RelayLimits::default()
+    }
+}
+
+/// The front of a relay child: as many connections as this process may
+/// hold file descriptors for (the capacity benchmark fills it).
+fn child_front_limits() -> burrow_obfs::Limits {
+    burrow_obfs::Limits {
+        max_connections: 1_000_000,
+        ..Default::default()
+    }
+}
+
+/// The relay in a child process (this benchmark run with BENCH_RELAY_CHILD).
+pub struct RelayChild {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    pub line: RelayLine,
+}
+
+impl RelayChild {
+    pub fn start(carrier: Carrier) -> Self {
+        // BENCH_RELAY_WRAPPER runs the relay under a profiler (heaptrack…).
+        let exe = std::env::current_exe().expect("exe");
+        let mut command = match std::env::var("BENCH_RELAY_WRAPPER") {
+            Ok(wrapper) => {
+                let mut c = Command::new(wrapper);
+                c.arg(exe);
+                c
+            }
+            Err(_) => Command::new(exe),
+        };
+        let mut child = command
+            .env("BENCH_RELAY_CHILD", carrier.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("relay child");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        // A wrapper may print first; the relay prints its line.
+        let mut line = String::new();
+        while !line.starts_with("burrow-relay://") {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("line");
+            assert!(n > 0, "the relay child exited");
+        }
+        let line = line.trim().parse().expect("relay line");
+        Self {
+            child,
+            stdout,
+            line,
+        }
+    }
+
+    /// libp2p connections the relay holds.
+    pub fn connections(&mut self) -> usize {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().expect("stdin"), "stats").expect("ask");
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut answer).expect("answer");
+        answer.trim().parse().expect("count")
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Waits until its memory stops moving, then reads it.
+    pub async fn settled_rss(&self) -> u64 {
+        let mut last = self.rss_kib();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.rss_kib();
+            if now.abs_diff(last) < 256 {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        // End of stdin stops it (and lets a profiler write its report).
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs as the child: a relay with roomy limits until stdin closes.
+pub async fn relay_child(carrier: &str) {
+    let carrier = match carrier {
+        "h3" => Carrier::H3,
+        _ => Carrier::H2,
+    };
+    let relay =
+        crate::support::relay_with_front(vec![carrier], &roomy_limits(), &child_front_limits())
+            .await;
+    println!("{}", relay.line);
+    // Each line on stdin asks for the connection count; end of input (the
+    // benchmark ends or dies) stops it.
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut buf = String::new();
+    while stdin.read_line(&mut buf).await.unwrap_or(0) > 0 {
+        let s = relay.stats.lock().expect("stats").clone();
+        println!("{}", s.connections);
+        buf.clear();
+    }
+    drop(relay);
 }

@@ -23,6 +23,14 @@ pub async fn relay(carriers: Vec<Carrier>) -> Relay {
 }
 
 pub async fn relay_with(carriers: Vec<Carrier>, limits: &RelayLimits) -> Relay {
+    relay_with_front(carriers, limits, &Limits::default()).await
+}
+
+pub async fn relay_with_front(
+    carriers: Vec<Carrier>,
+    limits: &RelayLimits,
+    front_limits: &Limits,
+) -> Relay {
     let (identity, _, _) = Identity::self_signed("relay.example").expect("cert");
     let secret = GateSecret::generate(&mut rand::rngs::OsRng);
     let pin = identity.pin();
@@ -31,7 +39,7 @@ pub async fn relay_with(carriers: Vec<Carrier>, limits: &RelayLimits) -> Relay {
         gate: Gate::new(secret.clone()),
         tunnel_path: "/api/v2/events".into(),
         site: Site::new(Source::Builtin, 0, true),
-        limits: Limits::default(),
+        limits: front_limits.clone(),
     };
     let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
         .await
