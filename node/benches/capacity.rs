@@ -30,18 +30,7 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{percentile, relay_child, user_with, RelayChild};
-
-fn smoke() -> bool {
-    !std::env::args().any(|a| a == "--bench")
-}
-
-fn env_num(name: &str, default: usize, smoke_default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if smoke() { smoke_default } else { default })
-}
+use common::{bench_main, env_num, percentile, user_with, RelayChild};
 
 /// Dials from a different 127.0.0.x source address each time, so the
 /// users do not all share one source address's ephemeral ports.
@@ -250,28 +239,17 @@ async fn latency() {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Ok(carrier) = std::env::var("BENCH_RELAY_CHILD") {
-        rt.block_on(relay_child(&carrier));
-        return;
-    }
-    if smoke() {
-        println!(
-            "(a quick check that the benchmark works, tiny sizes: measure with `cargo bench`)\n"
-        );
-    }
-    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "capacity,latency".into());
-    rt.block_on(async {
-        for part in parts.split(',') {
-            match part.trim() {
-                "capacity" => capacity().await,
-                "latency" => latency().await,
-                other => eprintln!("unknown part {other:?} (capacity, latency)"),
+    bench_main("capacity,latency", |part| async move {
+        match part.as_str() {
+            "capacity" => {
+                capacity().await;
+                true
             }
+            "latency" => {
+                latency().await;
+                true
+            }
+            _ => false,
         }
     });
 }

@@ -35,21 +35,7 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{relay_child, roomy_limits, user, RelayChild, TlsServer};
-
-/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-/// binary without it, as a quick check that the benchmark still works.
-fn smoke() -> bool {
-    !std::env::args().any(|a| a == "--bench")
-}
-
-/// A size from the environment; small when only checking the benchmark.
-fn env_num(name: &str, default: usize, smoke_default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if smoke() { smoke_default } else { default })
-}
+use common::{bench_main, env_num, roomy_limits, user, RelayChild, TlsServer};
 
 // ------------------------------------------------------------ throughput
 
@@ -456,29 +442,21 @@ fn row(name: &str, before: u64, after: u64, n: usize) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Ok(carrier) = std::env::var("BENCH_RELAY_CHILD") {
-        rt.block_on(relay_child(&carrier));
-        return;
-    }
-    if smoke() {
-        println!(
-            "(a quick check that the benchmark works, tiny sizes: measure with `cargo bench`)\n"
-        );
-    }
-    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "throughput,forward,memory".into());
-    rt.block_on(async {
-        for part in parts.split(',') {
-            match part.trim() {
-                "throughput" => throughput().await,
-                "forward" => forward().await,
-                "memory" => memory().await,
-                other => eprintln!("unknown part {other:?} (throughput, forward, memory)"),
+    bench_main("throughput,forward,memory", |part| async move {
+        match part.as_str() {
+            "throughput" => {
+                throughput().await;
+                true
             }
+            "forward" => {
+                forward().await;
+                true
+            }
+            "memory" => {
+                memory().await;
+                true
+            }
+            _ => false,
         }
     });
 }

@@ -467,8 +467,8 @@ impl Shared {
         self.check_gate(binding, headers)
     }
 
-    /// An HTTP/1.1 `Upgrade: websocket` request for the tunnel path (behind
-    /// a proxy only); the same gate decides.
+    /// An HTTP/1.1 `Upgrade: websocket` request for the tunnel path (the
+    /// WebSocket carrier); the same gate decides.
     pub(crate) fn classify_upgrade(
         &self,
         binding: &Binding,

@@ -263,3 +263,50 @@ pub async fn relay_child(carrier: &str) {
     }
     drop(relay);
 }
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs a
+/// benchmark binary without it, as a quick check that it still works.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// A size from the environment; small when only checking the benchmark.
+pub fn env_num(name: &str, default: usize, smoke_default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke() { smoke_default } else { default })
+}
+
+/// A benchmark binary's `main`: the relay child when this process is one
+/// ([`RelayChild`]), else the parts BENCH_PARTS names (default: `all`), each
+/// run by `run`, which says whether it knew the part.
+pub fn bench_main<F, Fut>(all: &str, run: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Ok(carrier) = std::env::var("BENCH_RELAY_CHILD") {
+        rt.block_on(relay_child(&carrier));
+        return;
+    }
+    if smoke() {
+        println!(
+            "(a quick check that the benchmark works, tiny sizes: measure with `cargo bench`)\n"
+        );
+    }
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| all.to_string());
+    rt.block_on(async {
+        for part in parts.split(',') {
+            let part = part.trim().to_string();
+            if !run(part.clone()).await {
+                eprintln!("unknown part {part:?} (parts: {all})");
+            }
+        }
+    });
+}
