@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::error::{ConfigError, Error};
@@ -233,16 +233,13 @@ where
             }
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            serve(stream, shared).await;
-            drop(permit);
-        });
+        tokio::spawn(serve(stream, shared, permit));
     }
 }
 
 /// Reads enough of a connection to tell HTTP/2 from HTTP/1.1, then hands
 /// it (with the bytes read) to the right server.
-async fn serve<S>(mut stream: S, shared: Arc<Shared>)
+async fn serve<S>(mut stream: S, shared: Arc<Shared>, permit: OwnedSemaphorePermit)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -268,7 +265,7 @@ where
     if h2 {
         crate::h2_server::serve(io, None, Binding::Proxied, shared).await;
     } else {
-        crate::h1_server::serve(io, None, Binding::Proxied, shared).await;
+        crate::h1_server::serve(io, None, Binding::Proxied, shared, permit).await;
     }
     debug!("backend connection closed");
 }

@@ -450,7 +450,7 @@ impl Client {
         if !accepted {
             return Err(Error::NotARelay { carrier: C, status });
         }
-        Ok(Tunnel::raw(Carrier::Ws, Box::new(tls), rest))
+        Ok(Tunnel::raw(Carrier::Ws, Box::new(tls), rest, None))
     }
 
     /// Chrome's WebSocket opening handshake, in its header order.

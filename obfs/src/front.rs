@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::error::Error;
@@ -363,14 +363,19 @@ async fn accept_tcp(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
-        tokio::spawn(async move {
-            serve_tcp(stream, acceptor, shared).await;
-            drop(permit);
-        });
+        tokio::spawn(serve_tcp(stream, acceptor, shared, permit));
     }
 }
 
-async fn serve_tcp(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+/// Serves one TCP connection; `permit` counts it against the connection
+/// limit for as long as it lives (inside a WebSocket tunnel, if it becomes
+/// one).
+async fn serve_tcp(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
     // A TLS connection starts with a handshake record (0x16), or 0x80 for
     // an SSLv2-style hello; anything else is answered as nginx answers plain
     // HTTP on its TLS port.
@@ -407,7 +412,7 @@ async fn serve_tcp(stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor, share
     if h2 {
         crate::h2_server::serve(tls, peer, binding, shared).await;
     } else {
-        crate::h1_server::serve(tls, peer, binding, shared).await;
+        crate::h1_server::serve(tls, peer, binding, shared, permit).await;
     }
 }
 

@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use std::net::SocketAddr;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::front::SharedRef;
 use crate::gate::Binding;
 use crate::h1::{self, BodyReader, Parsed, Reject};
@@ -39,6 +41,7 @@ pub(crate) async fn serve<S>(
     peer: Option<SocketAddr>,
     binding: Binding,
     shared: SharedRef,
+    permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -94,7 +97,15 @@ pub(crate) async fn serve<S>(
                 return;
             }
             let client = shared.client_addr(peer, &head.headers);
-            let tunnel = Tunnel::raw(Carrier::Ws, Box::new(io), buf.freeze()).with_peer(client);
+            // The connection goes on inside the tunnel, and so does its
+            // place under the connection limit.
+            let tunnel = Tunnel::raw(
+                Carrier::Ws,
+                Box::new(io),
+                buf.freeze(),
+                Some(Box::new(permit)),
+            )
+            .with_peer(client);
             shared.hand_over(tunnel).await;
             return;
         }

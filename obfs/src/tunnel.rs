@@ -166,12 +166,21 @@ impl Tunnel {
     /// A connection the HTTP layer handed over whole (HTTP/1.1 after `101
     /// Switching Protocols`); `prefix` holds bytes already read past the
     /// HTTP head.
-    pub(crate) fn raw(carrier: Carrier, io: Box<dyn RawStream>, prefix: Bytes) -> Self {
+    pub(crate) fn raw(
+        carrier: Carrier,
+        io: Box<dyn RawStream>,
+        prefix: Bytes,
+        keep: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
         Self {
             carrier,
             peer: None,
             meter: None,
-            io: Io::Raw(RawIo { io, prefix }),
+            io: Io::Raw(RawIo {
+                io,
+                prefix,
+                _keep: keep,
+            }),
         }
     }
 }
@@ -259,6 +268,8 @@ struct RawIo {
     io: Box<dyn RawStream>,
     /// Read past the HTTP head before the hand-over; delivered first.
     prefix: Bytes,
+    /// Held as long as the tunnel lives (the relay's connection permit).
+    _keep: Option<Box<dyn Send + Sync>>,
 }
 
 impl RawIo {

@@ -30,6 +30,10 @@ struct Relay {
 }
 
 async fn relay() -> Relay {
+    relay_with(Limits::default()).await
+}
+
+async fn relay_with(limits: Limits) -> Relay {
     let (identity, _, _) = Identity::self_signed("example.org").expect("self-signed");
     let secret = GateSecret::generate(&mut rand::thread_rng());
     let pin = identity.pin();
@@ -38,7 +42,7 @@ async fn relay() -> Relay {
         gate: Gate::new(secret.clone()),
         tunnel_path: "/api/v2/events".into(),
         site: Site::new(Source::Builtin, 0, true),
-        limits: Limits::default(),
+        limits,
     };
     let (front, tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
         .await
@@ -299,4 +303,39 @@ async fn ping_pong_when_the_writer_never_flushes() {
             assert_eq!(back, [i; 64]);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_keeps_its_place_under_the_connection_limit() {
+    let r = relay_with(Limits {
+        max_connections: 1,
+        ..Limits::default()
+    })
+    .await;
+    let line = r.line.clone();
+    spawn_echo(r.tunnels);
+    let mut ws = client(&line).connect_via(Carrier::Ws).await.expect("ws");
+    ws.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    ws.read_exact(&mut back).await.expect("echo");
+    // The upgraded connection still holds the only place: another waits.
+    let busy = client(&line).with_connect_timeout(Duration::from_millis(500));
+    assert!(busy.connect_via(Carrier::H2).await.is_err(), "over the limit");
+    ws.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    ws.read_to_end(&mut rest).await.expect("relay closes too");
+    drop(ws);
+    let mut t = None;
+    for _ in 0..50 {
+        if let Ok(ok) = client(&line)
+            .with_connect_timeout(Duration::from_millis(500))
+            .connect_via(Carrier::H2)
+            .await
+        {
+            t = Some(ok);
+            break;
+        }
+    }
+    let mut t = t.expect("the place is free again once the tunnel ended");
+    t.established().await.expect("accepted");
 }
