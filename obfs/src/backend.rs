@@ -28,16 +28,15 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::{ConfigError, Error};
-use crate::front::{Limits, Shared, Tunnels};
+use crate::front::{accept_loop, Limits, Shared, Tunnels};
 use crate::gate::{Binding, Gate, ReplayLimits};
 use crate::site::Site;
 
@@ -181,13 +180,13 @@ impl Backend {
         match self.listener {
             Listener::Tcp(l) => {
                 tokio::select! {
-                    _ = accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, shared) => {}
+                    _ = accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, shared, serve) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {}
                 }
             }
             Listener::Unix(l, path) => {
                 tokio::select! {
-                    _ = accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, shared) => {}
+                    _ = accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, shared, serve) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {}
                 }
                 let _ = std::fs::remove_file(path);
@@ -206,34 +205,6 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-async fn accept_loop<S, F, Fut>(mut accept: F, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = io::Result<S>>,
-{
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let Ok(permit) = shared.connections().clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match accept().await {
-            Ok(s) => {
-                backoff = Duration::from_millis(5);
-                s
-            }
-            Err(e) => {
-                warn!("backend accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(serve(stream, shared, permit));
     }
 }
 

@@ -341,29 +341,46 @@ async fn accept_tcp(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) {
+    let accept = || async {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    };
+    accept_loop(accept, shared, move |stream, shared, permit| {
+        serve_tcp(stream, acceptor.clone(), shared, permit)
+    })
+    .await
+}
+
+/// Accepts connections while the connection limit allows and hands each
+/// to `serve` with its place under the limit. A failing `accept` (out of
+/// file descriptors and similar) is retried after a growing pause instead
+/// of spinning.
+pub(crate) async fn accept_loop<S, A, AF, F, SF>(mut accept: A, shared: Arc<Shared>, serve: F)
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = std::io::Result<S>>,
+    F: Fn(S, Arc<Shared>, OwnedSemaphorePermit) -> SF,
+    SF: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = match shared.connections.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
+        let Ok(permit) = shared.connections.clone().acquire_owned().await else {
+            return;
         };
-        let (stream, _) = match listener.accept().await {
+        let stream = match accept().await {
             Ok(s) => {
                 backoff = Duration::from_millis(5);
                 s
             }
             Err(e) => {
-                // Out of file descriptors and similar: wait instead of spinning.
                 warn!("accept failed: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        tokio::spawn(serve_tcp(stream, acceptor, shared, permit));
+        tokio::spawn(serve(stream, shared.clone(), permit));
     }
 }
 
@@ -594,10 +611,6 @@ impl Shared {
             .parse()
             .ok()?;
         Some(SocketAddr::new(ip, 0))
-    }
-
-    pub(crate) fn connections(&self) -> &Arc<Semaphore> {
-        &self.connections
     }
 
     pub(crate) fn stats(&self) -> Arc<FrontStats> {

@@ -320,7 +320,10 @@ async fn a_websocket_tunnel_keeps_its_place_under_the_connection_limit() {
     ws.read_exact(&mut back).await.expect("echo");
     // The upgraded connection still holds the only place: another waits.
     let busy = client(&line).with_connect_timeout(Duration::from_millis(500));
-    assert!(busy.connect_via(Carrier::H2).await.is_err(), "over the limit");
+    assert!(
+        busy.connect_via(Carrier::H2).await.is_err(),
+        "over the limit"
+    );
     ws.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
     ws.read_to_end(&mut rest).await.expect("relay closes too");
