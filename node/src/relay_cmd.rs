@@ -30,7 +30,7 @@ use crate::datadir;
 use crate::guarded::GuardedSockets;
 use crate::p2p::transport::relay_node;
 use crate::relay_config::{ProxyChoice, RawConfig, RelayConfig, SiteChoice, TlsChoice};
-use burrow_relay::{metrics, Admission, RelayLimits, RelayStats};
+use burrow_relay::{metrics, Admission, RelayStats};
 
 const STATE_FILE: &str = "relay.toml";
 const GATE_KEY_FILE: &str = "gate.key";
@@ -347,7 +347,16 @@ pub fn check_config(file: &Path) -> Result<()> {
         None => println!("  users       anyone with the relay line"),
         Some(list) => println!("  users       {} listed", list.len()),
     }
-    println!("  mailbox     {} messages per user", cfg.mailbox_per_user);
+    let l = &cfg.limits;
+    println!(
+        "  mailbox     {} messages per user, {} MiB in all",
+        l.mailbox.per_recipient,
+        l.mailbox.total_bytes >> 20
+    );
+    println!(
+        "  limits      {} connections, {} reservations, {} circuits ({} per user)",
+        cfg.max_connections, l.max_reservations, l.max_circuits, l.max_circuits_per_peer
+    );
     println!("  resolver    {}", cfg.resolver);
     match cfg.metrics {
         Some(a) => println!("  metrics     http://{a}/metrics"),
@@ -360,9 +369,40 @@ pub fn check_config(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Descriptors the relay keeps for itself beyond one per connection: its
+/// UDP socket, listeners, site files being served, the metrics endpoint.
+const OWN_FILES: u64 = 256;
+
+/// Raises the open-files soft limit to the hard limit (as nginx's
+/// `worker_rlimit_nofile` does), since every connection holds a descriptor,
+/// and says so when even the hard limit leaves `max_connections` short.
+fn raise_open_files(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || limit.maximum.is_none() {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!("could not raise the open-files limit: {e}");
+        }
+    }
+    let Some(have) = getrlimit(Resource::Nofile).current else {
+        return;
+    };
+    let need = max_connections as u64 + OWN_FILES;
+    if have < need {
+        warn!(
+            "the open-files limit ({have}) holds about {} connections, fewer than limits.max_connections \
+             ({max_connections}); beyond that, accept backs off and new users wait: raise it \
+             (LimitNOFILE= in the systemd unit, ulimit -n) to at least {need}",
+            have.saturating_sub(OWN_FILES)
+        );
+    }
+}
+
 /// `burrow relay`: serves until SIGINT or SIGTERM.
 pub async fn run(args: RelayArgs) -> Result<()> {
     let cfg = RelayConfig::from_args(&args)?;
+    raise_open_files(cfg.max_connections);
     let data_dir = datadir::resolve(cfg.data_dir.clone())?;
     let dir = relay_dir(&data_dir);
     datadir::ensure_dir(&dir)?;
@@ -400,7 +440,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         tunnel_path: path.clone(),
         // Port 0 is filled in with the bound port by the front.
         site: Site::new(source.clone(), cfg.listen.port(), true),
-        limits: Limits::default(),
+        limits: front_limits(&cfg),
     };
     let (front, tunnels) = match Front::bind(cfg.listen, config).await {
         Ok(f) => f,
@@ -437,7 +477,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         identity.pin(),
         None,
     );
-    let node = relay_node(tunnels, &keypair, &line, &relay_limits(&cfg), &admission)?;
+    let node = relay_node(tunnels, &keypair, &line, &cfg.limits, &admission)?;
     info!(
         "serving {} on {bound} (TCP: TLS, HTTP/1.1 and HTTP/2; UDP: QUIC, HTTP/3)",
         match &source {
@@ -559,13 +599,11 @@ async fn start_metrics(
     ))))
 }
 
-fn relay_limits(cfg: &RelayConfig) -> RelayLimits {
-    RelayLimits {
-        mailbox: burrow_relay::MailboxLimits {
-            per_recipient: cfg.mailbox_per_user,
-            ..Default::default()
-        },
-        ..Default::default()
+/// The front's limits: the defaults, with the operator's connection bound.
+fn front_limits(cfg: &RelayConfig) -> Limits {
+    Limits {
+        max_connections: cfg.max_connections,
+        ..Limits::default()
     }
 }
 
@@ -594,7 +632,7 @@ async fn run_behind_proxy(relay: RelayParts<'_>, proxy: &ProxyChoice) -> Result<
         // Answers failed gates as the web server's site would: serve the
         // same directory (or origin) here.
         site: Site::new(relay.source.clone(), proxy.port, true),
-        limits: Limits::default(),
+        limits: front_limits(relay.cfg),
         replay: proxy.replay,
     };
     let (backend, tunnels) = match Backend::bind(&proxy.backend, config).await {
@@ -635,7 +673,7 @@ async fn run_behind_proxy(relay: RelayParts<'_>, proxy: &ProxyChoice) -> Result<
         tunnels,
         &relay.keypair,
         &line,
-        &relay_limits(relay.cfg),
+        &relay.cfg.limits,
         &relay.admission,
     )?;
     info!(

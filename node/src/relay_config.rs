@@ -9,12 +9,14 @@
 //! A commented example is `contrib/relay.toml`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use burrow_firewall::ResolverSpec;
 use burrow_obfs::gate::ReplayLimits;
 use burrow_obfs::{BackendAddr, Carrier};
+use burrow_relay::{MailboxLimits, RelayLimits};
 use libp2p::PeerId;
 use serde::Deserialize;
 
@@ -96,6 +98,37 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// The relay's bounds; each key left out keeps its default (see
+/// `contrib/relay.toml` for the defaults and what each one bounds).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// TCP connections plus QUIC connections open at once.
+    pub max_connections: Option<usize>,
+    /// Users holding a reservation (reachable through the relay) at once.
+    pub max_reservations: Option<usize>,
+    /// Seconds a reservation lasts before the user's node renews it.
+    pub reservation_duration: Option<u64>,
+    pub reservations_per_ip_per_minute: Option<u32>,
+    /// Circuits (one user reaching another) open at once, and per user.
+    pub max_circuits: Option<usize>,
+    pub max_circuits_per_user: Option<usize>,
+    /// Seconds one circuit may last.
+    pub circuit_duration: Option<u64>,
+    /// Bytes one circuit may carry; 0: no limit.
+    pub circuit_bytes: Option<u64>,
+    pub circuits_per_user_per_minute: Option<u32>,
+    pub circuits_per_ip_per_minute: Option<u32>,
+    /// Seconds after which a connection with nothing going on is closed.
+    pub idle_timeout: Option<u64>,
+    /// MiB the mailboxes of all users may hold together.
+    pub mailbox_total_mib: Option<usize>,
+    /// Users whose location the tracker keeps.
+    pub tracker_records: Option<usize>,
 }
 
 /// The operator's Prometheus endpoint (off unless `listen` is set).
@@ -370,7 +403,6 @@ pub struct RelayConfig {
     pub site: SiteChoice,
     /// `None`: anyone with the line; `Some`: only these users.
     pub allow_users: Option<Vec<PeerId>>,
-    pub mailbox_per_user: usize,
     pub resolver: ResolverSpec,
     pub allow_local_networks: bool,
     /// `Some`: behind a web server; `listen` and `tls` are then unused.
@@ -379,6 +411,138 @@ pub struct RelayConfig {
     pub metrics: Option<SocketAddr>,
     /// After SIGTERM: how long open circuits may go on before the relay stops.
     pub drain: Duration,
+    /// The relay's bounds (`[limits]`, with `users.mailbox_per_user`).
+    pub limits: RelayLimits,
+    /// TCP plus QUIC connections at once (`limits.max_connections`).
+    pub max_connections: usize,
+}
+
+/// TCP plus QUIC connections a relay takes at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// A count that must be at least 1 and at most `max`.
+fn count(
+    key: &str,
+    value: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v),
+        Some(_) => Err(invalid(key, format!("between 1 and {max}"))),
+    }
+}
+
+/// A per-minute rate, at least 1.
+fn rate(key: &str, value: Option<u32>, default: NonZeroU32) -> Result<NonZeroU32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => NonZeroU32::new(v).ok_or_else(|| invalid(key, "at least 1 per minute")),
+    }
+}
+
+/// Seconds between `min` and `max`.
+fn seconds(
+    key: &str,
+    value: Option<u64>,
+    default: Duration,
+    (min, max): (u64, u64),
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => Ok(Duration::from_secs(v)),
+        Some(_) => Err(invalid(key, format!("seconds between {min} and {max}"))),
+    }
+}
+
+/// `[limits]` and `users.mailbox_per_user`, each checked and named.
+fn check_limits(raw: &RawConfig) -> Result<(RelayLimits, usize), ConfigError> {
+    let l = &raw.limits;
+    let d = RelayLimits::default();
+    let m = MailboxLimits::default();
+    const MANY: usize = 10_000_000;
+    let day = 24 * 3600;
+    let mailbox_mib = count(
+        "limits.mailbox_total_mib",
+        l.mailbox_total_mib,
+        m.total_bytes >> 20,
+        1 << 20,
+    )?;
+    let limits = RelayLimits {
+        max_reservations: count(
+            "limits.max_reservations",
+            l.max_reservations,
+            d.max_reservations,
+            MANY,
+        )?,
+        max_reservations_per_peer: d.max_reservations_per_peer,
+        reservation_duration: seconds(
+            "limits.reservation_duration",
+            l.reservation_duration,
+            d.reservation_duration,
+            (60, day),
+        )?,
+        reservations_per_ip_per_minute: rate(
+            "limits.reservations_per_ip_per_minute",
+            l.reservations_per_ip_per_minute,
+            d.reservations_per_ip_per_minute,
+        )?,
+        max_circuits: count("limits.max_circuits", l.max_circuits, d.max_circuits, MANY)?,
+        max_circuits_per_peer: count(
+            "limits.max_circuits_per_user",
+            l.max_circuits_per_user,
+            d.max_circuits_per_peer,
+            MANY,
+        )?,
+        // The relay announces it in u32 seconds.
+        circuit_duration: seconds(
+            "limits.circuit_duration",
+            l.circuit_duration,
+            d.circuit_duration,
+            (1, u64::from(u32::MAX)),
+        )?,
+        circuit_bytes: l.circuit_bytes.unwrap_or(d.circuit_bytes),
+        circuits_per_peer_per_minute: rate(
+            "limits.circuits_per_user_per_minute",
+            l.circuits_per_user_per_minute,
+            d.circuits_per_peer_per_minute,
+        )?,
+        circuits_per_ip_per_minute: rate(
+            "limits.circuits_per_ip_per_minute",
+            l.circuits_per_ip_per_minute,
+            d.circuits_per_ip_per_minute,
+        )?,
+        idle_timeout: seconds(
+            "limits.idle_timeout",
+            l.idle_timeout,
+            d.idle_timeout,
+            (10, day),
+        )?,
+        mailbox: MailboxLimits {
+            per_recipient: count(
+                "users.mailbox_per_user",
+                raw.users.mailbox_per_user,
+                DEFAULT_MAILBOX_PER_USER,
+                MANY,
+            )?,
+            total_bytes: mailbox_mib << 20,
+            ..m
+        },
+        tracker_records: count(
+            "limits.tracker_records",
+            l.tracker_records,
+            d.tracker_records,
+            MANY,
+        )?,
+    };
+    let max_connections = count(
+        "limits.max_connections",
+        l.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        MANY,
+    )?;
+    Ok((limits, max_connections))
 }
 
 /// How long a relay waits for open circuits after SIGTERM by default.
@@ -395,6 +559,7 @@ impl RelayConfig {
     /// Checks `raw` (the file with the flags laid over it).
     pub fn check(raw: RawConfig) -> Result<Self, ConfigError> {
         let proxy = check_proxy(&raw)?;
+        let (limits, max_connections) = check_limits(&raw)?;
         let drain_secs = raw.drain_timeout.unwrap_or(DEFAULT_DRAIN_SECS);
         if drain_secs > 3600 {
             return Err(invalid("drain_timeout", "at most 3600 seconds"));
@@ -505,13 +670,6 @@ impl RelayConfig {
                     .collect::<Result<_, _>>()?,
             ),
         };
-        let mailbox_per_user = raw
-            .users
-            .mailbox_per_user
-            .unwrap_or(DEFAULT_MAILBOX_PER_USER);
-        if mailbox_per_user == 0 {
-            return Err(invalid("users.mailbox_per_user", "must be at least 1"));
-        }
         let resolver = ResolverSpec::parse(
             raw.firewall
                 .resolver
@@ -526,12 +684,13 @@ impl RelayConfig {
             path: raw.path,
             site,
             allow_users,
-            mailbox_per_user,
             resolver,
             allow_local_networks: raw.firewall.allow_local_networks.unwrap_or(false),
             proxy,
             metrics,
             drain,
+            limits,
+            max_connections,
         })
     }
 
@@ -588,7 +747,7 @@ allow_local_networks = true
         );
         assert_eq!(c.site, SiteChoice::Upstream("http://127.0.0.1:8080".into()));
         assert_eq!(c.allow_users, Some(vec![user]));
-        assert_eq!(c.mailbox_per_user, 50);
+        assert_eq!(c.limits.mailbox.per_recipient, 50);
         assert_eq!(c.resolver.to_string(), "tls://1.1.1.1");
         assert!(c.allow_local_networks);
     }
@@ -626,13 +785,73 @@ replay_window = 120
     }
 
     #[test]
+    fn limits_are_read_and_the_rest_keep_their_defaults() {
+        let c = check(
+            r#"
+[users]
+mailbox_per_user = 10
+[limits]
+max_connections = 20000
+max_reservations = 15000
+max_circuits = 30000
+max_circuits_per_user = 8
+circuit_duration = 3600
+circuit_bytes = 1048576
+reservations_per_ip_per_minute = 5
+idle_timeout = 300
+mailbox_total_mib = 64
+"#,
+        )
+        .expect("valid");
+        let d = RelayLimits::default();
+        assert_eq!(c.max_connections, 20_000);
+        let l = &c.limits;
+        assert_eq!((l.max_reservations, l.max_circuits), (15_000, 30_000));
+        assert_eq!(l.max_circuits_per_peer, 8);
+        assert_eq!(l.circuit_duration, Duration::from_secs(3600));
+        assert_eq!(l.circuit_bytes, 1 << 20);
+        assert_eq!(l.reservations_per_ip_per_minute.get(), 5);
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+        assert_eq!(l.mailbox.per_recipient, 10);
+        assert_eq!(l.mailbox.total_bytes, 64 << 20);
+        assert_eq!(l.mailbox.max_age, d.mailbox.max_age);
+        assert_eq!(l.circuits_per_ip_per_minute, d.circuits_per_ip_per_minute);
+        assert_eq!(l.tracker_records, d.tracker_records);
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(check("").expect("empty").limits, d);
+    }
+
+    #[test]
+    fn a_limit_out_of_range_is_named() {
+        for (text, key) in [
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_circuits_per_user = 0", "limits.max_circuits_per_user"),
+            ("circuit_duration = 0", "limits.circuit_duration"),
+            ("reservation_duration = 5", "limits.reservation_duration"),
+            ("idle_timeout = 1", "limits.idle_timeout"),
+            (
+                "circuits_per_user_per_minute = 0",
+                "limits.circuits_per_user_per_minute",
+            ),
+            ("mailbox_total_mib = 0", "limits.mailbox_total_mib"),
+            ("tracker_records = 0", "limits.tracker_records"),
+        ] {
+            let e = check(&format!("[limits]\n{text}")).expect_err(text);
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn nothing_set_means_the_defaults() {
         let c = check("").expect("empty file");
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().expect("addr"));
         assert_eq!(c.tls, TlsChoice::SelfSigned("localhost".into()));
         assert_eq!(c.site, SiteChoice::Builtin);
         assert_eq!(c.allow_users, None);
-        assert_eq!(c.mailbox_per_user, DEFAULT_MAILBOX_PER_USER);
+        assert_eq!(c.limits.mailbox.per_recipient, DEFAULT_MAILBOX_PER_USER);
         assert_eq!(c.resolver.to_string(), burrow_firewall::DEFAULT_RESOLVER);
         assert!(!c.allow_local_networks);
     }
@@ -744,7 +963,7 @@ replay_window = 120
             TlsChoice::SelfSigned("a.example".into()),
             "kept from the file"
         );
-        assert_eq!(c.mailbox_per_user, 9);
+        assert_eq!(c.limits.mailbox.per_recipient, 9);
     }
 
     #[test]
@@ -752,5 +971,27 @@ replay_window = 120
         let text = include_str!("../../contrib/relay.toml");
         let c = check(text).expect("contrib/relay.toml");
         assert!(matches!(c.tls, TlsChoice::Files { .. }), "{c:?}");
+    }
+
+    /// The defaults the example shows in its commented `[limits]` are the
+    /// defaults the relay runs with.
+    #[test]
+    fn the_example_shows_the_true_default_limits() {
+        let text = include_str!("../../contrib/relay.toml");
+        let (_, section) = text.split_once("\n[limits]\n").expect("a [limits] section");
+        let shown: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            .map(|l| l.split(" #").next().unwrap_or(l).trim())
+            .collect();
+        assert!(shown.len() >= 13, "{shown:?}");
+        let c = check(&format!("[limits]\n{}", shown.join("\n"))).expect("shown limits");
+        assert_eq!(c.limits, RelayLimits::default());
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            c.limits.mailbox.total_bytes,
+            MailboxLimits::default().total_bytes
+        );
     }
 }

@@ -17,7 +17,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 mod support;
-use support::relay;
+use support::{relay, relay_with};
 
 #[derive(Debug)]
 enum Seen {
@@ -267,4 +267,23 @@ async fn the_tunnel_starts_with_noise_not_a_plaintext_header() {
         assert!(!first.windows(11).any(|w| w == b"multistream"));
         pending.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_at_its_reservation_limit_takes_no_one_more() {
+    let limits = burrow_relay::RelayLimits {
+        max_reservations: 1,
+        ..Default::default()
+    };
+    let relay = relay_with(vec![Carrier::H2], &limits).await;
+    let home = RelayRef::new(relay.line.clone()).expect("relay ref");
+    let mut alice = user(&home);
+    alice.until_online().await;
+    let mut bob = user(&home);
+    // Bob keeps asking and is refused each time; he never gets online.
+    let refused = tokio::time::timeout(Duration::from_secs(5), bob.until_online()).await;
+    assert!(refused.is_err(), "bob got a reservation past the limit");
+    let stats = relay.stats.lock().expect("stats").clone();
+    assert_eq!(stats.reservations, 1, "{stats:?}");
+    assert_eq!(stats.connected, 2, "{stats:?}");
 }

@@ -38,7 +38,7 @@ pub enum Admission {
 }
 
 /// Every bound of the relay, each with a default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Reservations held at once, and per user.
     pub max_reservations: usize,

@@ -34,6 +34,13 @@ fn check_config_names_what_is_wrong() {
             &["tls.cert", "tls.self_signed"],
         ),
         ("[users]\nmailbox_per_user = 0\n", &["users.mailbox_per_user"]),
+        ("[limits]\nmax_reservations = 0\n", &["limits.max_reservations", "between 1"]),
+        ("[limits]\nmax_reservation = 10\n", &["max_reservation", "line 2"]),
+        (
+            "[limits]\ncircuit_duration = 5000000000\n",
+            &["limits.circuit_duration", "4294967295"],
+        ),
+        ("[limits]\ncircuits_per_ip_per_minute = 0\n", &["limits.circuits_per_ip_per_minute"]),
         ("[firewall]\nresolver = \"8.8.8.8\"\n", &["firewall.resolver"]),
         ("listen = [\n", &["relay.toml"]),
         (
@@ -68,6 +75,10 @@ fn the_example_checks_once_its_files_exist() {
     assert!(out.contains("0.0.0.0:443"), "{out}");
     assert!(out.contains("for relay.example.org"), "{out}");
     assert!(out.contains("anyone with the relay line"), "{out}");
+    assert!(
+        out.contains("4096 connections, 4096 reservations, 4096 circuits (64 per user)"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

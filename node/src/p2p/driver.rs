@@ -221,6 +221,9 @@ pub struct Driver<H> {
     mailbox: HashMap<OutboundRequestId, BoxOp>,
     home_listener: Option<ListenerId>,
     online: bool,
+    /// Why the home relay last refused or ended the reservation, so that a
+    /// refusal repeated on every retry is logged once.
+    home_trouble: Option<String>,
     backoff: Duration,
     /// This user's location record and the relays to file it at besides
     /// home (an earlier home, so contacts who still have it find the new one).
@@ -257,6 +260,7 @@ impl<H: Handler> Driver<H> {
             messages: HashMap::new(),
             mailbox: HashMap::new(),
             home_listener: None,
+            home_trouble: None,
             online: false,
             backoff: Duration::from_millis(250),
             location: None,
@@ -427,6 +431,7 @@ impl<H: Handler> Driver<H> {
                 relay::client::Event::ReservationReqAccepted { renewal, .. },
             )) => {
                 self.backoff = Duration::from_millis(250);
+                self.home_trouble = None;
                 if !renewal || !self.online {
                     info!("reachable through the home relay");
                     self.online = true;
@@ -442,7 +447,18 @@ impl<H: Handler> Driver<H> {
                 reason,
                 ..
             } if Some(listener_id) == self.home_listener => {
-                debug!("home reservation ended: {reason:?}");
+                match reason {
+                    // A full relay or one that lists its users says so on
+                    // every retry: tell the user once.
+                    Err(e) => {
+                        let why = with_causes(&e);
+                        if self.home_trouble.as_deref() != Some(why.as_str()) {
+                            warn!("the home relay did not keep a place for this node: {why}; retrying");
+                            self.home_trouble = Some(why);
+                        }
+                    }
+                    Ok(()) => debug!("home reservation ended"),
+                }
                 self.home_listener = None;
                 self.set_offline();
                 return true;
@@ -631,6 +647,21 @@ impl<H: Handler> Driver<H> {
             (None, _) => {}
         }
     }
+}
+
+/// An error and what caused it, innermost last ("Failed to get
+/// Reservation: … : resource limit exceeded").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string().trim_end_matches('.').to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(part.trim_end_matches('.')) {
+            text = format!("{text}: {}", part.trim_end_matches('.'));
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn outbound_error(e: request_response::OutboundFailure) -> DeliverError {
