@@ -51,7 +51,13 @@ pub async fn user(home: &RelayRef) -> (PeerId, DriverHandle) {
 pub async fn user_with(home: &RelayRef, sockets: Arc<dyn Sockets>) -> (PeerId, DriverHandle) {
     let keypair = Keypair::generate_ed25519();
     let directory = Directory::default();
-    let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone())).expect("swarm");
+    // Each of these users only ever knows one relay: a two-slot routing
+    // table instead of kad's 1.6 MB one, so one process holds tens of
+    // thousands of them.
+    let slots = std::num::NonZeroUsize::new(2).expect("non-zero");
+    let swarm =
+        swarm::build_with_bucket_size(&keypair, CarrierTransport::dialer(directory.clone()), slots)
+            .expect("swarm");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Quiet(tx));
     tokio::spawn(driver.run());

@@ -86,6 +86,19 @@ pub fn config() -> libp2p::swarm::Config {
 
 /// A swarm for a node that never listens except through relay circuits.
 pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<NodeBehaviour>> {
+    build_with_bucket_size(keypair, carriers, kad::K_VALUE)
+}
+
+/// [`build`], with room for `bucket_size` relays per distance in the
+/// tracker client's routing table (kad's default is 20; the table holds
+/// 256 such buckets, allocated up front: about 1.6 MB). Benchmarks that
+/// run thousands of users in one process use a small one; the relay side
+/// sees no difference.
+pub fn build_with_bucket_size(
+    keypair: &Keypair,
+    carriers: CarrierTransport,
+    bucket_size: std::num::NonZeroUsize,
+) -> io::Result<Swarm<NodeBehaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let (transport, relay_client) = transport(keypair, carriers)?;
     let messages = request_response::Behaviour::with_codec(
@@ -109,11 +122,9 @@ pub fn build(keypair: &Keypair, carriers: CarrierTransport) -> io::Result<Swarm<
         messages,
         mailbox,
         tracker: {
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                MemoryStore::new(peer_id),
-                burrow_relay::tracker::kad_config(),
-            );
+            let mut config = burrow_relay::tracker::kad_config();
+            config.set_kbucket_size(bucket_size);
+            let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), config);
             // Set explicitly: the relay client makes the circuit address
             // "external", which would otherwise flip kad to server mode and
             // advertise this node as a DHT server.
