@@ -434,8 +434,8 @@ async fn attempt_direct(
 
 /// Asks the trackers (at the contact's known relay and at home) where an
 /// unreachable contact is now — at most once a minute per contact. When
-/// the contact published a different relay, their address is updated (the
-/// record is signed by them) and the firewall follows.
+/// a verified contact published a different relay, their address is
+/// updated (the record is signed by them) and the firewall follows.
 async fn relocate(
     core: &Core,
     driver: &DriverHandle,
@@ -464,6 +464,16 @@ async fn relocate(
         .ok()
         .flatten()?;
     if found.line == contact.address.relay {
+        return None;
+    }
+    // An announcement widens the firewall to a new endpoint: only a contact
+    // the user confirmed (by the short code) may do that.
+    if !contact.verified {
+        warn!(
+            "contact {} announced another relay; not followed until you verify them \
+             (burrow contact verify NAME --confirm)",
+            contact.peer()
+        );
         return None;
     }
     let via = RelayRef::new(found.line.clone()).ok()?;
@@ -796,10 +806,27 @@ async fn control_connection(stream: UnixStream, core: Arc<Core>, driver: DriverH
             } => try_dial(&core, &target, udp).await,
             other => {
                 let contacts_changed = matches!(other, Request::AddContact { .. });
+                let confirmed = match &other {
+                    Request::Verify {
+                        name,
+                        confirm: true,
+                    } => Some(name.clone()),
+                    _ => None,
+                };
                 let online = *core.online.lock().unwrap_or_else(|p| p.into_inner());
                 let r = core.lock().execute(other, online);
                 if contacts_changed && r.is_ok() {
                     core.refresh_policy();
+                }
+                if let (Some(name), true) = (confirmed, r.is_ok()) {
+                    // A contact verified just now: what they announced counts
+                    // from the next attempt on, not a minute later.
+                    if let Ok(Some(c)) = core.lock().store.contact(&name) {
+                        core.located
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&c.peer());
+                    }
                 }
                 r.unwrap_or_else(|e| Response::Error {
                     error: format!("{e:#}"),

@@ -94,12 +94,13 @@ impl FirewallSettings {
 
 /// A node's allowlist: its home relay, the trackers it publishes its
 /// location at (its previous home relay), the relays in its contacts'
-/// addresses and its DNS resolver. Local networks are allowed when the
+/// addresses or announced since by verified contacts (`moved`), and its
+/// DNS resolver. Local networks are allowed when the
 /// settings say so, or when the home relay is on one (a loopback demo).
 pub fn node_policy<'a>(
     home: &RelayLine,
     trackers: impl IntoIterator<Item = &'a RelayLine>,
-    contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine)>,
+    contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine, bool)>,
     settings: &FirewallSettings,
 ) -> io::Result<Policy> {
     let mut entries = relay_entries(home, EntrySource::HomeRelay)?;
@@ -109,13 +110,14 @@ pub fn node_policy<'a>(
             Err(e) => tracing::warn!("tracker {}: not reachable: {e}", line.host),
         }
     }
-    for (name, line) in contacts {
-        match relay_entries(
-            line,
-            EntrySource::ContactRelay {
-                contact: name.to_string(),
-            },
-        ) {
+    for (name, line, moved) in contacts {
+        let contact = name.to_string();
+        let source = if moved {
+            EntrySource::ContactEndpoint { contact }
+        } else {
+            EntrySource::ContactRelay { contact }
+        };
+        match relay_entries(line, source) {
             Ok(e) => entries.extend(e),
             Err(e) => tracing::warn!("contact {name}: relay not reachable: {e}"),
         }

@@ -325,14 +325,17 @@ impl Messenger {
 
 impl Messenger {
     /// The firewall policy this node's state gives: home relay, previous
-    /// home (a tracker it keeps telling), contacts' relays.
+    /// home (a tracker it keeps telling), contacts' relays (given in their
+    /// address, or announced since by a verified contact).
     pub fn policy(&self) -> Result<burrow_firewall::Policy> {
         let contacts = self.store.contacts()?;
         let previous = self.store.previous_home_relay()?;
         Ok(crate::guarded::node_policy(
             &self.home,
             previous.iter(),
-            contacts.iter().map(|c| (c.name.as_str(), &c.address.relay)),
+            contacts
+                .iter()
+                .map(|c| (c.name.as_str(), &c.address.relay, c.moved)),
             &self.firewall_settings()?,
         )?)
     }

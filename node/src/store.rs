@@ -52,6 +52,9 @@ pub struct Contact {
     pub name: String,
     pub address: Address,
     pub verified: bool,
+    /// The relay in `address` is one the contact announced later (a
+    /// signed tracker record), not the one their address was given with.
+    pub moved: bool,
 }
 
 impl Contact {
@@ -119,7 +122,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     peer TEXT NOT NULL UNIQUE,
     address TEXT NOT NULL,
     verified INTEGER NOT NULL DEFAULT 0,
-    added_ms INTEGER NOT NULL
+    added_ms INTEGER NOT NULL,
+    moved INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     peer TEXT NOT NULL,
@@ -173,6 +177,17 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Stores made before contacts could move lack the column.
+        let has_moved: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('contacts') WHERE name = 'moved'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_moved {
+            conn.execute_batch(
+                "ALTER TABLE contacts ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         Ok(Self { conn })
     }
 
@@ -277,10 +292,12 @@ impl Store {
             name: name.to_string(),
             address: address.clone(),
             verified: false,
+            moved: false,
         })
     }
 
-    /// Replaces a contact's address (a new home relay); keeps the rest.
+    /// Replaces a contact's address with one whose relay they announced
+    /// (a new home relay); keeps the rest.
     pub fn update_address(&self, name: &str, address: &Address) -> Result<()> {
         let c = self
             .contact(name)?
@@ -291,28 +308,31 @@ impl Store {
             ));
         }
         self.conn.execute(
-            "UPDATE contacts SET address = ?2 WHERE name = ?1",
+            "UPDATE contacts SET address = ?2, moved = 1 WHERE name = ?1",
             params![name, address.to_string()],
         )?;
         Ok(())
     }
 
-    fn row_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, bool)> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    fn row_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, bool, bool)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     }
 
-    fn to_contact((name, address, verified): (String, String, bool)) -> Result<Contact> {
+    fn to_contact(
+        (name, address, verified, moved): (String, String, bool, bool),
+    ) -> Result<Contact> {
         Ok(Contact {
             name,
             address: address.parse().map_err(|_| StoreError::Damaged)?,
             verified,
+            moved,
         })
     }
 
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, address, verified FROM contacts ORDER BY name")?;
+            .prepare("SELECT name, address, verified, moved FROM contacts ORDER BY name")?;
         let rows = stmt.query_map([], Self::row_contact)?;
         rows.map(|r| Self::to_contact(r?)).collect()
     }
@@ -320,7 +340,7 @@ impl Store {
     pub fn contact(&self, name: &str) -> Result<Option<Contact>> {
         self.conn
             .query_row(
-                "SELECT name, address, verified FROM contacts WHERE name = ?1",
+                "SELECT name, address, verified, moved FROM contacts WHERE name = ?1",
                 params![name],
                 Self::row_contact,
             )
@@ -332,7 +352,7 @@ impl Store {
     pub fn contact_by_peer(&self, peer: &PeerId) -> Result<Option<Contact>> {
         self.conn
             .query_row(
-                "SELECT name, address, verified FROM contacts WHERE peer = ?1",
+                "SELECT name, address, verified, moved FROM contacts WHERE peer = ?1",
                 params![peer.to_base58()],
                 Self::row_contact,
             )
@@ -564,6 +584,28 @@ mod tests {
         libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id()
+    }
+
+    /// A store written before contacts could move (no `moved` column)
+    /// opens, keeps its contacts, and records a move from then on.
+    #[test]
+    fn an_older_store_gains_the_moved_column() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("store.db");
+        let key = [9u8; 32];
+        let bob = user();
+        {
+            let s = Store::open(&path, &key).expect("open");
+            s.add_contact("bob", &address(bob), 1).expect("add");
+            s.conn
+                .execute_batch("ALTER TABLE contacts DROP COLUMN moved;")
+                .expect("back to the old schema");
+        }
+        let s = Store::open(&path, &key).expect("reopen");
+        let c = s.contact("bob").expect("read").expect("bob");
+        assert!(!c.moved);
+        s.update_address("bob", &address(bob)).expect("move");
+        assert!(s.contact("bob").expect("read").expect("bob").moved);
     }
 
     #[test]

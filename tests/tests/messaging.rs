@@ -297,12 +297,31 @@ fn a_contact_who_moved_to_another_relay_is_found_through_the_tracker() {
         assert!(std::time::Instant::now() < deadline, "{}", bob.log());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Bob is not verified yet: his announcement would widen Alice's
+    // firewall to a new endpoint, so it is not followed. The message waits
+    // in the mailbox at his old relay and in Alice's outbox.
+    let out = alice.ok(&["send", "bob", "while unverified"]);
+    assert!(out.contains("mailbox"), "{out}");
+    assert!(
+        alice.log().contains("not followed until you verify"),
+        "{}",
+        alice.log()
+    );
+    let list = alice.ok(&["firewall", "list"]);
+    assert!(!list.contains(&format!(":{}/", second.line.port)), "{list}");
+    // Verified: the announcement is followed at the next attempt.
+    alice.ok(&["contact", "verify", "bob", "--confirm"]);
     let out = alice.ok(&["send", "bob", "after the move"]);
     assert_eq!(out.trim(), "delivered", "{out}\nALICE {}", alice.log());
-    let got = bob.wait_messages("alice", "the message after the move", |m| m.len() >= 2);
+    // The waiting one follows on the outbox's next retry: nothing lost.
+    let got = bob.wait_messages("alice", "all three messages", |m| m.len() >= 3);
     assert_eq!(
         texts(&got, "in"),
-        ["before the move".to_string(), "after the move".to_string()]
+        [
+            "before the move".to_string(),
+            "while unverified".to_string(),
+            "after the move".to_string()
+        ]
     );
     let contacts: serde_json::Value =
         serde_json::from_str(&alice.ok(&["contact", "list", "--json"])).expect("json");
@@ -313,6 +332,22 @@ fn a_contact_who_moved_to_another_relay_is_found_through_the_tracker() {
     assert!(
         relay.contains(&format!(":{}", second.line.port)),
         "alice now has bob at the second relay: {relay}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["firewall", "list", "--json"])).expect("json");
+    let announced: Vec<_> = list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["source"].as_str() == Some("endpoint announced by contact bob"))
+        .collect();
+    assert!(
+        !announced.is_empty()
+            && announced.iter().all(|e| e["endpoint"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!(":{}", second.line.port))),
+        "bob's new relay is listed as announced by him: {list}"
     );
     // Bob's reply still goes to Alice's (unchanged) relay.
     assert_eq!(alice.ok(&["send", "bob", "welcome"]).trim(), "delivered");
