@@ -289,6 +289,32 @@ impl Drop for Nginx {
     }
 }
 
+/// What curl gets from `https://HOST:PORT/PATH` on loopback, trusting the
+/// certificate in `cacert`: the response head without `Date` (status line
+/// first, one header a line), the body, and curl's stderr (its error when
+/// there was no answer: the head is then empty).
+pub fn curl_https(
+    cacert: &Path,
+    host: &str,
+    port: u16,
+    args: &[&str],
+    path: &str,
+) -> (String, Vec<u8>, String) {
+    let (_, out, err) = run(Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(cacert)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://{host}:{port}{path}")));
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("date:"))
+        .collect();
+    (head.join("\n"), body.as_bytes().to_vec(), err)
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

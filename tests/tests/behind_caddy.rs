@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use burrow_obfs::{Carrier, Identity, RelayLine};
 use burrow_tests::node::pair;
-use burrow_tests::{free_port, have_tool, run, RelayProc};
+use burrow_tests::{curl_https, free_port, have_tool, run, RelayProc};
 
 const TUNNEL_PATH: &str = "/api/v2/events/0c3f9a1d";
 
@@ -147,26 +147,13 @@ fn setup() -> Option<Setup> {
 /// curl's answer for `path` with `args`: the head without `Date` (status
 /// line first), and the body; or curl's error when there was no answer.
 fn curl(s: &Setup, args: &[&str], path: &str) -> (String, String) {
-    let (_, out, err) = run(Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
-        .arg(s.work.path().join("cert.pem"))
-        .args([
-            "--resolve",
-            &format!("relay.example.org:{}:127.0.0.1", s.caddy.port),
-        ])
-        .args(args)
-        .arg(format!("https://relay.example.org:{}{path}", s.caddy.port)));
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let head: Vec<&str> = head
-        .split("\r\n")
-        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("date:"))
-        .collect();
+    let cert = s.work.path().join("cert.pem");
+    let (head, body, err) = curl_https(&cert, "relay.example.org", s.caddy.port, args, path);
     if head.is_empty() {
         // No answer at all (a reset stream): what curl says is the answer.
         return (err.trim().to_string(), String::new());
     }
-    (head.join("\n"), body.to_string())
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn fetch(s: &Setup, path: &str) -> (String, String) {

@@ -14,7 +14,7 @@ use std::process::Command;
 use burrow_obfs::gate::{self, Binding};
 use burrow_obfs::{Carrier, GateSecret, Identity, RelayLine};
 use burrow_tests::node::pair;
-use burrow_tests::{free_port, have_tool, run, Nginx, RelayProc};
+use burrow_tests::{curl_https, free_port, have_tool, run, Nginx, RelayProc};
 use rand::RngCore;
 
 const TUNNEL_PATH: &str = "/api/v2/events/0c3f9a1d";
@@ -109,22 +109,9 @@ fn curl(s: &Setup, args: &[&str], path: &str) -> (String, Vec<u8>) {
 
 /// What curl printed (head without `Date`, body); empty if no answer.
 fn curl_raw(s: &Setup, args: &[&str], path: &str) -> (String, Vec<u8>) {
-    let (_, out, _) = run(Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
-        .arg(s.work.path().join("cert.pem"))
-        .args([
-            "--resolve",
-            &format!("example.org:{}:127.0.0.1", s.nginx.port),
-        ])
-        .args(args)
-        .arg(format!("https://example.org:{}{path}", s.nginx.port)));
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let head: Vec<&str> = head
-        .split("\r\n")
-        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("date:"))
-        .collect();
-    (head.join("\n"), body.as_bytes().to_vec())
+    let cert = s.work.path().join("cert.pem");
+    let (head, body, _) = curl_https(&cert, "example.org", s.nginx.port, args, path);
+    (head, body)
 }
 
 /// The same request to the tunnel path and to a path nginx serves itself
