@@ -167,6 +167,19 @@ impl RelayProc {
         }
     }
 
+    /// The line `burrow relay address --ip 127.0.0.1` prints for this
+    /// relay (behind a proxy: the web server's name and port).
+    pub fn address_line(&self) -> RelayLine {
+        let (ok, out, err) = run(Command::new(burrow_bin())
+            .args(["relay", "address", "--ip", "127.0.0.1", "--data-dir"])
+            .arg(self.data_dir.path()));
+        assert!(ok, "relay address: {err}");
+        String::from_utf8_lossy(&out)
+            .trim()
+            .parse()
+            .expect("a valid line")
+    }
+
     pub fn port(&self) -> u16 {
         self.line.port
     }

@@ -254,3 +254,32 @@ pub fn pair_with(relay: &RelayLine, extra: &[&str]) -> (NodeProc, NodeProc) {
     bob.ok(&["contact", "add", "alice", &a]);
     (alice, bob)
 }
+
+/// For each carrier of `relay` on its own, two new users message each
+/// other both ways through it; `through` names the way in the texts (and
+/// in failures), `diagnose` adds what the web server logged.
+pub fn message_over_each_carrier(relay: &RelayLine, through: &str, diagnose: impl Fn() -> String) {
+    for carrier in &relay.carriers {
+        let mut line = relay.clone();
+        line.carriers = vec![*carrier];
+        let (mut alice, mut bob) = pair(&line);
+        alice.up();
+        bob.up();
+        let hello = format!("hello bob through {through} over {carrier}");
+        let out = alice.ok(&["send", "bob", &hello]);
+        assert_eq!(out.trim(), "delivered", "{carrier}: {out}\n{}", diagnose());
+        let reply = format!("hi alice over {carrier}");
+        let out = bob.ok(&["send", "alice", &reply]);
+        assert_eq!(out.trim(), "delivered", "{carrier}: {out}\n{}", diagnose());
+        assert!(bob
+            .messages("alice")
+            .iter()
+            .any(|(d, t, _)| d == "in" && t == &hello));
+        assert!(alice
+            .messages("bob")
+            .iter()
+            .any(|(d, t, _)| d == "in" && t == &reply));
+        alice.kill();
+        bob.kill();
+    }
+}

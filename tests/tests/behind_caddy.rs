@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use burrow_obfs::{Carrier, Identity, RelayLine};
-use burrow_tests::node::pair;
-use burrow_tests::{curl_https, free_port, have_tool, run, RelayProc};
+use burrow_tests::node::message_over_each_carrier;
+use burrow_tests::{curl_https, free_port, have_tool, RelayProc};
 
 const TUNNEL_PATH: &str = "/api/v2/events/0c3f9a1d";
 
@@ -128,14 +128,7 @@ fn setup() -> Option<Setup> {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let (ok, out, err) = run(Command::new(burrow_tests::burrow_bin())
-        .args(["relay", "address", "--ip", "127.0.0.1", "--data-dir"])
-        .arg(relay.data_dir.path()));
-    assert!(ok, "relay address: {err}");
-    let line: RelayLine = String::from_utf8_lossy(&out)
-        .trim()
-        .parse()
-        .expect("a valid line");
+    let line = relay.address_line();
     Some(Setup {
         work,
         caddy,
@@ -173,25 +166,7 @@ fn two_users_message_through_caddy_over_h2_and_ws() {
     assert!(body.contains("Field notes"), "{body}");
     assert_eq!(fetch(&s, TUNNEL_PATH).0.trim(), "HTTP/2 404");
     assert_eq!(s.line.carriers, [Carrier::H2, Carrier::Ws]);
-    for carrier in [Carrier::H2, Carrier::Ws] {
-        let mut line = s.line.clone();
-        line.carriers = vec![carrier];
-        let (mut alice, mut bob) = pair(&line);
-        alice.up();
-        bob.up();
-        let hello = format!("hello bob through caddy over {carrier}");
-        let out = alice.ok(&["send", "bob", &hello]);
-        assert_eq!(out.trim(), "delivered", "{carrier}: {out}\n{}", log());
-        let reply = format!("hi alice over {carrier}");
-        let out = bob.ok(&["send", "alice", &reply]);
-        assert_eq!(out.trim(), "delivered", "{carrier}: {out}");
-        assert!(bob
-            .messages("alice")
-            .iter()
-            .any(|(d, t, _)| d == "in" && t == &hello));
-        alice.kill();
-        bob.kill();
-    }
+    message_over_each_carrier(&s.line, "caddy", log);
 }
 
 /// Requests to the tunnel path that do not open a tunnel get the answer

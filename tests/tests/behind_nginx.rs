@@ -13,7 +13,7 @@ use std::process::Command;
 
 use burrow_obfs::gate::{self, Binding};
 use burrow_obfs::{Carrier, GateSecret, Identity, RelayLine};
-use burrow_tests::node::pair;
+use burrow_tests::node::{message_over_each_carrier, pair};
 use burrow_tests::{curl_https, free_port, have_tool, run, Nginx, RelayProc};
 use rand::RngCore;
 
@@ -85,14 +85,7 @@ fn setup(backend: &str) -> Option<Setup> {
         ],
     );
     let nginx = Nginx::start_on(port, &cert, &key, &server_block(&site, backend));
-    let (ok, out, err) = run(Command::new(burrow_tests::burrow_bin())
-        .args(["relay", "address", "--ip", "127.0.0.1", "--data-dir"])
-        .arg(relay.data_dir.path()));
-    assert!(ok, "relay address: {err}");
-    let line: RelayLine = String::from_utf8_lossy(&out)
-        .trim()
-        .parse()
-        .expect("a valid line");
+    let line = relay.address_line();
     Some(Setup {
         work,
         nginx,
@@ -150,29 +143,7 @@ fn two_users_message_through_nginx_over_h2_and_ws() {
     assert!(s.line.proxied, "the line says the relay is behind a proxy");
     assert_eq!(s.line.port, s.nginx.port);
     assert_eq!(s.line.carriers, [Carrier::H2, Carrier::Ws]);
-    for carrier in [Carrier::H2, Carrier::Ws] {
-        let mut line = s.line.clone();
-        line.carriers = vec![carrier];
-        let (mut alice, mut bob) = pair(&line);
-        alice.up();
-        bob.up();
-        let hello = format!("hello bob through nginx over {carrier}");
-        let out = alice.ok(&["send", "bob", &hello]);
-        assert_eq!(out.trim(), "delivered", "{carrier}: {out}");
-        let reply = format!("hi alice over {carrier}");
-        let out = bob.ok(&["send", "alice", &reply]);
-        assert_eq!(out.trim(), "delivered", "{carrier}: {out}");
-        assert!(bob
-            .messages("alice")
-            .iter()
-            .any(|(d, t, _)| d == "in" && t == &hello));
-        assert!(alice
-            .messages("bob")
-            .iter()
-            .any(|(d, t, _)| d == "in" && t == &reply));
-        alice.kill();
-        bob.kill();
-    }
+    message_over_each_carrier(&s.line, "nginx", || s.nginx.error_log());
     let log = s.relay.log();
     assert!(
         !log.contains("hello bob"),
