@@ -170,23 +170,21 @@ fn two_users_message_through_caddy_over_h2_and_ws() {
 }
 
 /// Requests to the tunnel path that do not open a tunnel get the answer
-/// Caddy gives the same request for a path it has no file for.
+/// Caddy gives the same request for a path it has no file for. POSTs carry
+/// no body here: for a missing file Caddy answers 404 without reading a
+/// body and then resets the stream, racing curl's upload (sometimes curl
+/// sees the 404, sometimes the reset), while on the tunnel path the body
+/// is read first; that difference is listed in the README.
 #[test]
 fn probes_through_caddy_get_the_sites_answer() {
     let Some(s) = setup() else {
         return;
     };
     let other = "/api/v2/events/7b2e4d90";
-    let random: String = (0..64)
-        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
-        .collect();
     for (what, args) in [
         ("GET", vec!["--http2"]),
         ("HEAD", vec!["--http2", "-I"]),
-        (
-            "POST, no gate",
-            vec!["--http2", "-X", "POST", "--data", random.as_str()],
-        ),
+        ("POST, no gate", vec!["--http2", "-X", "POST", "--data", ""]),
         (
             "POST, a gate cookie of random bytes",
             vec![
@@ -196,7 +194,7 @@ fn probes_through_caddy_get_the_sites_answer() {
                 "-H",
                 "cookie: sid=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
                 "--data",
-                "x",
+                "",
             ],
         ),
         (
