@@ -577,6 +577,12 @@ async fn start_metrics(
         .await
         .with_context(|| format!("--metrics {addr}: cannot listen"))?;
     info!("metrics at http://{addr}/metrics");
+    let limits = metrics::LimitFigures {
+        max_connections: cfg.max_connections as u64,
+        max_reservations: cfg.limits.max_reservations as u64,
+        max_circuits: cfg.limits.max_circuits as u64,
+        mailbox_max_bytes: cfg.limits.mailbox.total_bytes as u64,
+    };
     let figures = move || {
         let relay = relay.lock().map(|s| s.clone()).unwrap_or_default();
         let f = front.snapshot();
@@ -589,6 +595,7 @@ async fn start_metrics(
                 bytes_received: f.bytes_received,
                 bytes_sent: f.bytes_sent,
             },
+            limits: limits.clone(),
             resident_bytes: metrics::resident_bytes(),
         })
     };

@@ -286,4 +286,5 @@ async fn a_relay_at_its_reservation_limit_takes_no_one_more() {
     let stats = relay.stats.lock().expect("stats").clone();
     assert_eq!(stats.reservations, 1, "{stats:?}");
     assert_eq!(stats.connected, 2, "{stats:?}");
+    assert!(stats.reservations_refused >= 1, "{stats:?}");
 }

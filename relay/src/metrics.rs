@@ -41,11 +41,22 @@ pub struct FrontFigures {
     pub bytes_sent: u64,
 }
 
+/// The operator's bounds, so that a dashboard shows the headroom and an
+/// alert can fire before users are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitFigures {
+    pub max_connections: u64,
+    pub max_reservations: u64,
+    pub max_circuits: u64,
+    pub mailbox_max_bytes: u64,
+}
+
 /// Everything one scrape reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Figures {
     pub relay: RelayStats,
     pub front: FrontFigures,
+    pub limits: LimitFigures,
     /// The process's resident memory, if the platform tells.
     pub resident_bytes: Option<u64>,
 }
@@ -101,6 +112,43 @@ pub fn render(f: &Figures) -> String {
         "gauge",
         "Users whose location record the tracker holds.",
         r.tracker_records as u64,
+    );
+    metric(
+        "burrow_relay_reservations_refused_total",
+        "counter",
+        "Reservation requests refused (relay full, rate limit, or not a listed user).",
+        r.reservations_refused,
+    );
+    metric(
+        "burrow_relay_circuits_refused_total",
+        "counter",
+        "Circuit requests refused (a limit or a rate).",
+        r.circuits_refused,
+    );
+    let l = &f.limits;
+    metric(
+        "burrow_limit_connections",
+        "gauge",
+        "limits.max_connections: carrier connections taken at once.",
+        l.max_connections,
+    );
+    metric(
+        "burrow_limit_reservations",
+        "gauge",
+        "limits.max_reservations: users reachable through the relay at once.",
+        l.max_reservations,
+    );
+    metric(
+        "burrow_limit_circuits",
+        "gauge",
+        "limits.max_circuits: circuits open at once.",
+        l.max_circuits,
+    );
+    metric(
+        "burrow_limit_mailbox_bytes",
+        "gauge",
+        "limits.mailbox_total_mib in bytes: what all mailboxes may hold together.",
+        l.mailbox_max_bytes,
     );
     let fr = &f.front;
     metric(
@@ -266,6 +314,8 @@ mod tests {
                 mailbox_messages: 5,
                 mailbox_bytes: 900,
                 tracker_records: 2,
+                reservations_refused: 3,
+                circuits_refused: 0,
             },
             front: FrontFigures {
                 connections: 6,
@@ -273,6 +323,12 @@ mod tests {
                 refusals: vec![("undecryptable", 2), ("replayed", 0)],
                 bytes_received: 1000,
                 bytes_sent: 2000,
+            },
+            limits: LimitFigures {
+                max_connections: 4096,
+                max_reservations: 4000,
+                max_circuits: 100,
+                mailbox_max_bytes: 1 << 20,
             },
             resident_bytes: Some(4096),
         };
@@ -287,6 +343,9 @@ mod tests {
             "burrow_front_gate_refusals_total{reason=\"undecryptable\"} 2",
             "burrow_front_gate_refusals_total{reason=\"replayed\"} 0",
             "burrow_tunnel_received_bytes_total 1000",
+            "burrow_relay_reservations_refused_total 3",
+            "burrow_limit_reservations 4000",
+            "burrow_limit_mailbox_bytes 1048576",
             "process_resident_memory_bytes 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

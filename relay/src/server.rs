@@ -232,6 +232,10 @@ pub struct RelayStats {
     pub mailbox_bytes: usize,
     /// Users whose current location this relay's tracker holds.
     pub tracker_records: usize,
+    /// Reservation and circuit requests refused since the start (a limit,
+    /// a rate or the list of allowed users).
+    pub reservations_refused: u64,
+    pub circuits_refused: u64,
 }
 
 /// The relay's libp2p node.
@@ -458,8 +462,18 @@ impl RelayNode {
                     s.circuits = s.circuits.saturating_sub(1);
                 }
             }
-            relay::Event::ReservationReqDenied { .. } => debug!("reservation refused"),
-            relay::Event::CircuitReqDenied { .. } => debug!("circuit refused"),
+            relay::Event::ReservationReqDenied { .. } => {
+                debug!("reservation refused");
+                if let Ok(mut s) = self.stats.lock() {
+                    s.reservations_refused += 1;
+                }
+            }
+            relay::Event::CircuitReqDenied { .. } => {
+                debug!("circuit refused");
+                if let Ok(mut s) = self.stats.lock() {
+                    s.circuits_refused += 1;
+                }
+            }
             _ => {}
         }
     }

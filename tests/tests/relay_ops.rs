@@ -54,6 +54,13 @@ fn metrics_move_with_traffic_and_name_no_one() {
         assert_eq!(value(&before, name), 0.0, "{name} before any traffic");
     }
     assert!(value(&before, "process_resident_memory_bytes") > 1e6);
+    // The bounds, for dashboards and alerts (the defaults here).
+    assert_eq!(value(&before, "burrow_limit_reservations"), 4096.0);
+    assert_eq!(value(&before, "burrow_limit_connections"), 4096.0);
+    assert_eq!(
+        value(&before, "burrow_relay_reservations_refused_total"),
+        0.0
+    );
 
     // A probe with a wrong key counts as a refusal, by reason.
     let mut wrong = relay.line.clone();
