@@ -379,7 +379,7 @@ const OWN_FILES: u64 = 256;
 fn raise_open_files(max_connections: usize) {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum || limit.maximum.is_none() {
+    if limit.current != limit.maximum {
         limit.current = limit.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
             warn!("could not raise the open-files limit: {e}");

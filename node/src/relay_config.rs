@@ -417,9 +417,6 @@ pub struct RelayConfig {
     pub max_connections: usize,
 }
 
-/// TCP plus QUIC connections a relay takes at once by default.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-
 /// A count that must be at least 1 and at most `max`.
 fn count(
     key: &str,
@@ -539,7 +536,7 @@ fn check_limits(raw: &RawConfig) -> Result<(RelayLimits, usize), ConfigError> {
     let max_connections = count(
         "limits.max_connections",
         l.max_connections,
-        DEFAULT_MAX_CONNECTIONS,
+        burrow_obfs::Limits::default().max_connections,
         MANY,
     )?;
     Ok((limits, max_connections))
@@ -988,7 +985,10 @@ mailbox_total_mib = 64
         assert!(shown.len() >= 13, "{shown:?}");
         let c = check(&format!("[limits]\n{}", shown.join("\n"))).expect("shown limits");
         assert_eq!(c.limits, RelayLimits::default());
-        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            c.max_connections,
+            burrow_obfs::Limits::default().max_connections
+        );
         assert_eq!(
             c.limits.mailbox.total_bytes,
             MailboxLimits::default().total_bytes

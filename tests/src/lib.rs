@@ -134,6 +134,37 @@ impl RelayProc {
         Self::spawn(tempfile::tempdir().expect("tempdir"), &args)
     }
 
+    /// A relay behind a web server at `domain`:`public_port` that passes it
+    /// `path` and serves `site` itself, with the web server's self-signed
+    /// `cert` pinned in the line.
+    pub fn start_behind_web_server(
+        backend: &str,
+        domain: &str,
+        public_port: u16,
+        path: &str,
+        cert: &Path,
+        site: &Path,
+    ) -> RelayProc {
+        let port = public_port.to_string();
+        let cert = cert.to_str().expect("utf-8 path");
+        let site = site.to_str().expect("utf-8 path");
+        Self::start_behind_proxy(
+            backend,
+            &[
+                "--domain",
+                domain,
+                "--public-port",
+                &port,
+                "--path",
+                path,
+                "--pin-cert",
+                cert,
+                "--site",
+                site,
+            ],
+        )
+    }
+
     /// `burrow relay --data-dir DIR ARGS…`; waits for the relay line.
     fn spawn(data_dir: tempfile::TempDir, args: &[&str]) -> RelayProc {
         let stderr = data_dir.path().join("relay.log");

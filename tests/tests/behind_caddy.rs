@@ -81,21 +81,13 @@ fn setup() -> Option<Setup> {
 
     let backend = format!("127.0.0.1:{}", free_port());
     let port = free_port();
-    let port_text = port.to_string();
-    let relay = RelayProc::start_behind_proxy(
+    let relay = RelayProc::start_behind_web_server(
         &backend,
-        &[
-            "--domain",
-            "relay.example.org",
-            "--public-port",
-            &port_text,
-            "--path",
-            TUNNEL_PATH,
-            "--pin-cert",
-            cert.to_str().expect("utf-8 path"),
-            "--site",
-            site.to_str().expect("utf-8 path"),
-        ],
+        "relay.example.org",
+        port,
+        TUNNEL_PATH,
+        &cert,
+        &site,
     );
     let config = work.path().join("Caddyfile");
     std::fs::write(

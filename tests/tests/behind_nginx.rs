@@ -68,22 +68,8 @@ fn setup(backend: &str) -> Option<Setup> {
     std::fs::write(&key, key_pem).expect("key");
 
     let port = free_port();
-    let port_text = port.to_string();
-    let relay = RelayProc::start_behind_proxy(
-        backend,
-        &[
-            "--domain",
-            "example.org",
-            "--public-port",
-            &port_text,
-            "--path",
-            TUNNEL_PATH,
-            "--pin-cert",
-            cert.to_str().expect("utf-8 path"),
-            "--site",
-            site.to_str().expect("utf-8 path"),
-        ],
-    );
+    let relay =
+        RelayProc::start_behind_web_server(backend, "example.org", port, TUNNEL_PATH, &cert, &site);
     let nginx = Nginx::start_on(port, &cert, &key, &server_block(&site, backend));
     let line = relay.address_line();
     Some(Setup {
