@@ -23,6 +23,8 @@ pub enum EntrySource {
     ContactRelay { contact: String },
     /// An endpoint a verified contact announced.
     ContactEndpoint { contact: String },
+    /// A verified contact's own front, where they accept direct connections.
+    ContactDirect { contact: String },
     /// The encrypted DNS resolver.
     Resolver,
     /// The origin a relay's site proxies to.
@@ -37,6 +39,9 @@ impl fmt::Display for EntrySource {
             EntrySource::ContactRelay { contact } => write!(f, "relay of contact {contact}"),
             EntrySource::ContactEndpoint { contact } => {
                 write!(f, "endpoint announced by contact {contact}")
+            }
+            EntrySource::ContactDirect { contact } => {
+                write!(f, "direct endpoint of contact {contact}")
             }
             EntrySource::Resolver => f.write_str("DNS resolver"),
             EntrySource::RelayUpstream => f.write_str("relay's upstream origin"),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_node::p2p::driver::{DriverHandle, RelayRef};
+use burrow_node::p2p::driver::{DriverHandle, RelayRef, Route};
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_obfs::client::BoxFuture;
 use burrow_obfs::{Carrier, Sockets};
@@ -176,7 +176,9 @@ async fn chat(
     let pairs: Vec<_> = users.chunks(2).map(|p| (p[0].1.clone(), p[1].0)).collect();
     // Circuits first, not counted.
     for (alice, bob) in &pairs {
-        let r = alice.deliver(*bob, home.clone(), envelope(0)).await;
+        let r = alice
+            .deliver(*bob, Route::Relay(home.clone()), envelope(0))
+            .await;
         assert_eq!(r, Ok(Reply::Received));
     }
     let tasks: Vec<_> = pairs
@@ -187,7 +189,9 @@ async fn chat(
                 let mut times = Vec::with_capacity(per_pair);
                 for i in 1..=per_pair {
                     let t = Instant::now();
-                    let r = alice.deliver(bob, home.clone(), envelope(i)).await;
+                    let r = alice
+                        .deliver(bob, Route::Relay(home.clone()), envelope(i))
+                        .await;
                     assert_eq!(r, Ok(Reply::Received));
                     times.push(t.elapsed());
                     // A person types: a message every 20 ms at most.

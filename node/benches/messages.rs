@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_node::p2p::driver::RelayRef;
+use burrow_node::p2p::driver::{RelayRef, Route};
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_obfs::Carrier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,7 +84,7 @@ async fn message_rtts(carrier: Carrier, n: usize) -> Vec<Duration> {
         };
         let t = Instant::now();
         let reply = alice
-            .deliver(bob, home.clone(), envelope)
+            .deliver(bob, Route::Relay(home.clone()), envelope)
             .await
             .expect("delivered");
         assert_eq!(reply, Reply::Received);

@@ -18,7 +18,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use burrow_node::p2p::driver::RelayRef;
+use burrow_node::p2p::driver::{RelayRef, Route};
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_node::p2p::swarm;
 use burrow_node::p2p::transport::{CarrierTransport, Directory};
@@ -296,7 +296,9 @@ async fn relayed_messages(carrier: Carrier, pairs: usize, per_pair: usize) -> f6
     };
     // Circuits first, not counted.
     for (alice, bob, _) in &senders {
-        let reply = alice.deliver(*bob, home.clone(), envelope(0)).await;
+        let reply = alice
+            .deliver(*bob, Route::Relay(home.clone()), envelope(0))
+            .await;
         assert_eq!(reply, Ok(Reply::Received));
     }
     let start = Instant::now();
@@ -306,7 +308,9 @@ async fn relayed_messages(carrier: Carrier, pairs: usize, per_pair: usize) -> f6
             let (alice, bob, home) = (alice.clone(), *bob, home.clone());
             tokio::spawn(async move {
                 for i in 1..=per_pair {
-                    let reply = alice.deliver(bob, home.clone(), envelope(i)).await;
+                    let reply = alice
+                        .deliver(bob, Route::Relay(home.clone()), envelope(i))
+                        .await;
                     assert_eq!(reply, Ok(Reply::Received));
                 }
             })

@@ -64,6 +64,16 @@ enum Command {
     },
     /// Run the node: stay reachable through the home relay, receive, deliver.
     Up {
+        /// Also accept direct connections from contacts here (TCP and UDP,
+        /// same port), on a front that shows anyone else a small website.
+        /// Only contacts learn it (from your signed, encrypted tracker
+        /// record); a verified contact tries it before your relay.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// How contacts reach --listen: HOST or HOST:PORT (needed when
+        /// --listen is 0.0.0.0 or behind a port forward).
+        #[arg(long, value_name = "HOST[:PORT]", requires = "listen")]
+        public: Option<String>,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -422,9 +432,14 @@ pub fn main() -> ExitCode {
                     .await
                 }
             },
-            Command::Up { node } => {
+            Command::Up {
+                listen,
+                public,
+                node,
+            } => {
                 let password = node.password().read(false)?;
-                daemon::run(&node.dir()?, &password).await
+                let direct = listen.map(|listen| crate::direct::DirectArgs { listen, public });
+                daemon::run(&node.dir()?, &password, direct).await
             }
             Command::Send { name, text, node } => {
                 user_cmd::send(&node.dir()?, &node.password(), &name, &text, node.output()).await

@@ -1,7 +1,9 @@
 //! `burrow up`: the node in the foreground. Keeps the reservation at the
-//! home relay, receives and stores messages, delivers the outbox (directly
-//! through the contact's relay, else into its mailbox) until each receipt
-//! is back, and serves the control socket.
+//! home relay, receives and stores messages, delivers the outbox until
+//! each receipt is back — to a verified contact's own front when they
+//! accept direct connections, else through the contact's relay, else into
+//! its mailbox — and serves the control socket. With `--listen` it also
+//! accepts direct connections from contacts on its own front.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,12 +20,13 @@ use tokio::sync::{broadcast, Notify};
 use tracing::{debug, info, warn};
 
 use crate::control::{MessageView, Request, Response, MAX_LINE};
+use crate::direct::DirectArgs;
 use crate::guarded::GuardedSockets;
 use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
-use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef};
+use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef, Route};
 use crate::p2p::proto::{Envelope, MessageId, Reply};
 use crate::p2p::swarm;
-use crate::p2p::transport::{CarrierTransport, Directory};
+use crate::p2p::transport::{relay_addrs, CarrierTransport, Directory};
 use crate::seal;
 use crate::store::{Contact, Direction, FirewallLogEntry, Message, OutState};
 
@@ -41,6 +44,17 @@ const ATTEMPT: Duration = Duration::from_secs(20);
 const AUDIT_SAVE: Duration = Duration::from_secs(1);
 /// How often the trackers may be asked about one unreachable contact.
 const LOCATE_EVERY: Duration = Duration::from_secs(60);
+/// How often the trackers are asked about a verified contact before a
+/// delivery (have they opened or closed a direct endpoint?), and how long
+/// such a look-up may hold the delivery up.
+const LOOK_AHEAD_EVERY: Duration = Duration::from_secs(600);
+const LOOK_AHEAD_WAIT: Duration = Duration::from_secs(3);
+/// Time allowed for a delivery to a contact's own front before the relay
+/// is tried (the dial itself gives up sooner: `DIRECT_CONNECT`).
+const DIRECT_ATTEMPT: Duration = Duration::from_secs(8);
+/// A contact's front that did not answer is not tried again for this long
+/// (their messages go through the relay meanwhile).
+const DIRECT_PAUSE: Duration = Duration::from_secs(300);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
 const EVENT_BUFFER: usize = 256;
 
@@ -58,6 +72,8 @@ struct Core {
     deposited: Mutex<HashMap<(PeerId, MessageId), Instant>>,
     /// When the trackers were last asked where each contact is.
     located: Mutex<HashMap<PeerId, Instant>>,
+    /// Contacts' fronts that last failed, and when.
+    direct_failed: Mutex<HashMap<PeerId, Instant>>,
     /// The last firewall decision saved to the store.
     audit_seq: Mutex<u64>,
 }
@@ -160,6 +176,10 @@ impl Handler for Inbound {
         }
     }
 
+    fn accepts(&mut self, peer: &PeerId) -> bool {
+        matches!(self.0.lock().store.contact_by_peer(peer), Ok(Some(_)))
+    }
+
     fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64> {
         let keypair = self.0.lock().keypair.clone();
         let mut done = Vec::new();
@@ -192,8 +212,9 @@ impl Handler for Inbound {
 }
 
 /// Runs the node until SIGINT/SIGTERM; prints the user's address first.
-pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
-    run_until(data_dir, password, |address| {
+/// With `direct`, also accepts contacts' direct connections there.
+pub async fn run(data_dir: &Path, password: &[u8], direct: Option<DirectArgs>) -> Result<()> {
+    run_until(data_dir, password, direct, |address| {
         println!("{address}");
         crate::relay_cmd::wait_for_signal()
     })
@@ -202,7 +223,12 @@ pub async fn run(data_dir: &Path, password: &[u8]) -> Result<()> {
 
 /// Runs the node until the future `until` returns (given the user's
 /// address once the node is up) resolves.
-pub async fn run_until<F, Fut>(data_dir: &Path, password: &[u8], until: F) -> Result<()>
+pub async fn run_until<F, Fut>(
+    data_dir: &Path,
+    password: &[u8],
+    direct: Option<DirectArgs>,
+    until: F,
+) -> Result<()>
 where
     F: FnOnce(&crate::identity::Address) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -222,6 +248,7 @@ where
         online: Mutex::new(false),
         deposited: Mutex::default(),
         located: Mutex::default(),
+        direct_failed: Mutex::default(),
         audit_seq: Mutex::default(),
         dialer: Dialer::new(
             burrow_firewall::Policy::default(),
@@ -238,9 +265,30 @@ where
     let listener = bind_control(&paths.socket())?;
     let directory = Directory::with_firewall(core.dialer.clone());
     let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
-    let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone()))?;
-    let location =
-        crate::tracker::make_record(&keypair, &home.line, now_ms(), &mut rand::rngs::OsRng)?;
+    let prepared = direct
+        .as_ref()
+        .map(|args| crate::direct::prepare(&core.lock().store, args))
+        .transpose()?;
+    let own_front = match (prepared, &direct) {
+        (Some(p), Some(args)) => Some(crate::direct::open(p, args, &address.user).await?),
+        _ => None,
+    };
+    let (transport, front, direct_line) = match own_front {
+        Some(l) => (
+            CarrierTransport::listening(directory.clone(), l.tunnels, Vec::new()),
+            Some(l.front),
+            Some(l.line),
+        ),
+        None => (CarrierTransport::dialer(directory.clone()), None, None),
+    };
+    let swarm = swarm::build(&keypair, transport)?;
+    let location = crate::tracker::make_record(
+        &keypair,
+        &home.line,
+        direct_line.as_ref(),
+        now_ms(),
+        &mut rand::rngs::OsRng,
+    )?;
     let previous: Vec<RelayRef> = core
         .lock()
         .store
@@ -249,7 +297,22 @@ where
         .into_iter()
         .collect();
     let (driver, handle) = Driver::new(swarm, directory, sockets, home, Inbound(core.clone()));
-    let driver = driver.publish_location(location, previous);
+    let mut driver = driver.publish_location(location, previous);
+    // The front runs until the node stops (dropping the senders closes it).
+    let (_front_open, front_stop) = tokio::sync::watch::channel(false);
+    let front = front.map(|front| {
+        info!(
+            "accepting direct connections from contacts on {} (anyone else sees a website)",
+            front.local_addr()
+        );
+        tokio::spawn(front.serve(front_stop.clone(), front_stop))
+    });
+    if let Some(addr) = direct_line
+        .as_ref()
+        .and_then(|l| relay_addrs(l).into_iter().next())
+    {
+        driver = driver.listen_directly(addr);
+    }
     let driver = tokio::spawn(driver.run());
     info!("node up as {}", crate::identity::fingerprint(&address.user));
 
@@ -272,6 +335,9 @@ where
     core.persist_audit();
     drop(handle);
     driver.abort();
+    if let Some(front) = front {
+        front.abort();
+    }
     let _ = std::fs::remove_file(paths.socket());
     Ok(())
 }
@@ -304,7 +370,7 @@ struct Attempt {
 
 /// `redeposit`: leave it in the mailbox even if it was left there before.
 async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: bool) -> Attempt {
-    let contact = match core.lock().store.contact_by_peer(&m.peer) {
+    let mut contact = match core.lock().store.contact_by_peer(&m.peer) {
         Ok(Some(c)) => c,
         _ => {
             return Attempt {
@@ -313,6 +379,50 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
             }
         }
     };
+    if let Err(e) = RelayRef::new(contact.address.relay.clone()) {
+        return Attempt {
+            state: m.state,
+            outcome: format!("contact's relay unusable: {e}"),
+        };
+    }
+    let envelope = Envelope::Message {
+        id: m.id,
+        sent_at_ms: m.sent_at_ms,
+        text: m.text.clone(),
+    };
+    // A verified contact may have opened (or closed) a front of their own
+    // since we last looked: ask now and then, briefly, before delivering.
+    if contact.verified {
+        if let Some(found) =
+            relocate(core, driver, &contact, LOOK_AHEAD_EVERY, LOOK_AHEAD_WAIT).await
+        {
+            contact = found.contact;
+        }
+    }
+    let reply = deliver_best(core, driver, &contact, &envelope).await;
+    if let Some(done) = settle(core, m, &contact, reply) {
+        return done;
+    }
+    // Not reachable where we know them: perhaps they moved to another
+    // relay, or to another front of their own.
+    let mut moved = false;
+    if let Some(found) = relocate(core, driver, &contact, LOCATE_EVERY, ATTEMPT).await {
+        if found.changed {
+            let reply = deliver_best(core, driver, &found.contact, &envelope).await;
+            if let Some(done) = settle(core, m, &found.contact, reply) {
+                return done;
+            }
+        }
+        moved = found.moved;
+        contact = found.contact;
+    }
+    // A message left at the relay they moved away from goes to the new one.
+    if m.state == OutState::Deposited && !redeposit && !moved {
+        return Attempt {
+            state: m.state,
+            outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
+        };
+    }
     let via = match RelayRef::new(contact.address.relay.clone()) {
         Ok(v) => v,
         Err(e) => {
@@ -322,31 +432,6 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
             }
         }
     };
-    let envelope = Envelope::Message {
-        id: m.id,
-        sent_at_ms: m.sent_at_ms,
-        text: m.text.clone(),
-    };
-    if let Some(done) = attempt_direct(core, driver, m, &contact, &via, &envelope).await {
-        return done;
-    }
-    // Not reachable where we know them: perhaps they moved to another relay.
-    let (contact, via, moved) = match relocate(core, driver, &contact).await {
-        Some((moved, new_via)) => {
-            if let Some(done) = attempt_direct(core, driver, m, &moved, &new_via, &envelope).await {
-                return done;
-            }
-            (moved, new_via, true)
-        }
-        None => (contact, via, false),
-    };
-    // A message left at the relay they moved away from goes to the new one.
-    if m.state == OutState::Deposited && !redeposit && !moved {
-        return Attempt {
-            state: m.state,
-            outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
-        };
-    }
     let keypair = core.lock().keypair.clone();
     let sealed = match contact
         .address
@@ -392,24 +477,68 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
     }
 }
 
-/// One direct delivery through `via`: `Some` when it settled the message
-/// (delivered, or refused by the contact), `None` when they were not
-/// reachable.
-async fn attempt_direct(
+/// Delivers `envelope` to `contact` the best way there is: their own front
+/// (a verified contact who announced one), else through their relay (a
+/// circuit, or a connection already open).
+async fn deliver_best(
     core: &Core,
     driver: &DriverHandle,
-    m: &Message,
     contact: &Contact,
-    via: &RelayRef,
     envelope: &Envelope,
-) -> Option<Attempt> {
-    let direct = tokio::time::timeout(
+) -> Result<Reply, DeliverError> {
+    let peer = contact.peer();
+    let paused = core
+        .direct_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&peer)
+        .is_some_and(|t| t.elapsed() < DIRECT_PAUSE);
+    let front = contact
+        .direct
+        .as_ref()
+        .filter(|_| contact.verified && !paused)
+        .and_then(|line| RelayRef::new(line.clone()).ok());
+    if let Some(front) = front {
+        match tokio::time::timeout(
+            DIRECT_ATTEMPT,
+            driver.deliver(peer, Route::Direct(front), envelope.clone()),
+        )
+        .await
+        .unwrap_or(Err(DeliverError::Timeout))
+        {
+            Ok(reply) => {
+                debug!("delivered over a direct connection");
+                return Ok(reply);
+            }
+            Err(e) => {
+                debug!("direct connection failed ({e}); trying the relay");
+                core.direct_failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer, Instant::now());
+            }
+        }
+    }
+    let via = RelayRef::new(contact.address.relay.clone())
+        .map_err(|e| DeliverError::Unreachable(e.to_string()))?;
+    tokio::time::timeout(
         ATTEMPT,
-        driver.deliver(m.peer, via.clone(), envelope.clone()),
+        driver.deliver(peer, Route::Relay(via), envelope.clone()),
     )
     .await
-    .unwrap_or(Err(DeliverError::Timeout));
-    match direct {
+    .unwrap_or(Err(DeliverError::Timeout))
+}
+
+/// The outcome of a delivery: `Some` when it settled the message
+/// (delivered, or refused by the contact), `None` when they were not
+/// reachable.
+fn settle(
+    core: &Core,
+    m: &Message,
+    contact: &Contact,
+    reply: Result<Reply, DeliverError>,
+) -> Option<Attempt> {
+    match reply {
         Ok(Reply::Received) => {
             let _ = core
                 .lock()
@@ -426,25 +555,37 @@ async fn attempt_direct(
             outcome: format!("{} refused it: {reason}", contact.name),
         }),
         Err(e) => {
-            debug!("direct delivery failed: {e}");
+            debug!("delivery failed: {e}");
             None
         }
     }
 }
 
-/// Asks the trackers (at the contact's known relay and at home) where an
-/// unreachable contact is now — at most once a minute per contact. When
-/// a verified contact published a different relay, their address is
-/// updated (the record is signed by them) and the firewall follows.
+/// What the trackers said about a contact, applied.
+struct Located {
+    contact: Contact,
+    /// They moved to another relay.
+    moved: bool,
+    /// Their relay or their direct endpoint is not what it was.
+    changed: bool,
+}
+
+/// Asks the trackers (at the contact's known relay and at home) where a
+/// contact is now — at most once per `every` per contact, waiting at most
+/// `wait`. What a verified contact published (a new relay, their own front
+/// opened or closed) is recorded (the record is signed by them) and the
+/// firewall follows; an unverified contact's announcements are not.
 async fn relocate(
     core: &Core,
     driver: &DriverHandle,
     contact: &Contact,
-) -> Option<(Contact, RelayRef)> {
+    every: Duration,
+    wait: Duration,
+) -> Option<Located> {
     {
         let mut asked = core.located.lock().unwrap_or_else(|p| p.into_inner());
         let peer = contact.peer();
-        if asked.get(&peer).is_some_and(|t| t.elapsed() < LOCATE_EVERY) {
+        if asked.get(&peer).is_some_and(|t| t.elapsed() < every) {
             return None;
         }
         asked.insert(peer, Instant::now());
@@ -459,37 +600,69 @@ async fn relocate(
             trackers.push(home);
         }
     }
-    let found = tokio::time::timeout(ATTEMPT, driver.locate(user, trackers))
+    let found = tokio::time::timeout(wait, driver.locate(user, trackers))
         .await
         .ok()
         .flatten()?;
-    if found.line == contact.address.relay {
-        return None;
-    }
+    let mut located = Located {
+        contact: contact.clone(),
+        moved: false,
+        changed: false,
+    };
     // An announcement widens the firewall to a new endpoint: only a contact
     // the user confirmed (by the short code) may do that.
     if !contact.verified {
-        warn!(
-            "contact {} announced another relay; not followed until you verify them \
-             (burrow contact verify NAME --confirm)",
-            contact.peer()
+        if found.line != contact.address.relay || found.direct.is_some() {
+            warn!(
+                "contact {} announced another relay or a direct endpoint; not followed until \
+                 you verify them (burrow contact verify NAME --confirm)",
+                contact.peer()
+            );
+        }
+        return Some(located);
+    }
+    if found.direct != contact.direct {
+        if let Err(e) = core
+            .lock()
+            .store
+            .set_direct(&contact.peer(), found.direct.as_ref())
+        {
+            warn!("cannot record a contact's direct endpoint: {e}");
+            return Some(located);
+        }
+        info!(
+            "a contact {} direct connections",
+            if found.direct.is_some() {
+                "accepts"
+            } else {
+                "no longer accepts"
+            }
         );
-        return None;
+        located.contact.direct = found.direct;
+        located.changed = true;
+        core.direct_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&contact.peer());
     }
-    let via = RelayRef::new(found.line.clone()).ok()?;
-    let mut moved = contact.clone();
-    moved.address.relay = found.line;
-    if let Err(e) = core
-        .lock()
-        .store
-        .update_address(&moved.name, &moved.address)
-    {
-        warn!("cannot record a contact's new relay: {e}");
-        return None;
+    if found.line != contact.address.relay {
+        let mut address = contact.address.clone();
+        address.relay = found.line;
+        match core.lock().store.update_address(&contact.name, &address) {
+            Ok(()) => {
+                info!("a contact moved to another relay; following them there");
+                located.contact.address = address;
+                located.contact.moved = true;
+                located.moved = true;
+                located.changed = true;
+            }
+            Err(e) => warn!("cannot record a contact's new relay: {e}"),
+        }
     }
-    core.refresh_policy();
-    info!("a contact moved to another relay; following them there");
-    Some((moved, via))
+    if located.changed {
+        core.refresh_policy();
+    }
+    Some(located)
 }
 
 async fn send_receipts(core: &Core, driver: &DriverHandle) {
@@ -504,31 +677,24 @@ async fn send_receipts(core: &Core, driver: &DriverHandle) {
             Ok(Some(c)) => c,
             _ => continue,
         };
-        let Ok(via) = RelayRef::new(contact.address.relay.clone()) else {
-            continue;
-        };
         let envelope = Envelope::Receipts { ids: ids.clone() };
-        let direct =
-            tokio::time::timeout(ATTEMPT, driver.deliver(peer, via.clone(), envelope.clone()))
-                .await
-                .unwrap_or(Err(DeliverError::Timeout));
-        if let Ok(Reply::Received) = direct {
+        if let Ok(Reply::Received) = deliver_best(core, driver, &contact, &envelope).await {
             continue;
         }
-        let (contact, via) = match relocate(core, driver, &contact).await {
-            Some((moved, new_via)) => {
-                let direct = tokio::time::timeout(
-                    ATTEMPT,
-                    driver.deliver(peer, new_via.clone(), envelope.clone()),
-                )
-                .await
-                .unwrap_or(Err(DeliverError::Timeout));
-                if let Ok(Reply::Received) = direct {
+        let contact = match relocate(core, driver, &contact, LOCATE_EVERY, ATTEMPT).await {
+            Some(found) if found.changed => {
+                if let Ok(Reply::Received) =
+                    deliver_best(core, driver, &found.contact, &envelope).await
+                {
                     continue;
                 }
-                (moved, new_via)
+                found.contact
             }
-            None => (contact, via),
+            Some(found) => found.contact,
+            None => contact,
+        };
+        let Ok(via) = RelayRef::new(contact.address.relay.clone()) else {
+            continue;
         };
         let keypair = core.lock().keypair.clone();
         let deposited = match contact.address.public_key() {

@@ -166,7 +166,7 @@ impl User {
         let (stop, stopped) = oneshot::channel::<()>();
         let dir = self.data_dir.clone();
         let task = tokio::spawn(async move {
-            crate::daemon::run_until(&dir, PASSWORD, |_| async move {
+            crate::daemon::run_until(&dir, PASSWORD, None, |_| async move {
                 let _ = stopped.await;
             })
             .await

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::store::Contact;
 use burrow_firewall::policy::is_local;
 use burrow_firewall::target::canonical_ip;
 use burrow_firewall::{
@@ -100,7 +101,7 @@ impl FirewallSettings {
 pub fn node_policy<'a>(
     home: &RelayLine,
     trackers: impl IntoIterator<Item = &'a RelayLine>,
-    contacts: impl IntoIterator<Item = (&'a str, &'a RelayLine, bool)>,
+    contacts: impl IntoIterator<Item = &'a Contact>,
     settings: &FirewallSettings,
 ) -> io::Result<Policy> {
     let mut entries = relay_entries(home, EntrySource::HomeRelay)?;
@@ -110,16 +111,26 @@ pub fn node_policy<'a>(
             Err(e) => tracing::warn!("tracker {}: not reachable: {e}", line.host),
         }
     }
-    for (name, line, moved) in contacts {
-        let contact = name.to_string();
-        let source = if moved {
+    for c in contacts {
+        let contact = c.name.clone();
+        let source = if c.moved {
             EntrySource::ContactEndpoint { contact }
         } else {
             EntrySource::ContactRelay { contact }
         };
-        match relay_entries(line, source) {
+        match relay_entries(&c.address.relay, source) {
             Ok(e) => entries.extend(e),
-            Err(e) => tracing::warn!("contact {name}: relay not reachable: {e}"),
+            Err(e) => tracing::warn!("contact {}: relay not reachable: {e}", c.name),
+        }
+        // A direct endpoint widens the firewall: only a verified contact's.
+        if let Some(direct) = c.direct.as_ref().filter(|_| c.verified) {
+            let source = EntrySource::ContactDirect {
+                contact: c.name.clone(),
+            };
+            match relay_entries(direct, source) {
+                Ok(e) => entries.extend(e),
+                Err(e) => tracing::warn!("contact {}: direct endpoint not usable: {e}", c.name),
+            }
         }
     }
     match settings.resolver.entries() {

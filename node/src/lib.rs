@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;
+pub mod direct;
 pub mod guarded;
 pub mod identity;
 pub mod messenger;

@@ -333,9 +333,7 @@ impl Messenger {
         Ok(crate::guarded::node_policy(
             &self.home,
             previous.iter(),
-            contacts
-                .iter()
-                .map(|c| (c.name.as_str(), &c.address.relay, c.moved)),
+            contacts.iter(),
             &self.firewall_settings()?,
         )?)
     }

@@ -18,7 +18,8 @@ use burrow_firewall::{
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
     Backend, BackendConfig, Carrier, CertPin, Certificates, Error as ObfsError, Front, FrontConfig,
-    FrontStats, Gate, GateSecret, Identity, Limits, Origin, RelayLine, Site, Source, Upstream,
+    FrontStats, Gate, GateSecret, Identity, Limits, Origin, RelayLine, Site, Source, Tunnels,
+    Upstream,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -151,7 +152,7 @@ fn self_signed(dir: &Path, name: &str, previous: Option<&RelayState>) -> Result<
 }
 
 /// A plausible, per-relay tunnel path.
-fn random_path() -> String {
+pub(crate) fn random_path() -> String {
     const PREFIXES: [&str; 5] = [
         "/api/v1/sync",
         "/api/v2/events",
@@ -442,22 +443,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         site: Site::new(source.clone(), cfg.listen.port(), true),
         limits: front_limits(&cfg),
     };
-    let (front, tunnels) = match Front::bind(cfg.listen, config).await {
-        Ok(f) => f,
-        Err(ObfsError::Bind {
-            addr,
-            proto,
-            source,
-        }) if source.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("{addr} ({proto}) is already in use: another server is listening there; pick another --listen");
-        }
-        Err(ObfsError::Bind { addr, source, .. })
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            bail!("not allowed to listen on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE");
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (front, tunnels) = bind_front(cfg.listen, config).await?;
     let bound = front.local_addr();
     let reload = tokio::spawn(reload_on_hangup(cfg.tls.clone(), front.certificates()));
 
@@ -506,6 +492,27 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         let _ = m.await;
     }
     Ok(())
+}
+
+/// Binds a front on `addr` (TCP and UDP), with the usual causes of
+/// failure said plainly.
+pub(crate) async fn bind_front(addr: SocketAddr, config: FrontConfig) -> Result<(Front, Tunnels)> {
+    match Front::bind(addr, config).await {
+        Ok(f) => Ok(f),
+        Err(ObfsError::Bind {
+            addr,
+            proto,
+            source,
+        }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("{addr} ({proto}) is already in use: another server is listening there; pick another --listen");
+        }
+        Err(ObfsError::Bind { addr, source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            bail!("not allowed to listen on {addr}: ports below 1024 need root or CAP_NET_BIND_SERVICE");
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A relay's shutdown in two steps: stop accepting (SIGTERM), then close

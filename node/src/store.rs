@@ -55,6 +55,9 @@ pub struct Contact {
     /// The relay in `address` is one the contact announced later (a
     /// signed tracker record), not the one their address was given with.
     pub moved: bool,
+    /// The contact's own front, when they announced that they accept
+    /// direct connections (kept only for verified contacts).
+    pub direct: Option<RelayLine>,
 }
 
 impl Contact {
@@ -123,7 +126,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     address TEXT NOT NULL,
     verified INTEGER NOT NULL DEFAULT 0,
     added_ms INTEGER NOT NULL,
-    moved INTEGER NOT NULL DEFAULT 0
+    moved INTEGER NOT NULL DEFAULT 0,
+    direct TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     peer TEXT NOT NULL,
@@ -156,6 +160,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A contact's columns as read: name, address, verified, moved, direct.
+type ContactRow = (String, String, bool, bool, Option<String>);
+
 impl Store {
     /// Opens (or creates) the database at `path` with `key`.
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self> {
@@ -177,16 +184,20 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        // Stores made before contacts could move lack the column.
-        let has_moved: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('contacts') WHERE name = 'moved'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_moved {
-            conn.execute_batch(
-                "ALTER TABLE contacts ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;",
+        // Stores made before contacts could move, or announce a direct
+        // endpoint, lack those columns.
+        for (column, definition) in [
+            ("moved", "moved INTEGER NOT NULL DEFAULT 0"),
+            ("direct", "direct TEXT"),
+        ] {
+            let present: bool = conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('contacts') WHERE name = ?1",
+                [column],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
             )?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE contacts ADD COLUMN {definition};"))?;
+            }
         }
         Ok(Self { conn })
     }
@@ -269,6 +280,17 @@ impl Store {
         self.set_setting("log_approvals", if on { "1" } else { "0" })
     }
 
+    /// The material of this node's own front for direct connections (gate
+    /// key, certificate, tunnel path), kept so that the endpoint contacts
+    /// learned stays valid across restarts.
+    pub fn direct_listener(&self) -> Result<Option<String>> {
+        self.setting("direct_listener")
+    }
+
+    pub fn set_direct_listener(&self, value: &str) -> Result<()> {
+        self.set_setting("direct_listener", value)
+    }
+
     // ------------------------------------------------------------ contacts
 
     /// Adds a contact; a name or a user already present is a conflict.
@@ -293,6 +315,7 @@ impl Store {
             address: address.clone(),
             verified: false,
             moved: false,
+            direct: None,
         })
     }
 
@@ -314,25 +337,36 @@ impl Store {
         Ok(())
     }
 
-    fn row_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, bool, bool)> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    /// Records the direct endpoint `peer` announced (`None`: they no
+    /// longer accept direct connections, or are not trusted with one).
+    pub fn set_direct(&self, peer: &PeerId, direct: Option<&RelayLine>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE contacts SET direct = ?2 WHERE peer = ?1",
+            params![peer.to_base58(), direct.map(|d| d.to_string())],
+        )?;
+        Ok(())
     }
 
-    fn to_contact(
-        (name, address, verified, moved): (String, String, bool, bool),
-    ) -> Result<Contact> {
+    fn row_contact(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContactRow> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    }
+
+    fn to_contact((name, address, verified, moved, direct): ContactRow) -> Result<Contact> {
         Ok(Contact {
             name,
             address: address.parse().map_err(|_| StoreError::Damaged)?,
             verified,
             moved,
+            direct: direct
+                .map(|d| d.parse().map_err(|_| StoreError::Damaged))
+                .transpose()?,
         })
     }
 
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, address, verified, moved FROM contacts ORDER BY name")?;
+            .prepare("SELECT name, address, verified, moved, direct FROM contacts ORDER BY name")?;
         let rows = stmt.query_map([], Self::row_contact)?;
         rows.map(|r| Self::to_contact(r?)).collect()
     }
@@ -340,7 +374,7 @@ impl Store {
     pub fn contact(&self, name: &str) -> Result<Option<Contact>> {
         self.conn
             .query_row(
-                "SELECT name, address, verified, moved FROM contacts WHERE name = ?1",
+                "SELECT name, address, verified, moved, direct FROM contacts WHERE name = ?1",
                 params![name],
                 Self::row_contact,
             )
@@ -352,7 +386,7 @@ impl Store {
     pub fn contact_by_peer(&self, peer: &PeerId) -> Result<Option<Contact>> {
         self.conn
             .query_row(
-                "SELECT name, address, verified, moved FROM contacts WHERE peer = ?1",
+                "SELECT name, address, verified, moved, direct FROM contacts WHERE peer = ?1",
                 params![peer.to_base58()],
                 Self::row_contact,
             )
@@ -586,10 +620,11 @@ mod tests {
             .to_peer_id()
     }
 
-    /// A store written before contacts could move (no `moved` column)
-    /// opens, keeps its contacts, and records a move from then on.
+    /// A store written before contacts could move or announce a direct
+    /// endpoint (no `moved`, no `direct` column) opens, keeps its contacts,
+    /// and records both from then on.
     #[test]
-    fn an_older_store_gains_the_moved_column() {
+    fn an_older_store_gains_the_new_columns() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("store.db");
         let key = [9u8; 32];
@@ -598,14 +633,25 @@ mod tests {
             let s = Store::open(&path, &key).expect("open");
             s.add_contact("bob", &address(bob), 1).expect("add");
             s.conn
-                .execute_batch("ALTER TABLE contacts DROP COLUMN moved;")
+                .execute_batch(
+                    "ALTER TABLE contacts DROP COLUMN moved; ALTER TABLE contacts DROP COLUMN direct;",
+                )
                 .expect("back to the old schema");
         }
         let s = Store::open(&path, &key).expect("reopen");
         let c = s.contact("bob").expect("read").expect("bob");
         assert!(!c.moved);
+        assert_eq!(c.direct, None);
         s.update_address("bob", &address(bob)).expect("move");
         assert!(s.contact("bob").expect("read").expect("bob").moved);
+        let front = address(bob).relay;
+        s.set_direct(&bob, Some(&front)).expect("direct");
+        assert_eq!(
+            s.contact("bob").expect("read").expect("bob").direct,
+            Some(front)
+        );
+        s.set_direct(&bob, None).expect("no direct");
+        assert_eq!(s.contact("bob").expect("read").expect("bob").direct, None);
     }
 
     #[test]

@@ -6,9 +6,14 @@
 //! key    = SHA-256("burrow tracker key v1" | user id)          (burrow_relay::tracker)
 //! value  = 0x01 | nonce (24) | XChaCha20-Poly1305(k, nonce, aad = key, inner)
 //! k      = SHA-256("burrow tracker enc v1" | user's public key)
-//! inner  = CBOR { line, issued_ms, sig }
+//! inner  = CBOR { line, direct?, issued_ms, sig }
 //! sig    = Ed25519_user("burrow tracker sig v1" | key | line | issued_ms)
+//!          or, with a direct endpoint,
+//!          Ed25519_user("burrow tracker sig v2" | key | line | direct | issued_ms)
 //! ```
+//!
+//! `direct` is the line of the user's own front, for a user who accepts
+//! connections (`burrow up --listen`): contacts try it before the relay.
 //!
 //! A relay cannot read the value (it sees only the key's hash); it keeps a
 //! record only from the user it is filed under. A reader checks the
@@ -33,6 +38,9 @@ const NONCE: usize = 24;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     pub line: RelayLine,
+    /// The user's own front, when they accept direct connections; its
+    /// `id=` is the user's id.
+    pub direct: Option<RelayLine>,
     pub issued_ms: u64,
 }
 
@@ -54,6 +62,8 @@ pub enum TrackerError {
 #[derive(Serialize, Deserialize)]
 struct Inner {
     line: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    direct: Option<String>,
     issued_ms: u64,
     #[serde(with = "serde_bytes")]
     sig: Vec<u8>,
@@ -66,32 +76,41 @@ fn cipher(user: &PublicKey) -> XChaCha20Poly1305 {
     XChaCha20Poly1305::new(&h.finalize())
 }
 
-fn signed_bytes(key: &RecordKey, line: &str, issued_ms: u64) -> Vec<u8> {
-    let mut m = b"burrow tracker sig v1".to_vec();
+fn signed_bytes(key: &RecordKey, line: &str, direct: Option<&str>, issued_ms: u64) -> Vec<u8> {
+    let mut m = match direct {
+        None => b"burrow tracker sig v1".to_vec(),
+        Some(_) => b"burrow tracker sig v2".to_vec(),
+    };
     m.extend_from_slice(key.as_ref());
-    m.extend_from_slice(&(line.len() as u32).to_be_bytes());
-    m.extend_from_slice(line.as_bytes());
+    for part in std::iter::once(line).chain(direct) {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
     m.extend_from_slice(&issued_ms.to_be_bytes());
     m
 }
 
-/// The record saying `keypair`'s user is reachable through `line`.
+/// The record saying `keypair`'s user is reachable through `line` (and
+/// directly at `direct`, when given).
 pub fn make_record(
     keypair: &Keypair,
     line: &RelayLine,
+    direct: Option<&RelayLine>,
     issued_ms: u64,
     rng: &mut impl RngCore,
 ) -> Result<Record, TrackerError> {
     let user = keypair.public().to_peer_id();
     let key = record_key(&user);
     let line = line.to_string();
+    let direct = direct.map(|d| d.to_string());
     let sig = keypair
-        .sign(&signed_bytes(&key, &line, issued_ms))
+        .sign(&signed_bytes(&key, &line, direct.as_deref(), issued_ms))
         .map_err(|e| TrackerError::Make(e.to_string()))?;
     let mut inner = Vec::new();
     ciborium::into_writer(
         &Inner {
             line,
+            direct,
             issued_ms,
             sig,
         },
@@ -134,7 +153,7 @@ pub fn open_record(user: &PublicKey, value: &[u8]) -> Result<Location, TrackerEr
     let inner: Inner =
         ciborium::from_reader(inner.as_slice()).map_err(|_| TrackerError::Malformed)?;
     if !user.verify(
-        &signed_bytes(&key, &inner.line, inner.issued_ms),
+        &signed_bytes(&key, &inner.line, inner.direct.as_deref(), inner.issued_ms),
         &inner.sig,
     ) {
         return Err(TrackerError::BadSignature);
@@ -143,8 +162,21 @@ pub fn open_record(user: &PublicKey, value: &[u8]) -> Result<Location, TrackerEr
     if line.id.is_none() {
         return Err(TrackerError::BadLine);
     }
+    // A direct endpoint is the user's own: Noise there must prove their id.
+    let own_id = PeerId::from_public_key(user).to_base58();
+    let direct = inner
+        .direct
+        .map(|d| d.parse::<RelayLine>().map_err(|_| TrackerError::BadLine))
+        .transpose()?;
+    if direct
+        .as_ref()
+        .is_some_and(|d| d.id.as_deref() != Some(own_id.as_str()))
+    {
+        return Err(TrackerError::BadLine);
+    }
     Ok(Location {
         line,
+        direct,
         issued_ms: inner.issued_ms,
     })
 }
@@ -178,7 +210,7 @@ mod tests {
         let bob = Keypair::generate_ed25519();
         let l = line(4433);
         let record =
-            make_record(&bob, &l, 1_700_000_000_000, &mut rand::rngs::OsRng).expect("record");
+            make_record(&bob, &l, None, 1_700_000_000_000, &mut rand::rngs::OsRng).expect("record");
         assert_eq!(record.key, record_key(&bob.public().to_peer_id()));
         let read = open_record(&bob.public(), &record.value).expect("open");
         assert_eq!(read.line, l);
@@ -200,7 +232,7 @@ mod tests {
     #[test]
     fn every_altered_byte_is_refused() {
         let bob = Keypair::generate_ed25519();
-        let record = make_record(&bob, &line(1), 5, &mut rand::rngs::OsRng).expect("record");
+        let record = make_record(&bob, &line(1), None, 5, &mut rand::rngs::OsRng).expect("record");
         for i in 0..record.value.len() {
             let mut v = record.value.clone();
             v[i] ^= 0x01;
@@ -220,11 +252,14 @@ mod tests {
         let mallory = Keypair::generate_ed25519();
         let key = record_key(&bob.public().to_peer_id());
         let l = line(2).to_string();
-        let sig = mallory.sign(&signed_bytes(&key, &l, 9)).expect("sign");
+        let sig = mallory
+            .sign(&signed_bytes(&key, &l, None, 9))
+            .expect("sign");
         let mut inner = Vec::new();
         ciborium::into_writer(
             &Inner {
                 line: l,
+                direct: None,
                 issued_ms: 9,
                 sig,
             },
@@ -247,6 +282,30 @@ mod tests {
         assert_eq!(
             open_record(&bob.public(), &value),
             Err(TrackerError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_direct_endpoint_is_signed_and_must_be_the_users_own() {
+        let bob = Keypair::generate_ed25519();
+        let mut direct = line(7000);
+        direct.id = Some(bob.public().to_peer_id().to_base58());
+        let record =
+            make_record(&bob, &line(1), Some(&direct), 5, &mut rand::rngs::OsRng).expect("record");
+        let read = open_record(&bob.public(), &record.value).expect("open");
+        assert_eq!(read.direct, Some(direct));
+        for i in 0..record.value.len() {
+            let mut v = record.value.clone();
+            v[i] ^= 0x01;
+            assert!(open_record(&bob.public(), &v).is_err(), "byte {i}");
+        }
+        // Someone else's front in Bob's record is refused, even signed by him.
+        let other = line(7001);
+        let record =
+            make_record(&bob, &line(1), Some(&other), 5, &mut rand::rngs::OsRng).expect("record");
+        assert_eq!(
+            open_record(&bob.public(), &record.value),
+            Err(TrackerError::BadLine)
         );
     }
 }

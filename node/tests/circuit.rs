@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_node::guarded::GuardedSockets;
-use burrow_node::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef};
+use burrow_node::p2p::driver::{
+    DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef, Route,
+};
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_node::p2p::swarm;
 use burrow_node::p2p::transport::{CarrierTransport, Directory};
@@ -40,6 +42,9 @@ impl Handler for Recorder {
     }
     fn on_home(&mut self, state: HomeState) {
         let _ = self.0.send(Seen::Home(state));
+    }
+    fn accepts(&mut self, _: &PeerId) -> bool {
+        true
     }
 }
 
@@ -103,7 +108,11 @@ async fn both_ways(carrier: Carrier) {
 
     let reply = alice
         .handle
-        .deliver(bob.id(), home.clone(), message(1, "hello bob"))
+        .deliver(
+            bob.id(),
+            Route::Relay(home.clone()),
+            message(1, "hello bob"),
+        )
         .await
         .expect("delivered");
     assert_eq!(reply, Reply::Received);
@@ -116,7 +125,11 @@ async fn both_ways(carrier: Carrier) {
     }
     let reply = bob
         .handle
-        .deliver(alice.id(), home.clone(), message(2, "hi alice"))
+        .deliver(
+            alice.id(),
+            Route::Relay(home.clone()),
+            message(2, "hi alice"),
+        )
         .await
         .expect("delivered back");
     assert_eq!(reply, Reply::Received);
@@ -153,7 +166,11 @@ async fn an_absent_user_gets_the_message_from_the_mailbox() {
 
     let err = alice
         .handle
-        .deliver(bob_id, home.clone(), message(3, "are you there?"))
+        .deliver(
+            bob_id,
+            Route::Relay(home.clone()),
+            message(3, "are you there?"),
+        )
         .await
         .expect_err("bob is not connected");
     assert!(matches!(err, DeliverError::Unreachable(_)), "{err}");

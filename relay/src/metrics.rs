@@ -96,6 +96,12 @@ pub fn render(f: &Figures) -> String {
         r.circuits as u64,
     );
     metric(
+        "burrow_relay_circuits_opened_total",
+        "counter",
+        "Relayed circuits opened between two users.",
+        r.circuits_opened,
+    );
+    metric(
         "burrow_relay_mailbox_messages",
         "gauge",
         "Sealed messages waiting in the RAM mailbox.",
@@ -316,6 +322,7 @@ mod tests {
                 tracker_records: 2,
                 reservations_refused: 3,
                 circuits_refused: 0,
+                circuits_opened: 8,
             },
             front: FrontFigures {
                 connections: 6,
@@ -337,6 +344,7 @@ mod tests {
             "burrow_relay_peers_connected 3",
             "burrow_relay_reservations 2",
             "burrow_relay_circuits 1",
+            "burrow_relay_circuits_opened_total 8",
             "burrow_relay_mailbox_messages 5",
             "burrow_relay_mailbox_bytes 900",
             "burrow_front_tunnels_opened_total 7",

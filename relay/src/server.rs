@@ -236,6 +236,8 @@ pub struct RelayStats {
     /// a rate or the list of allowed users).
     pub reservations_refused: u64,
     pub circuits_refused: u64,
+    /// Circuits opened since the start.
+    pub circuits_opened: u64,
 }
 
 /// The relay's libp2p node.
@@ -455,6 +457,7 @@ impl RelayNode {
             relay::Event::CircuitReqAccepted { .. } => {
                 if let Ok(mut s) = self.stats.lock() {
                     s.circuits += 1;
+                    s.circuits_opened += 1;
                 }
             }
             relay::Event::CircuitClosed { .. } => {

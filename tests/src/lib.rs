@@ -359,6 +359,20 @@ pub fn curl_https(
     (head.join("\n"), body.as_bytes().to_vec(), err)
 }
 
+/// One sample from a relay's metrics endpoint (`--metrics
+/// 127.0.0.1:PORT`), read with a plain HTTP/1.0 request.
+pub fn relay_metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from the metrics: {text}"))
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -127,13 +127,25 @@ impl NodeProc {
     /// instance `ip netns exec NS`): only its network differs, the other
     /// commands reach it through the control socket in the data directory.
     pub fn up_under(&mut self, prefix: &[&str]) {
+        self.start_up(prefix, &[]);
+    }
+
+    /// Starts `burrow up EXTRA…` (for instance `--listen ADDR`) and waits
+    /// until it holds its reservation.
+    pub fn up_with(&mut self, extra: &[&str]) {
+        self.start_up(&[], extra);
+    }
+
+    fn start_up(&mut self, prefix: &[&str], extra: &[&str]) {
         assert!(self.daemon.is_none(), "{} is already up", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let plain = self.command(&["up"]);
+        let mut args = vec!["up"];
+        args.extend_from_slice(extra);
+        let plain = self.command(&args);
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);

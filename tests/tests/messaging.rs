@@ -4,7 +4,7 @@
 
 use burrow_obfs::Carrier;
 use burrow_tests::node::pair;
-use burrow_tests::RelayProc;
+use burrow_tests::{free_port, have_tool, relay_metric, run, RelayProc};
 
 fn with_carriers(relay: &RelayProc, carriers: &[Carrier]) -> burrow_obfs::RelayLine {
     let mut line = relay.line.clone();
@@ -355,6 +355,88 @@ fn a_contact_who_moved_to_another_relay_is_found_through_the_tracker() {
     let log = alice.log();
     assert!(log.contains("moved to another relay"), "{log}");
     assert!(!log.contains("after the move"), "no message text in logs");
+    alice.kill();
+    bob.kill();
+}
+
+/// Bob accepts direct connections (`burrow up --listen`): once Alice has
+/// verified him, her messages go straight to his front (the relay opens no
+/// circuit for them), his front shows anyone else a website, and when he
+/// stops listening the relay carries them again.
+#[test]
+fn a_verified_contact_who_listens_is_reached_directly() {
+    let metrics = free_port();
+    let relay = RelayProc::start(&["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let circuits = || relay_metric(metrics, "burrow_relay_circuits_opened_total");
+    let (mut alice, mut bob) = pair(&relay.line);
+    let port = free_port();
+    let front = format!("127.0.0.1:{port}");
+    bob.up_with(&["--listen", &front]);
+    alice.up();
+    // Not verified yet: Bob's front is not trusted, the relay carries it.
+    assert_eq!(
+        alice.ok(&["send", "bob", "through the relay"]).trim(),
+        "delivered"
+    );
+    assert!(circuits() >= 1.0, "the first message took a circuit");
+    let list = alice.ok(&["firewall", "list"]);
+    assert!(!list.contains(&format!(":{port}/")), "{list}");
+
+    alice.ok(&["contact", "verify", "bob", "--confirm"]);
+    let before = circuits();
+    for i in 1..=3 {
+        let out = alice.ok(&["send", "bob", &format!("direct {i}")]);
+        assert_eq!(out.trim(), "delivered", "{out}\nALICE {}", alice.log());
+    }
+    assert_eq!(
+        bob.ok(&["send", "alice", "direct reply"]).trim(),
+        "delivered"
+    );
+    assert_eq!(circuits(), before, "no circuit for direct messages");
+    let got = bob.wait_messages("alice", "four messages", |m| m.len() >= 4);
+    assert_eq!(
+        texts(&got, "in"),
+        ["through the relay", "direct 1", "direct 2", "direct 3"].map(String::from)
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&alice.ok(&["firewall", "list", "--json"])).expect("json");
+    let direct: Vec<String> = list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["source"].as_str() == Some("direct endpoint of contact bob"))
+        .filter_map(|e| e["endpoint"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        direct,
+        [
+            format!("127.0.0.1:{port}/tcp"),
+            format!("127.0.0.1:{port}/udp")
+        ],
+        "{list}"
+    );
+    // Anyone else who finds the port sees a website.
+    if have_tool("curl") {
+        let (ok, body, err) = run(std::process::Command::new("curl")
+            .args(["-sS", "-k", "--max-time", "10"])
+            .arg(format!("https://127.0.0.1:{port}/")));
+        let body = String::from_utf8_lossy(&body);
+        assert!(ok && body.contains("<html"), "{err}{body}");
+    }
+
+    // Bob stops listening: the stale endpoint fails and the relay carries
+    // the message again.
+    bob.kill();
+    bob.up();
+    assert_eq!(
+        alice.ok(&["send", "bob", "relay again"]).trim(),
+        "delivered",
+        "{}",
+        alice.log()
+    );
+    assert!(circuits() > before, "the relay carried it");
+    let log = alice.log();
+    assert!(!log.contains("direct 1"), "no message text in logs");
     alice.kill();
     bob.kill();
 }

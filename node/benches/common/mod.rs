@@ -38,6 +38,9 @@ impl Handler for Quiet {
     fn on_home(&mut self, state: HomeState) {
         let _ = self.0.send(state);
     }
+    fn accepts(&mut self, _: &PeerId) -> bool {
+        true
+    }
 }
 
 /// A user with a fresh key, online at `home` (holding a reservation) when

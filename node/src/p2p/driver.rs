@@ -16,7 +16,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::identity::PublicKey;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{kad, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -72,6 +73,17 @@ impl RelayRef {
     }
 }
 
+/// How to reach a contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The contact's own front (the line's id is the contact's): a
+    /// connection of our own, never through a relay.
+    Direct(RelayRef),
+    /// Through the contact's relay, over a circuit (or any connection to
+    /// the contact already open).
+    Relay(RelayRef),
+}
+
 /// Why a delivery or a deposit did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliverError {
@@ -88,11 +100,10 @@ pub enum DeliverError {
 /// What the driver is asked to do.
 #[derive(Debug)]
 pub enum Command {
-    /// Sends an envelope to a contact reachable through `via`, over a
-    /// direct connection if one exists, else a circuit.
+    /// Sends an envelope to a contact by `route`.
     Deliver {
         to: PeerId,
-        via: RelayRef,
+        route: Route,
         envelope: Envelope,
         done: oneshot::Sender<Result<Reply, DeliverError>>,
     },
@@ -126,6 +137,9 @@ pub enum HomeState {
 pub trait Handler: Send + 'static {
     /// A contact's envelope; the reply is sent back at once.
     fn on_envelope(&mut self, from: PeerId, envelope: Envelope) -> Reply;
+    /// Whether `peer` may keep a connection it opened to this node (a
+    /// contact); others are disconnected at once.
+    fn accepts(&mut self, peer: &PeerId) -> bool;
     /// Sealed items from the home mailbox; returns the ids to delete there
     /// (those stored safely, or unreadable and never going to be).
     fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64>;
@@ -140,14 +154,14 @@ impl DriverHandle {
     pub async fn deliver(
         &self,
         to: PeerId,
-        via: RelayRef,
+        route: Route,
         envelope: Envelope,
     ) -> Result<Reply, DeliverError> {
         let (done, rx) = oneshot::channel();
         self.0
             .send(Command::Deliver {
                 to,
-                via,
+                route,
                 envelope,
                 done,
             })
@@ -198,6 +212,16 @@ struct Lookup {
     done: oneshot::Sender<Option<Location>>,
 }
 
+/// A message that waits for a direct connection to its contact.
+type Waiting = (Envelope, oneshot::Sender<Result<Reply, DeliverError>>);
+
+/// The connections to one peer, by kind.
+#[derive(Debug, Default)]
+struct Links {
+    direct: Vec<ConnectionId>,
+    relayed: Vec<ConnectionId>,
+}
+
 enum BoxOp {
     Put(oneshot::Sender<Result<(), DeliverError>>),
     Fetch,
@@ -209,6 +233,9 @@ const COMMAND_QUEUE: usize = 64;
 /// How often the home mailbox is checked while online.
 const MAILBOX_POLL: Duration = Duration::from_secs(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Time a contact's own front has to answer on each carrier (tried at the
+/// same time) before the delivery falls back to the relay.
+pub const DIRECT_CONNECT: Duration = Duration::from_secs(4);
 
 pub struct Driver<H> {
     swarm: Swarm<NodeBehaviour>,
@@ -230,6 +257,14 @@ pub struct Driver<H> {
     location: Option<(kad::Record, Vec<RelayRef>)>,
     lookups: HashMap<kad::QueryId, Lookup>,
     pings: PingWatch,
+    /// Where this node accepts direct connections, if it does.
+    direct_listen: Option<Multiaddr>,
+    links: HashMap<PeerId, Links>,
+    /// Direct dials under way, by contact.
+    direct_dials: HashMap<PeerId, ConnectionId>,
+    /// Messages waiting for a direct connection (or for the relayed ones
+    /// to close, so that none of them goes through the relay).
+    waiting_direct: HashMap<PeerId, Vec<Waiting>>,
 }
 
 impl<H> fmt::Debug for Driver<H> {
@@ -266,6 +301,10 @@ impl<H: Handler> Driver<H> {
             location: None,
             lookups: HashMap::new(),
             pings: PingWatch::default(),
+            direct_listen: None,
+            links: HashMap::new(),
+            direct_dials: HashMap::new(),
+            waiting_direct: HashMap::new(),
         };
         (driver, DriverHandle(tx))
     }
@@ -274,6 +313,13 @@ impl<H: Handler> Driver<H> {
     /// each time the home reservation is made.
     pub fn publish_location(mut self, record: kad::Record, also_at: Vec<RelayRef>) -> Self {
         self.location = Some((record, also_at));
+        self
+    }
+
+    /// Accepts direct connections at `addr` (the swarm's transport must
+    /// hold the tunnels of the node's own front).
+    pub fn listen_directly(mut self, addr: Multiaddr) -> Self {
+        self.direct_listen = Some(addr);
         self
     }
 
@@ -344,6 +390,11 @@ impl<H: Handler> Driver<H> {
 
     /// Runs until every [`DriverHandle`] is dropped.
     pub async fn run(mut self) {
+        if let Some(addr) = self.direct_listen.clone() {
+            if let Err(e) = self.swarm.listen_on(addr) {
+                warn!("not accepting direct connections: {e}");
+            }
+        }
         self.listen_home();
         let mut poll = tokio::time::interval(MAILBOX_POLL);
         let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -373,7 +424,7 @@ impl<H: Handler> Driver<H> {
         match c {
             Command::Deliver {
                 to,
-                via,
+                route: Route::Relay(via),
                 envelope,
                 done,
             } => {
@@ -381,13 +432,14 @@ impl<H: Handler> Driver<H> {
                 for addr in via.circuit_to(to) {
                     self.swarm.add_peer_address(to, addr);
                 }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .messages
-                    .send_request(&to, envelope);
-                self.messages.insert(id, done);
+                self.send_message(to, envelope, done);
             }
+            Command::Deliver {
+                to,
+                route: Route::Direct(front),
+                envelope,
+                done,
+            } => self.deliver_direct(to, front, envelope, done),
             Command::Deposit {
                 via,
                 to,
@@ -420,6 +472,95 @@ impl<H: Handler> Driver<H> {
                     },
                 );
             }
+        }
+    }
+
+    fn send_message(
+        &mut self,
+        to: PeerId,
+        envelope: Envelope,
+        done: oneshot::Sender<Result<Reply, DeliverError>>,
+    ) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .messages
+            .send_request(&to, envelope);
+        self.messages.insert(id, done);
+    }
+
+    /// Sends over a direct connection to `to`, dialling `front` first if
+    /// there is none. Relayed connections to `to` are closed before the
+    /// message goes, so that it cannot take one of them.
+    fn deliver_direct(
+        &mut self,
+        to: PeerId,
+        front: RelayRef,
+        envelope: Envelope,
+        done: oneshot::Sender<Result<Reply, DeliverError>>,
+    ) {
+        if front.peer != to {
+            let _ = done.send(Err(DeliverError::Unreachable(
+                "the direct endpoint belongs to someone else".into(),
+            )));
+            return;
+        }
+        self.waiting_direct
+            .entry(to)
+            .or_default()
+            .push((envelope, done));
+        let has_direct = self.links.get(&to).is_some_and(|l| !l.direct.is_empty());
+        if has_direct {
+            self.flush_direct(to);
+            return;
+        }
+        if self.direct_dials.contains_key(&to) {
+            return;
+        }
+        if let Err(e) =
+            self.directory
+                .add_with_timeout(&front.line, self.sockets.clone(), DIRECT_CONNECT)
+        {
+            self.fail_direct(to, format!("direct endpoint unusable: {e}"));
+            return;
+        }
+        let opts = DialOpts::peer_id(to)
+            .addresses(front.addrs().to_vec())
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.direct_dials.insert(to, id);
+            }
+            Err(e) => self.fail_direct(to, format!("direct endpoint: {e}")),
+        }
+    }
+
+    /// Sends what waits for `to` once only direct connections are left;
+    /// until then, closes the relayed ones.
+    fn flush_direct(&mut self, to: PeerId) {
+        let Some(links) = self.links.get(&to) else {
+            return;
+        };
+        if links.direct.is_empty() || !self.waiting_direct.contains_key(&to) {
+            return;
+        }
+        if !links.relayed.is_empty() {
+            for id in links.relayed.clone() {
+                self.swarm.close_connection(id);
+            }
+            return;
+        }
+        for (envelope, done) in self.waiting_direct.remove(&to).unwrap_or_default() {
+            self.send_message(to, envelope, done);
+        }
+    }
+
+    fn fail_direct(&mut self, to: PeerId, why: String) {
+        self.direct_dials.remove(&to);
+        for (_, done) in self.waiting_direct.remove(&to).unwrap_or_default() {
+            let _ = done.send(Err(DeliverError::Unreachable(why.clone())));
         }
     }
 
@@ -468,6 +609,29 @@ impl<H: Handler> Driver<H> {
             {
                 debug!("home reservation error: {error}");
             }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                // Only contacts may keep a connection they opened here.
+                if endpoint.is_listener() && !self.handler.accepts(&peer_id) {
+                    debug!("a connection from someone not a contact; closing it");
+                    self.swarm.close_connection(connection_id);
+                    return false;
+                }
+                let links = self.links.entry(peer_id).or_default();
+                if endpoint.is_relayed() {
+                    links.relayed.push(connection_id);
+                } else {
+                    links.direct.push(connection_id);
+                }
+                if self.direct_dials.get(&peer_id) == Some(&connection_id) {
+                    self.direct_dials.remove(&peer_id);
+                }
+                self.flush_direct(peer_id);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
@@ -475,6 +639,14 @@ impl<H: Handler> Driver<H> {
                 ..
             } => {
                 self.pings.closed(connection_id);
+                if let Some(links) = self.links.get_mut(&peer_id) {
+                    links.direct.retain(|c| *c != connection_id);
+                    links.relayed.retain(|c| *c != connection_id);
+                    if links.direct.is_empty() && links.relayed.is_empty() {
+                        self.links.remove(&peer_id);
+                    }
+                }
+                self.flush_direct(peer_id);
                 if num_established == 0 && peer_id == self.home.peer {
                     self.set_offline();
                 }
@@ -488,8 +660,17 @@ impl<H: Handler> Driver<H> {
                     self.swarm.close_connection(dead);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!("dial to {peer_id:?} failed: {error}")
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
+                debug!("dial to {peer_id:?} failed: {error}");
+                if let Some(peer) =
+                    peer_id.filter(|p| self.direct_dials.get(p) == Some(&connection_id))
+                {
+                    self.fail_direct(peer, format!("direct endpoint: {}", with_causes(&error)));
+                }
             }
             _ => {}
         }

@@ -104,7 +104,27 @@ impl Directory {
         line: &RelayLine,
         sockets: Arc<dyn Sockets>,
     ) -> Result<Vec<Multiaddr>, burrow_obfs::Error> {
-        let client = Client::new(line.clone(), sockets)?;
+        self.add_client(line, Client::new(line.clone(), sockets)?)
+    }
+
+    /// Like [`Directory::add`], with each carrier given at most `timeout`
+    /// to connect (a contact's own front may be gone; the relay is the
+    /// fallback, so it is not waited for long).
+    pub fn add_with_timeout(
+        &self,
+        line: &RelayLine,
+        sockets: Arc<dyn Sockets>,
+        timeout: Duration,
+    ) -> Result<Vec<Multiaddr>, burrow_obfs::Error> {
+        let client = Client::new(line.clone(), sockets)?.with_connect_timeout(timeout);
+        self.add_client(line, client)
+    }
+
+    fn add_client(
+        &self,
+        line: &RelayLine,
+        client: Client,
+    ) -> Result<Vec<Multiaddr>, burrow_obfs::Error> {
         let key = Endpointish {
             host: line.host.clone(),
             port: line.port,
@@ -193,7 +213,8 @@ struct Listener {
 /// The raw transport: tunnels in, tunnels out. Wrap it with [`authenticated`].
 pub struct CarrierTransport {
     directory: Directory,
-    /// Tunnels to hand to the first `listen_on` (relay mode).
+    /// Tunnels to hand to the first `listen_on` (a relay, or a node that
+    /// accepts direct connections).
     idle_tunnels: Option<(Tunnels, Vec<Multiaddr>)>,
     listener: Option<Listener>,
 }
@@ -217,9 +238,10 @@ impl CarrierTransport {
         }
     }
 
-    /// A relay's transport: `listen_on` takes the front's tunnels and
-    /// announces `public` as the relay's addresses.
-    pub fn relay(directory: Directory, tunnels: Tunnels, public: Vec<Multiaddr>) -> Self {
+    /// A transport that also accepts (a relay, or a node with its own
+    /// front): `listen_on` takes the front's tunnels and announces `public`
+    /// as its addresses (a node announces none).
+    pub fn listening(directory: Directory, tunnels: Tunnels, public: Vec<Multiaddr>) -> Self {
         Self {
             directory,
             idle_tunnels: Some((tunnels, public)),
@@ -248,7 +270,7 @@ impl Transport for CarrierTransport {
         let Some((tunnels, announce)) = self.idle_tunnels.take() else {
             return Err(TransportError::Other(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "this node does not accept connections (only a relay listens)",
+                "this node does not accept connections (start it with --listen)",
             )));
         };
         self.listener = Some(Listener {
@@ -418,7 +440,7 @@ pub fn relay_node(
         .cloned()
         .ok_or_else(|| burrow_relay::Error::Listen("the relay line names no carrier".into()))?;
     let transport = authenticated(
-        CarrierTransport::relay(Directory::default(), tunnels, public.clone()),
+        CarrierTransport::listening(Directory::default(), tunnels, public.clone()),
         keypair,
     )
     .boxed();
