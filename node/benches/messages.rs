@@ -16,30 +16,17 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{percentile, user, TlsServer};
+use common::{listening_user, percentile, user, user_dialing, TlsServer};
 
-fn report(
-    name: &str,
-    mut rtts: Vec<Duration>,
-    base: Option<(Duration, Duration)>,
-) -> (Duration, Duration) {
+/// p50 and p99 of one run.
+fn quantiles(mut rtts: Vec<Duration>) -> (Duration, Duration) {
     rtts.sort();
-    let (p50, p99) = (percentile(&rtts, 0.5), percentile(&rtts, 0.99));
-    let ratio = base
-        .map(|(b50, b99)| {
-            format!(
-                " | {:.2}× | {:.2}×",
-                p50.as_secs_f64() / b50.as_secs_f64(),
-                p99.as_secs_f64() / b99.as_secs_f64()
-            )
-        })
-        .unwrap_or_else(|| " | 1.00× | 1.00×".into());
-    println!(
-        "| {name} | {} µs | {} µs{ratio} |",
-        p50.as_micros(),
-        p99.as_micros()
-    );
-    (p50, p99)
+    (percentile(&rtts, 0.5), percentile(&rtts, 0.99))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// 200-byte echo round trips over a plain rustls TLS 1.3 connection.
@@ -67,11 +54,37 @@ async fn tls_echo(n: usize) -> Vec<Duration> {
     rtts
 }
 
-async fn message_rtts(carrier: Carrier, n: usize) -> Vec<Duration> {
+/// How Alice reaches Bob in a run.
+#[derive(Clone, Copy)]
+enum Path {
+    Relay(Carrier),
+    /// To Bob's own front over HTTP/2 (Bob runs `burrow up --listen`).
+    Direct,
+}
+
+async fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
+    let carrier = match path {
+        Path::Relay(c) => c,
+        Path::Direct => Carrier::H2,
+    };
     let relay = support::relay(vec![carrier]).await;
     let home = RelayRef::new(relay.line.clone()).expect("relay ref");
-    let (_, alice) = user(&home).await;
-    let (bob, _bob) = user(&home).await;
+    let (bob, _bob, route) = match path {
+        Path::Relay(_) => {
+            let (bob, handle) = user(&home).await;
+            (bob, handle, Route::Relay(home.clone()))
+        }
+        Path::Direct => {
+            let (bob, handle, mut front) = listening_user(&home).await;
+            front.carriers = vec![Carrier::H2];
+            let front = RelayRef::new(front).expect("front ref");
+            (bob, handle, Route::Direct(front))
+        }
+    };
+    let (_, alice) = match &route {
+        Route::Direct(front) => user_dialing(&home, &[&front.line]).await,
+        Route::Relay(_) => user(&home).await,
+    };
     let text = "x".repeat(120);
     let mut rtts = Vec::with_capacity(n);
     for i in 0..n + 50 {
@@ -84,11 +97,11 @@ async fn message_rtts(carrier: Carrier, n: usize) -> Vec<Duration> {
         };
         let t = Instant::now();
         let reply = alice
-            .deliver(bob, Route::Relay(home.clone()), envelope)
+            .deliver(bob, route.clone(), envelope)
             .await
             .expect("delivered");
         assert_eq!(reply, Reply::Received);
-        // The first round trips set up the circuit; they are not counted.
+        // The first round trips set up the connection; they are not counted.
         if i >= 50 {
             rtts.push(t.elapsed());
         }
@@ -111,13 +124,50 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 3 });
     rt.block_on(async {
-        println!("Message round trip (send → receipt, 120-byte text) through a relay, {n} each, vs a 200-byte rustls TLS echo:");
+        let paths = [
+            ("message via relay, HTTP/2 carrier", Path::Relay(Carrier::H2)),
+            ("message via relay, HTTP/3 carrier", Path::Relay(Carrier::H3)),
+            ("message direct to the contact's front, HTTP/2", Path::Direct),
+        ];
+        // Per row, the p50 and p99 of each round; rows interleaved.
+        let mut tls = Vec::new();
+        let mut rows: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); paths.len()];
+        for _ in 0..rounds {
+            tls.push(quantiles(tls_echo(n).await));
+            for (row, (_, path)) in rows.iter_mut().zip(&paths) {
+                row.push(quantiles(message_rtts(*path, n).await));
+            }
+        }
+        println!("Message round trip (send → receipt, 120-byte text), {n} each, vs a 200-byte rustls TLS echo; medians of {rounds} interleaved rounds:");
         println!();
         println!("| path | p50 | p99 | p50 vs TLS | p99 vs TLS |");
         println!("|---|---|---|---|---|");
-        let base = report("rustls TLS 1.3 echo (baseline)", tls_echo(n).await, None);
-        report("message via relay, HTTP/2 carrier", message_rtts(Carrier::H2, n).await, Some(base));
-        report("message via relay, HTTP/3 carrier", message_rtts(Carrier::H3, n).await, Some(base));
+        let med = |v: &[(Duration, Duration)]| {
+            (
+                median(v.iter().map(|r| r.0).collect()),
+                median(v.iter().map(|r| r.1).collect()),
+            )
+        };
+        let (b50, b99) = med(&tls);
+        println!(
+            "| rustls TLS 1.3 echo (baseline) | {} µs | {} µs | 1.00× | 1.00× |",
+            b50.as_micros(),
+            b99.as_micros()
+        );
+        for ((name, _), row) in paths.iter().zip(&rows) {
+            let (p50, p99) = med(row);
+            println!(
+                "| {name} | {} µs | {} µs | {:.2}× | {:.2}× |",
+                p50.as_micros(),
+                p99.as_micros(),
+                p50.as_secs_f64() / b50.as_secs_f64(),
+                p99.as_secs_f64() / b99.as_secs_f64()
+            );
+        }
     });
 }

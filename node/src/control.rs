@@ -80,6 +80,10 @@ pub struct ContactView {
     pub fingerprint: String,
     pub verified: bool,
     pub relay: String,
+    /// `HOST:PORT` of the contact's own front, when a verified contact
+    /// accepts direct connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

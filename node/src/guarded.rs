@@ -34,8 +34,19 @@ impl GuardedSockets {
     /// its address, over TCP and UDP on its port (local networks only if
     /// the relay is there). For demos, tests and benchmarks.
     pub fn for_relay(line: &RelayLine, component: &'static str) -> io::Result<Self> {
-        let entries = relay_entries(line, EntrySource::HomeRelay)?;
-        let local = relay_ip(line).is_some_and(is_local);
+        Self::for_relays(&[line], component)
+    }
+
+    /// Like [`GuardedSockets::for_relay`], for several relays (or a relay
+    /// and a contact's own front).
+    pub fn for_relays(lines: &[&RelayLine], component: &'static str) -> io::Result<Self> {
+        let mut entries = Vec::new();
+        for line in lines {
+            entries.extend(relay_entries(line, EntrySource::HomeRelay)?);
+        }
+        let local = lines
+            .iter()
+            .any(|line| relay_ip(line).is_some_and(is_local));
         let dialer = Dialer::new(Policy::new(entries, local), Audit::default());
         Ok(Self::new(dialer, component))
     }

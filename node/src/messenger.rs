@@ -194,6 +194,11 @@ impl Messenger {
             fingerprint: fingerprint(&c.peer()),
             verified: c.verified,
             relay: format!("{}:{}", c.address.relay.host, c.address.relay.port),
+            direct: c
+                .direct
+                .as_ref()
+                .filter(|_| c.verified)
+                .map(|d| format!("{}:{}", d.host, d.port)),
         }
     }
 

@@ -179,7 +179,7 @@ pub async fn id(data_dir: &Path, password: &PasswordSource, out: Output) -> Resu
 
 fn print_contact(c: &ContactView) {
     println!(
-        "{:<16} {}  {}  relay {}",
+        "{:<16} {}  {}  relay {}{}",
         c.name,
         c.fingerprint,
         if c.verified {
@@ -187,7 +187,11 @@ fn print_contact(c: &ContactView) {
         } else {
             "unverified"
         },
-        c.relay
+        c.relay,
+        c.direct
+            .as_ref()
+            .map(|d| format!("  direct {d}"))
+            .unwrap_or_default()
     );
 }
 

@@ -415,6 +415,11 @@ fn a_verified_contact_who_listens_is_reached_directly() {
         ],
         "{list}"
     );
+    let contacts = alice.ok(&["contact", "list"]);
+    assert!(
+        contacts.contains(&format!("direct 127.0.0.1:{port}")),
+        "{contacts}"
+    );
     // Anyone else who finds the port sees a website.
     if have_tool("curl") {
         let (ok, body, err) = run(std::process::Command::new("curl")

@@ -68,6 +68,53 @@ pub async fn user_with(home: &RelayRef, sockets: Arc<dyn Sockets>) -> (PeerId, D
     (keypair.public().to_peer_id(), handle)
 }
 
+/// A user who also accepts direct connections on a front of its own (as
+/// `burrow up --listen 127.0.0.1:0`), online at `home`; returns the line
+/// of that front with the user.
+pub async fn listening_user(home: &RelayRef) -> (PeerId, DriverHandle, RelayLine) {
+    let keypair = Keypair::generate_ed25519();
+    let user = keypair.public().to_peer_id();
+    let dir = tempfile::tempdir().expect("tmp");
+    let args = burrow_node::direct::DirectArgs {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public: None,
+    };
+    let prepared = {
+        let store =
+            burrow_node::store::Store::open(&dir.path().join("s.db"), &[1u8; 32]).expect("store");
+        burrow_node::direct::prepare(&store, &args).expect("front material")
+    };
+    let own = burrow_node::direct::open(prepared, &args, &user)
+        .await
+        .expect("front");
+    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "bench").expect("sockets"));
+    let directory = Directory::default();
+    let transport = CarrierTransport::listening(directory.clone(), own.tunnels, Vec::new());
+    let swarm = swarm::build(&keypair, transport).expect("swarm");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listen = burrow_node::p2p::transport::relay_addrs(&own.line)
+        .into_iter()
+        .next()
+        .expect("an address");
+    let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Quiet(tx));
+    tokio::spawn(driver.listen_directly(listen).run());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = (_stop, dir);
+        own.front.serve(stop.clone(), stop).await;
+    });
+    while rx.recv().await != Some(HomeState::Online) {}
+    (user, handle, own.line)
+}
+
+/// A user online at `home` who may also dial `fronts` (contacts' own).
+pub async fn user_dialing(home: &RelayRef, fronts: &[&RelayLine]) -> (PeerId, DriverHandle) {
+    let mut lines = vec![&home.line];
+    lines.extend_from_slice(fronts);
+    let sockets = Arc::new(GuardedSockets::for_relays(&lines, "bench").expect("sockets"));
+    user_with(home, sockets).await
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
