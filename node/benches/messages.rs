@@ -29,28 +29,49 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// 200-byte echo round trips over a plain rustls TLS 1.3 connection.
-async fn tls_echo(n: usize) -> Vec<Duration> {
-    let server = TlsServer::start(|mut s| async move {
+/// A runtime for one party, as the `burrow` binary builds it (one worker
+/// per core): the parties of a run are separate processes in real life,
+/// so each gets its own threads here and every hop between them crosses
+/// threads through the kernel, as it would between processes. (All in one
+/// runtime, the baseline swung between 9 and 130 µs from run to run,
+/// depending on whether client and server happened to share a thread.)
+fn party() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// 200-byte echo round trips over a plain rustls TLS 1.3 connection, the
+/// server and the client each in their own runtime.
+fn tls_echo(n: usize) -> Vec<Duration> {
+    let server_rt = party();
+    let server = server_rt.block_on(TlsServer::start(|mut s| async move {
         let mut buf = [0u8; 200];
         while s.read_exact(&mut buf).await.is_ok() {
             if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
                 break;
             }
         }
-    })
-    .await;
-    let mut c = server.connect().await;
-    let msg = [7u8; 200];
-    let mut back = [0u8; 200];
-    let mut rtts = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        c.write_all(&msg).await.expect("write");
-        c.flush().await.expect("flush");
-        c.read_exact(&mut back).await.expect("read");
-        rtts.push(t.elapsed());
-    }
+    }));
+    let client_rt = party();
+    let rtts = client_rt.block_on(async {
+        let mut c = server.connect().await;
+        let msg = [7u8; 200];
+        let mut back = [0u8; 200];
+        let mut rtts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            c.write_all(&msg).await.expect("write");
+            c.flush().await.expect("flush");
+            c.read_exact(&mut back).await.expect("read");
+            rtts.push(t.elapsed());
+        }
+        rtts
+    });
+    client_rt.shutdown_background();
+    server_rt.shutdown_background();
     rtts
 }
 
@@ -62,49 +83,63 @@ enum Path {
     Direct,
 }
 
-async fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
+/// Round trips from Alice to Bob by `path`; the relay, Bob and Alice each
+/// run in their own runtime.
+fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
     let carrier = match path {
         Path::Relay(c) => c,
         Path::Direct => Carrier::H2,
     };
-    let relay = support::relay(vec![carrier]).await;
+    let relay_rt = party();
+    let relay = relay_rt.block_on(support::relay(vec![carrier]));
     let home = RelayRef::new(relay.line.clone()).expect("relay ref");
-    let (bob, _bob, route) = match path {
-        Path::Relay(_) => {
-            let (bob, handle) = user(&home).await;
-            (bob, handle, Route::Relay(home.clone()))
+    let bob_rt = party();
+    let (bob, _bob, route) = bob_rt.block_on(async {
+        match path {
+            Path::Relay(_) => {
+                let (bob, handle) = user(&home).await;
+                (bob, handle, Route::Relay(home.clone()))
+            }
+            Path::Direct => {
+                let (bob, handle, mut front) = listening_user(&home).await;
+                front.carriers = vec![Carrier::H2];
+                let front = RelayRef::new(front).expect("front ref");
+                (bob, handle, Route::Direct(front))
+            }
         }
-        Path::Direct => {
-            let (bob, handle, mut front) = listening_user(&home).await;
-            front.carriers = vec![Carrier::H2];
-            let front = RelayRef::new(front).expect("front ref");
-            (bob, handle, Route::Direct(front))
-        }
-    };
-    let (_, alice) = match &route {
-        Route::Direct(front) => user_dialing(&home, &[&front.line]).await,
-        Route::Relay(_) => user(&home).await,
-    };
-    let text = "x".repeat(120);
-    let mut rtts = Vec::with_capacity(n);
-    for i in 0..n + 50 {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let envelope = Envelope::Message {
-            id,
-            sent_at_ms: 1_700_000_000_000,
-            text: text.clone(),
+    });
+    let alice_rt = party();
+    let rtts = alice_rt.block_on(async {
+        let (_, alice) = match &route {
+            Route::Direct(front) => user_dialing(&home, &[&front.line]).await,
+            Route::Relay(_) => user(&home).await,
         };
-        let t = Instant::now();
-        let reply = alice
-            .deliver(bob, route.clone(), envelope)
-            .await
-            .expect("delivered");
-        assert_eq!(reply, Reply::Received);
-        // The first round trips set up the connection; they are not counted.
-        if i >= 50 {
-            rtts.push(t.elapsed());
+        let text = "x".repeat(120);
+        let mut rtts = Vec::with_capacity(n);
+        for i in 0..n + 50 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let envelope = Envelope::Message {
+                id,
+                sent_at_ms: 1_700_000_000_000,
+                text: text.clone(),
+            };
+            let t = Instant::now();
+            let reply = alice
+                .deliver(bob, route.clone(), envelope)
+                .await
+                .expect("delivered");
+            assert_eq!(reply, Reply::Received);
+            // The first round trips set up the connection; not counted.
+            if i >= 50 {
+                rtts.push(t.elapsed());
+            }
         }
+        rtts
+    });
+    drop(relay);
+    for rt in [alice_rt, bob_rt, relay_rt] {
+        rt.shutdown_background();
     }
     rtts
 }
@@ -119,31 +154,35 @@ fn main() {
     if smoke {
         println!("(a quick check that the benchmark works: measure with `cargo bench`)\n");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 1 } else { 3 });
-    rt.block_on(async {
+    {
         let paths = [
-            ("message via relay, HTTP/2 carrier", Path::Relay(Carrier::H2)),
-            ("message via relay, HTTP/3 carrier", Path::Relay(Carrier::H3)),
-            ("message direct to the contact's front, HTTP/2", Path::Direct),
+            (
+                "message via relay, HTTP/2 carrier",
+                Path::Relay(Carrier::H2),
+            ),
+            (
+                "message via relay, HTTP/3 carrier",
+                Path::Relay(Carrier::H3),
+            ),
+            (
+                "message direct to the contact's front, HTTP/2",
+                Path::Direct,
+            ),
         ];
         // Per row, the p50 and p99 of each round; rows interleaved.
         let mut tls = Vec::new();
         let mut rows: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); paths.len()];
         for _ in 0..rounds {
-            tls.push(quantiles(tls_echo(n).await));
+            tls.push(quantiles(tls_echo(n)));
             for (row, (_, path)) in rows.iter_mut().zip(&paths) {
-                row.push(quantiles(message_rtts(*path, n).await));
+                row.push(quantiles(message_rtts(*path, n)));
             }
         }
-        println!("Message round trip (send → receipt, 120-byte text), {n} each, vs a 200-byte rustls TLS echo; medians of {rounds} interleaved rounds:");
+        println!("Message round trip (send → receipt, 120-byte text), {n} each, vs a 200-byte rustls TLS echo; each party in its own runtime; medians of {rounds} interleaved rounds:");
         println!();
         println!("| path | p50 | p99 | p50 vs TLS | p99 vs TLS |");
         println!("|---|---|---|---|---|");
@@ -169,5 +208,5 @@ fn main() {
                 p99.as_secs_f64() / b99.as_secs_f64()
             );
         }
-    });
+    }
 }
