@@ -47,7 +47,7 @@ const LOCATE_EVERY: Duration = Duration::from_secs(60);
 /// How often the trackers are asked about a verified contact before a
 /// delivery (have they opened or closed a direct endpoint?), and how long
 /// such a look-up may hold the delivery up.
-const LOOK_AHEAD_EVERY: Duration = Duration::from_secs(600);
+const LOOK_AHEAD_EVERY: Duration = Duration::from_secs(60);
 const LOOK_AHEAD_WAIT: Duration = Duration::from_secs(3);
 /// Time allowed for a delivery to a contact's own front before the relay
 /// is tried (the dial itself gives up sooner: `DIRECT_CONNECT`).

@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::control::{ControlClient, Request, Response};
+use crate::direct::DirectArgs;
 use crate::guarded::GuardedSockets;
 use crate::identity::KdfCost;
 use crate::messenger::{self, NodePaths};
@@ -163,10 +164,15 @@ impl User {
 
     /// Starts `burrow up` for this user and waits for the home reservation.
     async fn up(&mut self) -> Result<()> {
+        self.up_with(None).await
+    }
+
+    /// Like [`User::up`]; with `direct`, as `burrow up --listen`.
+    async fn up_with(&mut self, direct: Option<DirectArgs>) -> Result<()> {
         let (stop, stopped) = oneshot::channel::<()>();
         let dir = self.data_dir.clone();
         let task = tokio::spawn(async move {
-            crate::daemon::run_until(&dir, PASSWORD, None, |_| async move {
+            crate::daemon::run_until(&dir, PASSWORD, direct, |_| async move {
                 let _ = stopped.await;
             })
             .await
@@ -374,7 +380,42 @@ async fn messaging(line: &RelayLine, relay: &Arc<Mutex<RelayStats>>) -> Result<(
         "   Bob comes back: he fetches and opens it, Alice has his receipt {} ms later, and the",
         start.elapsed().as_millis()
     );
-    println!("   relay's mailbox is empty again.");
+    println!("   relay's mailbox is empty again.\n");
+
+    println!("7. Later Bob is on a network where he can accept connections: he restarts with");
+    println!(
+        "   `burrow up --listen 127.0.0.1:0`. His node runs its own front (a website to anyone"
+    );
+    println!("   else) and puts its line in his signed, encrypted tracker record.");
+    bob.down().await?;
+    alice.down().await?;
+    bob.up_with(Some(DirectArgs {
+        listen: "127.0.0.1:0".parse()?,
+        public: None,
+    }))
+    .await?;
+    alice.up().await?;
+    let circuits =
+        |r: &Arc<Mutex<RelayStats>>| r.lock().unwrap_or_else(|p| p.into_inner()).circuits_opened;
+    let before = circuits(relay);
+    let text = "Direct now? Nice.";
+    let start = Instant::now();
+    let (outcome, _) = alice.send("bob", text).await?;
+    bob.wait_for("alice", text, "in", "received").await?;
+    if outcome != "delivered" {
+        bail!("the message to Bob's own front was not delivered: {outcome}");
+    }
+    if circuits(relay) != before {
+        bail!("the message to Bob's own front went through the relay");
+    }
+    println!(
+        "   alice -> bob: \"{text}\" — {outcome} in {} ms (tracker look-up included), straight to",
+        start.elapsed().as_millis()
+    );
+    println!(
+        "   Bob's front: Alice verified Bob, so her node trusts the endpoint he announced, and the"
+    );
+    println!("   relay opened no circuit for it.");
     alice.down().await?;
     bob.down().await?;
     Ok(())
