@@ -155,7 +155,7 @@ pub fn prepare(store: &Store, args: &DirectArgs) -> Result<Prepared> {
     // The name goes into the certificate before the port is known.
     let name = match &args.public {
         Some(p) => parse_public(p, args.listen.port())?.0,
-        None => args.listen.ip().to_string(),
+        None => public_endpoint(args, args.listen)?.0,
     };
     let (material, identity) = load_material(store, &name)?;
     let secret = URL_SAFE_NO_PAD

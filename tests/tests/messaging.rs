@@ -369,6 +369,20 @@ fn a_verified_contact_who_listens_is_reached_directly() {
     let relay = RelayProc::start(&["--metrics", &format!("127.0.0.1:{metrics}")]);
     let circuits = || relay_metric(metrics, "burrow_relay_circuits_opened_total");
     let (mut alice, mut bob) = pair(&relay.line);
+    // A port already taken (the relay's) and an address contacts could
+    // not dial are refused, each with its reason, before anything starts.
+    let busy = bob.run(&["up", "--listen", &format!("127.0.0.1:{}", relay.port())]);
+    assert!(
+        !busy.ok && busy.stderr.contains("already in use"),
+        "{}",
+        busy.stderr
+    );
+    let anywhere = bob.run(&["up", "--listen", "0.0.0.0:0"]);
+    assert!(
+        !anywhere.ok && anywhere.stderr.contains("--public"),
+        "{}",
+        anywhere.stderr
+    );
     let port = free_port();
     let front = format!("127.0.0.1:{port}");
     bob.up_with(&["--listen", &front]);
