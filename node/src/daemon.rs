@@ -265,13 +265,13 @@ where
     let listener = bind_control(&paths.socket())?;
     let directory = Directory::with_firewall(core.dialer.clone());
     let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
-    let prepared = direct
-        .as_ref()
-        .map(|args| crate::direct::prepare(&core.lock().store, args))
-        .transpose()?;
-    let own_front = match (prepared, &direct) {
-        (Some(p), Some(args)) => Some(crate::direct::open(p, args, &address.user).await?),
-        _ => None,
+    let own_front = match &direct {
+        Some(args) => {
+            // The store is read first, so no handle on it is held while binding.
+            let prepared = crate::direct::prepare(&core.lock().store, args)?;
+            Some(crate::direct::open(prepared, args, &address.user).await?)
+        }
+        None => None,
     };
     let (transport, front, direct_line) = match own_front {
         Some(l) => (

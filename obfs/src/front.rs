@@ -302,7 +302,8 @@ fn bind_quic(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic_transport(&config.limits)));
-    // egress-check: allowed: the relay's own listening socket, not an outbound dial.
+    // The front's own socket: a relay's, or a node's with `burrow up --listen`.
+    // egress-check: allowed: a listening socket; its endpoint only accepts, never dials out.
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
         addr,
         proto: "udp",
