@@ -406,7 +406,7 @@ async fn memory() {
         );
         drop(conns);
     }
-    for carrier in [Carrier::H2, Carrier::H3] {
+    for carrier in [Carrier::H2, Carrier::Ws, Carrier::H3] {
         let mut relay = RelayChild::start(carrier);
         let home = RelayRef::new(relay.line.clone()).expect("relay ref");
         let before = relay.settled_rss().await;

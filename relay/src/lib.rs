@@ -14,6 +14,7 @@
 //! Nothing about users is ever written to disk.
 #![forbid(unsafe_code)]
 
+pub mod boxed;
 pub mod mailbox;
 pub mod metrics;
 pub mod proto;

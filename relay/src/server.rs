@@ -18,6 +18,7 @@ use libp2p::{identify, kad, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::boxed::BoxedHandlers;
 use crate::mailbox::{MailboxLimits, Mailboxes};
 use crate::proto::{MailboxItem, MailboxRequest, MailboxResponse, MAILBOX_PROTOCOL};
 use crate::tracker;
@@ -242,7 +243,7 @@ pub struct RelayStats {
 
 /// The relay's libp2p node.
 pub struct RelayNode {
-    swarm: Swarm<RelayBehaviour>,
+    swarm: Swarm<BoxedHandlers<RelayBehaviour>>,
     mailboxes: Mailboxes,
     stats: Arc<Mutex<RelayStats>>,
     reservations: HashSet<PeerId>,
@@ -308,7 +309,7 @@ impl RelayNode {
         let config = libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(limits.idle_timeout)
             .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy);
-        let mut swarm = Swarm::new(transport, behaviour, peer_id, config);
+        let mut swarm = Swarm::new(transport, BoxedHandlers(behaviour), peer_id, config);
         swarm
             .listen_on(listen)
             .map_err(|e| crate::Error::Listen(e.to_string()))?;

@@ -305,6 +305,7 @@ impl Drop for RelayChild {
 pub async fn relay_child(carrier: &str) {
     let carrier = match carrier {
         "h3" => Carrier::H3,
+        "ws" => Carrier::Ws,
         _ => Carrier::H2,
     };
     let relay =

@@ -2,5 +2,6 @@
 //! the swarm, the messaging protocol and the task that drives them.
 pub mod driver;
 pub mod proto;
+pub mod secure;
 pub mod swarm;
 pub mod transport;

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! tunnel (HTTP/2 or HTTP/3 request stream, after the gate)
-//!   -> Noise XX (libp2p-noise, authenticates both PeerIds)
+//!   -> Noise XX (libp2p's `/noise`, authenticates both PeerIds; see `secure`)
 //!     -> yamux
 //!       -> libp2p protocols (multistream-select runs inside, encrypted)
 //! ```
@@ -37,7 +37,9 @@ use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEve
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
 use libp2p::core::{ConnectedPoint, Endpoint, Transport};
 use libp2p::multiaddr::Protocol;
-use libp2p::{identity, noise, yamux, Multiaddr, PeerId};
+use libp2p::{identity, yamux, Multiaddr, PeerId};
+
+use super::secure;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 /// The component refused dials to learned addresses are logged under.
@@ -387,7 +389,6 @@ pub fn authenticated(
     let upgraded = raw.and_then(move |io, endpoint: ConnectedPoint| {
         let keypair = keypair.clone();
         async move {
-            let noise = noise::Config::new(&keypair).map_err(io::Error::other)?;
             let dialer = matches!(
                 endpoint,
                 ConnectedPoint::Dialer {
@@ -395,12 +396,9 @@ pub fn authenticated(
                     ..
                 }
             );
-            let (peer, secured) = if dialer {
-                noise.upgrade_outbound(io, "/noise").await
-            } else {
-                noise.upgrade_inbound(io, "/noise").await
-            }
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            let (peer, secured) = secure::handshake(io, &keypair, dialer)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
             let muxer = if dialer {
                 yamux_config()
                     .upgrade_outbound(secured, "/yamux/1.0.0")
