@@ -406,7 +406,12 @@ async fn memory() {
         );
         drop(conns);
     }
-    for carrier in [Carrier::H2, Carrier::Ws, Carrier::H3] {
+    let carriers = std::env::var("BENCH_CARRIERS").unwrap_or_else(|_| "h2,ws,h3".into());
+    for carrier in carriers.split(',').map(|c| match c.trim() {
+        "h3" => Carrier::H3,
+        "ws" => Carrier::Ws,
+        _ => Carrier::H2,
+    }) {
         let mut relay = RelayChild::start(carrier);
         let home = RelayRef::new(relay.line.clone()).expect("relay ref");
         let before = relay.settled_rss().await;
