@@ -532,6 +532,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_that_trickle_in_a_few_at_a_time_arrive_whole() {
+        // A pipe that moves at most 7 bytes per read or write splits every
+        // handshake message, length prefix and frame at every position.
+        let (a, b) = tokio::io::duplex(7);
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (ra, rb) = join(
+            handshake(a.compat(), &ka, true),
+            handshake(b.compat(), &kb, false),
+        )
+        .await;
+        exchange(
+            ra.expect("a").1,
+            rb.expect("b").1,
+            &random(100_000),
+            &random(3),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn random_bytes_after_the_handshake_are_an_error_not_data() {
+        for _ in 0..50 {
+            let (mut a, mut b, on) = tapped(|chunk| rand::thread_rng().fill_bytes(chunk)).await;
+            on.send(()).expect("tap");
+            a.write_all(&random(1000)).await.expect("write");
+            a.flush().await.expect("flush");
+            a.close().await.expect("close");
+            let mut got = Vec::new();
+            let err = b.read_to_end(&mut got).await.expect_err("random frame");
+            assert!(
+                matches!(
+                    err.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ),
+                "{err}"
+            );
+            assert!(got.is_empty(), "no random byte reaches the reader");
+        }
+    }
+
+    #[tokio::test]
     async fn an_idle_session_holds_no_buffers() {
         let (a, b) = pipe();
         let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
