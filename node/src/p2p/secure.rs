@@ -1,4 +1,5 @@
-//! The Noise session on a tunnel: libp2p's Noise handshake and framing
+//! The Noise sessions of a node and a relay (on each tunnel, and end to end
+//! through a relay circuit): libp2p's Noise handshake and framing
 //! (the `/noise` protocol: `Noise_XX_25519_ChaChaPoly_SHA256`, each message
 //! and frame behind a two-byte big-endian length, the libp2p identity key and
 //! its signature over the static key in the handshake payload), so either end
@@ -12,11 +13,13 @@
 //! copies less: plaintext is sealed straight into the frame that is written,
 //! and a frame is opened straight into the reader's buffer when it fits.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use zeroize::Zeroize;
@@ -77,6 +80,64 @@ where
     let peer = verify_payload(&remote, &remote_static)?;
     let session = state.into_transport_mode().map_err(noise_error)?;
     Ok((peer, Secured::new(io, session)))
+}
+
+/// The same session as a libp2p connection upgrade (`/noise`), for
+/// connections whose security protocol is negotiated: relay circuits.
+#[derive(Clone)]
+pub struct Config {
+    identity: Keypair,
+}
+
+impl Config {
+    pub fn new(identity: &Keypair) -> Self {
+        Self {
+            identity: identity.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("secure::Config").finish_non_exhaustive()
+    }
+}
+
+impl UpgradeInfo for Config {
+    type Info = &'static str;
+    type InfoIter = std::iter::Once<Self::Info>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        std::iter::once("/noise")
+    }
+}
+
+type Upgrading<T> = Pin<Box<dyn Future<Output = io::Result<(PeerId, Secured<T>)>> + Send>>;
+
+impl<T> InboundConnectionUpgrade<T> for Config
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = (PeerId, Secured<T>);
+    type Error = io::Error;
+    type Future = Upgrading<T>;
+
+    fn upgrade_inbound(self, io: T, _: Self::Info) -> Self::Future {
+        Box::pin(async move { handshake(io, &self.identity, false).await })
+    }
+}
+
+impl<T> OutboundConnectionUpgrade<T> for Config
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = (PeerId, Secured<T>);
+    type Error = io::Error;
+    type Future = Upgrading<T>;
+
+    fn upgrade_outbound(self, io: T, _: Self::Info) -> Self::Future {
+        Box::pin(async move { handshake(io, &self.identity, true).await })
+    }
 }
 
 fn builder() -> snow::Builder<'static> {

@@ -15,7 +15,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, noise, ping, relay, yamux, PeerId, Swarm, Transport};
+use libp2p::{identify, ping, relay, yamux, PeerId, Swarm, Transport};
 
 use super::proto::{Envelope, Reply, MAX_TEXT, MESSAGE_PROTOCOL};
 use super::transport::{authenticated, CarrierTransport, UPGRADE_TIMEOUT};
@@ -58,7 +58,7 @@ pub fn transport(
     // so the usual negotiated upgrade is invisible on the wire here.
     let relayed = relay_transport
         .upgrade(Version::V1Lazy)
-        .authenticate(noise::Config::new(keypair).map_err(io::Error::other)?)
+        .authenticate(super::secure::Config::new(keypair))
         .multiplex(yamux::Config::default())
         .timeout(UPGRADE_TIMEOUT)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
