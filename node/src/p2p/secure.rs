@@ -60,24 +60,23 @@ where
     let mut state = state.map_err(noise_error)?;
     let payload = own_payload(identity, &dh.public)?;
 
-    let remote = if initiator {
+    // Each side checks the other's identity as soon as it has it: the dialer
+    // sends its own only to a listener that proved who it is.
+    let peer = if initiator {
         send(&mut io, &mut state, &[]).await?; // -> e
         let remote = receive(&mut io, &mut state).await?; // <- e, ee, s, es
+        let peer = verify_payload(&remote, remote_static(&state)?)?;
         send(&mut io, &mut state, &payload).await?; // -> s, se
-        remote
+        peer
     } else {
         let first = receive(&mut io, &mut state).await?; // -> e
         if !first.is_empty() {
             return Err(invalid("the first handshake message carries a payload"));
         }
         send(&mut io, &mut state, &payload).await?; // <- e, ee, s, es
-        receive(&mut io, &mut state).await? // -> s, se
+        let remote = receive(&mut io, &mut state).await?; // -> s, se
+        verify_payload(&remote, remote_static(&state)?)?
     };
-    let remote_static = state
-        .get_remote_static()
-        .ok_or_else(|| invalid("no static key from the remote"))?
-        .to_vec();
-    let peer = verify_payload(&remote, &remote_static)?;
     let session = state.into_transport_mode().map_err(noise_error)?;
     Ok((peer, Secured::new(io, session)))
 }
@@ -138,6 +137,12 @@ where
     fn upgrade_outbound(self, io: T, _: Self::Info) -> Self::Future {
         Box::pin(async move { handshake(io, &self.identity, true).await })
     }
+}
+
+fn remote_static(state: &snow::HandshakeState) -> io::Result<&[u8]> {
+    state
+        .get_remote_static()
+        .ok_or_else(|| invalid("no static key from the remote"))
 }
 
 fn builder() -> snow::Builder<'static> {
@@ -514,7 +519,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Secured<T> {
 mod tests {
     use super::*;
     use futures::future::join;
-    use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::noise;
     use rand::RngCore;
     use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
@@ -752,6 +756,35 @@ mod tests {
         .await;
         let err = dialer.expect_err("junk handshake");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_dialer_tells_nothing_to_a_listener_that_signed_another_key() {
+        let (a, mut b) = pipe();
+        let dialer_key = Keypair::generate_ed25519();
+        let listener = async {
+            let dh = builder().generate_keypair().expect("keys");
+            let mut state = builder()
+                .local_private_key(&dh.private)
+                .and_then(|b| b.build_responder())
+                .expect("responder");
+            receive(&mut b, &mut state).await.expect("first message");
+            // A valid identity, but its signature covers another static key.
+            let forged = own_payload(&Keypair::generate_ed25519(), &[9u8; 32]).expect("payload");
+            send(&mut b, &mut state, &forged)
+                .await
+                .expect("second message");
+            let mut rest = Vec::new();
+            b.read_to_end(&mut rest).await.expect("end");
+            rest
+        };
+        let (dialer, rest) = join(handshake(a, &dialer_key, true), listener).await;
+        let err = dialer.expect_err("forged listener");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(
+            rest.is_empty(),
+            "the dialer sent nothing after the forged message"
+        );
     }
 
     #[tokio::test]
