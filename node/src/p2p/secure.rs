@@ -36,6 +36,8 @@ const TAG: usize = 16;
 const MAX_PLAIN: usize = MAX_FRAME - TAG;
 /// Buffers above this size are let go when the stream goes quiet.
 const KEEP: usize = 512;
+/// A write this large is taken as part of a bulk transfer.
+const LARGE_WRITE: usize = 4096;
 
 /// Runs the handshake on `io` as the dialer (`initiator`) or the listener,
 /// and returns the remote's verified identity with the encrypted stream.
@@ -492,8 +494,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Secured<T> {
             ready!(this.poll_send(cx))?;
         }
         let n = buf.len().min(MAX_PLAIN - this.pending.len());
-        if this.pending.is_empty() {
-            this.pending.reserve(n);
+        if this.pending.len() + n > this.pending.capacity() {
+            // A large write makes room for a whole frame at once, so the
+            // bytes already pending are not copied again on every doubling
+            // on the way to 64 KiB; small writes grow the buffer as usual.
+            if n >= LARGE_WRITE {
+                this.pending.reserve_exact(MAX_PLAIN - this.pending.len());
+            } else {
+                this.pending.reserve(n);
+            }
         }
         this.pending.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
