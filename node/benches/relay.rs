@@ -111,8 +111,7 @@ fn bulk_swarm(home: &RelayRef) -> (PeerId, Swarm<BulkBehaviour>) {
         burrow_node::guarded::GuardedSockets::for_relay(&home.line, "bench").expect("sockets"),
     );
     directory.add(&home.line, sockets).expect("relay");
-    let (transport, relay_client) =
-        swarm::transport(&keypair, CarrierTransport::dialer(directory)).expect("transport");
+    let (transport, relay_client) = swarm::transport(&keypair, CarrierTransport::dialer(directory));
     let bulk = request_response::Behaviour::with_codec(
         BulkCodec,
         [(BULK, ProtocolSupport::Full)],

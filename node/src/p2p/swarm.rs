@@ -51,7 +51,7 @@ impl std::fmt::Debug for NodeBehaviour {
 pub fn transport(
     keypair: &Keypair,
     carriers: CarrierTransport,
-) -> io::Result<(Boxed<(PeerId, StreamMuxerBox)>, relay::client::Behaviour)> {
+) -> (Boxed<(PeerId, StreamMuxerBox)>, relay::client::Behaviour) {
     let peer_id = keypair.public().to_peer_id();
     let (relay_transport, relay_client) = relay::client::new(peer_id);
     // Circuits run inside a tunnel that is already encrypted to the relay,
@@ -66,7 +66,7 @@ pub fn transport(
         OrTransport::new(relayed, authenticated(carriers, keypair))
             .map(|either, _| either.into_inner())
             .boxed();
-    Ok((transport, relay_client))
+    (transport, relay_client)
 }
 
 /// Swarm settings for a node.
@@ -100,7 +100,7 @@ pub fn build_with_bucket_size(
     bucket_size: std::num::NonZeroUsize,
 ) -> io::Result<Swarm<NodeBehaviour>> {
     let peer_id = keypair.public().to_peer_id();
-    let (transport, relay_client) = transport(keypair, carriers)?;
+    let (transport, relay_client) = transport(keypair, carriers);
     let messages = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
             .set_request_size_maximum((MAX_TEXT + 1024) as u64)
