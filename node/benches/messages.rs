@@ -16,7 +16,7 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{listening_user, percentile, user, user_dialing, TlsServer};
+use common::{listening_user, percentile, user, user_dialing, Party, TlsServer};
 
 /// p50 and p99 of one run.
 fn quantiles(mut rtts: Vec<Duration>) -> (Duration, Duration) {
@@ -29,25 +29,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// A runtime for one party, as the `burrow` binary builds it (one worker
-/// per core): the parties of a run are separate processes in real life,
-/// so each gets its own threads here and every hop between them crosses
-/// threads through the kernel, as it would between processes. (All in one
-/// runtime, the baseline swung between 9 and 130 µs from run to run,
-/// depending on whether client and server happened to share a thread.)
-fn party() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// 200-byte echo round trips over a plain rustls TLS 1.3 connection, the
-/// server and the client each in their own runtime.
+/// 200-byte echo round trips over a plain rustls TLS 1.3 connection: the
+/// server on a relay's runtime, the client on a node's.
 fn tls_echo(n: usize) -> Vec<Duration> {
-    let server_rt = party();
-    let server = server_rt.block_on(TlsServer::start(|mut s| async move {
+    let server_side = Party::relay();
+    let server = server_side.run(TlsServer::start(|mut s| async move {
         let mut buf = [0u8; 200];
         while s.read_exact(&mut buf).await.is_ok() {
             if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
@@ -55,8 +41,8 @@ fn tls_echo(n: usize) -> Vec<Duration> {
             }
         }
     }));
-    let client_rt = party();
-    let rtts = client_rt.block_on(async {
+    let client_side = Party::node();
+    client_side.run(async move {
         let mut c = server.connect().await;
         let msg = [7u8; 200];
         let mut back = [0u8; 200];
@@ -69,10 +55,7 @@ fn tls_echo(n: usize) -> Vec<Duration> {
             rtts.push(t.elapsed());
         }
         rtts
-    });
-    client_rt.shutdown_background();
-    server_rt.shutdown_background();
-    rtts
+    })
 }
 
 /// How Alice reaches Bob in a run.
@@ -84,32 +67,35 @@ enum Path {
 }
 
 /// Round trips from Alice to Bob by `path`; the relay, Bob and Alice each
-/// run in their own runtime.
+/// run as the `burrow` binary runs them ([`Party`]).
 fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
     let carrier = match path {
         Path::Relay(c) => c,
         Path::Direct => Carrier::H2,
     };
-    let relay_rt = party();
-    let relay = relay_rt.block_on(support::relay(vec![carrier]));
+    let relay_side = Party::relay();
+    let relay = relay_side.run(support::relay(vec![carrier]));
     let home = RelayRef::new(relay.line.clone()).expect("relay ref");
-    let bob_rt = party();
-    let (bob, _bob, route) = bob_rt.block_on(async {
-        match path {
-            Path::Relay(_) => {
-                let (bob, handle) = user(&home).await;
-                (bob, handle, Route::Relay(home.clone()))
-            }
-            Path::Direct => {
-                let (bob, handle, mut front) = listening_user(&home).await;
-                front.carriers = vec![Carrier::H2];
-                let front = RelayRef::new(front).expect("front ref");
-                (bob, handle, Route::Direct(front))
+    let bob_side = Party::node();
+    let (bob, bob_handle, route) = bob_side.run({
+        let home = home.clone();
+        async move {
+            match path {
+                Path::Relay(_) => {
+                    let (bob, handle) = user(&home).await;
+                    (bob, handle, Route::Relay(home.clone()))
+                }
+                Path::Direct => {
+                    let (bob, handle, mut front) = listening_user(&home).await;
+                    front.carriers = vec![Carrier::H2];
+                    let front = RelayRef::new(front).expect("front ref");
+                    (bob, handle, Route::Direct(front))
+                }
             }
         }
     });
-    let alice_rt = party();
-    let rtts = alice_rt.block_on(async {
+    let alice_side = Party::node();
+    let rtts = alice_side.run(async move {
         let (_, alice) = match &route {
             Route::Direct(front) => user_dialing(&home, &[&front.line]).await,
             Route::Relay(_) => user(&home).await,
@@ -137,10 +123,11 @@ fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
         }
         rtts
     });
+    drop(alice_side);
+    drop(bob_handle);
+    drop(bob_side);
     drop(relay);
-    for rt in [alice_rt, bob_rt, relay_rt] {
-        rt.shutdown_background();
-    }
+    drop(relay_side);
     rtts
 }
 
@@ -169,10 +156,26 @@ fn main() {
                 Path::Relay(Carrier::H3),
             ),
             (
+                "message via relay, WebSocket carrier",
+                Path::Relay(Carrier::Ws),
+            ),
+            (
                 "message direct to the contact's front, HTTP/2",
                 Path::Direct,
             ),
         ];
+        // BENCH_PATHS=h2,h3,ws,direct picks paths (default: all).
+        let picked = std::env::var("BENCH_PATHS").unwrap_or_default();
+        let paths: Vec<_> = paths
+            .into_iter()
+            .filter(|(_, path)| {
+                let key = match path {
+                    Path::Relay(c) => c.to_string(),
+                    Path::Direct => "direct".into(),
+                };
+                picked.is_empty() || picked.split(',').any(|p| p == key)
+            })
+            .collect();
         // Per row, the p50 and p99 of each round; rows interleaved.
         let mut tls = Vec::new();
         let mut rows: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); paths.len()];
@@ -182,7 +185,7 @@ fn main() {
                 row.push(quantiles(message_rtts(*path, n)));
             }
         }
-        println!("Message round trip (send → receipt, 120-byte text), {n} each, vs a 200-byte rustls TLS echo; each party in its own runtime; medians of {rounds} interleaved rounds:");
+        println!("Message round trip (send → receipt, 120-byte text), {n} each, vs a 200-byte rustls TLS echo; each party on its own threads as `burrow` runs it (relay: a worker per core, node: one thread); medians of {rounds} interleaved rounds:");
         println!();
         println!("| path | p50 | p99 | p50 vs TLS | p99 vs TLS |");
         println!("|---|---|---|---|---|");

@@ -253,12 +253,14 @@ async fn throughput() {
         ("rustls TLS 1.3 stream (baseline)", vec![]),
         ("A → relay → B, HTTP/2 carrier", vec![]),
         ("A → relay → B, HTTP/3 carrier", vec![]),
+        ("A → relay → B, WebSocket carrier", vec![]),
     ];
     // Interleaved, so a noisy neighbour hurts every path alike.
     for _ in 0..3 {
         rows[0].1.push(rate(tls_bulk(total).await));
         rows[1].1.push(rate(relayed_bulk(Carrier::H2, total).await));
         rows[2].1.push(rate(relayed_bulk(Carrier::H3, total).await));
+        rows[3].1.push(rate(relayed_bulk(Carrier::Ws, total).await));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{daemon, datadir, demo, relay_cmd, user_cmd};
+use crate::{daemon, datadir, demo, relay_cmd, runtime, user_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -350,10 +350,12 @@ pub fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log.as_deref().unwrap_or(default_log));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match &cli.command {
+        Command::Relay(r) if r.sub.is_none() => runtime::relay(),
+        Command::Demo => runtime::relay(),
+        _ => runtime::node(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("burrow: cannot start the runtime: {e}");

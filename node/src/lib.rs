@@ -16,6 +16,7 @@ pub mod p2p;
 pub mod qr;
 pub mod relay_cmd;
 pub mod relay_config;
+pub mod runtime;
 pub mod seal;
 pub mod store;
 pub mod tracker;

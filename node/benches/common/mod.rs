@@ -370,3 +370,79 @@ where
         }
     });
 }
+
+/// One party of a benchmark (a relay, a user, one end of a baseline) on
+/// threads of its own, on the runtime the `burrow` binary gives it
+/// ([`burrow_node::runtime`]): a relay a worker per core, a user's node
+/// one thread. The parties are separate processes in real life, so every
+/// hop between them crosses threads through the kernel, as it would there.
+pub struct Party {
+    handle: tokio::runtime::Handle,
+    keep: PartyRuntime,
+}
+
+enum PartyRuntime {
+    Workers(Option<tokio::runtime::Runtime>),
+    Thread {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Party {
+    /// As `burrow relay` runs.
+    pub fn relay() -> Self {
+        let rt = burrow_node::runtime::relay().expect("runtime");
+        Self {
+            handle: rt.handle().clone(),
+            keep: PartyRuntime::Workers(Some(rt)),
+        }
+    }
+
+    /// As `burrow up` runs: everything on one thread.
+    pub fn node() -> Self {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = burrow_node::runtime::node().expect("runtime");
+            handle_tx.send(rt.handle().clone()).expect("handle");
+            let _ = rt.block_on(stopped);
+        });
+        Self {
+            handle: handle_rx.recv().expect("runtime started"),
+            keep: PartyRuntime::Thread {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+        }
+    }
+
+    /// Runs `f` on this party's runtime and waits for its result.
+    pub fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        futures::executor::block_on(self.handle.spawn(f)).expect("party task")
+    }
+}
+
+impl Drop for Party {
+    fn drop(&mut self) {
+        match &mut self.keep {
+            PartyRuntime::Workers(rt) => {
+                if let Some(rt) = rt.take() {
+                    rt.shutdown_background();
+                }
+            }
+            PartyRuntime::Thread { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}
