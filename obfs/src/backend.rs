@@ -234,7 +234,7 @@ where
         inner: stream,
     };
     if h2 {
-        crate::h2_server::serve(io, None, Binding::Proxied, shared).await;
+        crate::h2_server::serve(io, None, Binding::Proxied, shared, permit).await;
     } else {
         crate::h1_server::serve(io, None, Binding::Proxied, shared, permit).await;
     }

@@ -428,7 +428,7 @@ async fn serve_tcp(
     let h2 = conn.alpn_protocol() == Some(b"h2");
     let peer = tls.get_ref().0.peer_addr().ok();
     if h2 {
-        crate::h2_server::serve(tls, peer, binding, shared).await;
+        crate::h2_server::serve(tls, peer, binding, shared, permit).await;
     } else {
         crate::h1_server::serve(tls, peer, binding, shared, permit).await;
     }

@@ -6,21 +6,20 @@
 //! raise its stream window (a new SETTINGS frame) so a tunnel is not capped
 //! by 64 KiB per round trip; a prober never sees that.
 
-use std::task::Poll;
+use std::net::SocketAddr;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::Request;
-use std::net::SocketAddr;
-
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
 use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
 use crate::site::MAX_REQUEST_BODY;
-use crate::tunnel::{open, Tunnel};
+use crate::tunnel::{open, Drive, Tunnel};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
 const SITE_STREAM_WINDOW: u32 = 65_536;
@@ -37,9 +36,19 @@ const PROTOCOL_DEFAULT_WINDOW: u32 = 65_535;
 const CONNECTION_WINDOW: u32 = i32::MAX as u32;
 
 /// Serves one HTTP/2 connection: on TLS (the front) or in cleartext from a
-/// proxy (the backend, `binding` = [`Binding::Proxied`]).
-pub(crate) async fn serve<S>(io: S, peer: Option<SocketAddr>, binding: Binding, shared: SharedRef)
-where
+/// proxy (the backend, `binding` = [`Binding::Proxied`]). `permit` counts
+/// the connection against the front's limit for as long as it lives.
+///
+/// The first request that passes the gate turns the connection into that
+/// tunnel's: the tunnel takes the connection over and drives it from its
+/// own reads and writes ([`Drive`]), and this task ends.
+pub(crate) async fn serve<S>(
+    io: S,
+    peer: Option<SocketAddr>,
+    binding: Binding,
+    shared: SharedRef,
+    permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.limits().clone();
@@ -60,59 +69,128 @@ where
         }
         Err(_) => return,
     };
-    let (raise_tx, mut raise_rx) = mpsc::channel::<()>(1);
-    let mut raised = false;
     loop {
-        tokio::select! {
-            next = conn.accept() => match next {
+        let (req, respond) = match conn.accept().await {
+            Some(Ok(next)) => next,
+            Some(Err(e)) => {
+                debug!("h2 connection ended: {e}");
+                return;
+            }
+            None => return,
+        };
+        let (parts, body) = req.into_parts();
+        if !passes_gate(&shared, &binding, &parts) {
+            let req = Request::from_parts(parts, body);
+            tokio::spawn(answer(req, respond, shared.clone()));
+            continue;
+        }
+        // Only now does this connection raise its stream window.
+        if let Err(e) = conn.set_initial_window_size(limits.tunnel_window) {
+            debug!("could not raise the stream window: {e}");
+        }
+        let mut serving = Serving {
+            conn,
+            binding,
+            peer,
+            shared: shared.clone(),
+            _permit: permit,
+        };
+        let Some(tunnel) = open_tunnel(&shared, peer, &parts, body, respond) else {
+            // Not answered: the connection goes on as before.
+            std::future::poll_fn(|cx| serving.poll_drive(cx)).await;
+            return;
+        };
+        // The answer goes out now, not at the tunnel's first read.
+        let drove = std::future::poll_fn(|cx| Poll::Ready(serving.poll_drive(cx))).await;
+        if drove.is_pending() {
+            shared.hand_over(tunnel.driving(Box::new(serving))).await;
+        }
+        return;
+    }
+}
+
+/// A connection that a tunnel on it drives: other requests that arrive on
+/// it are answered by tasks of their own, as before.
+struct Serving<S> {
+    conn: h2::server::Connection<ShapedIo<S>, Bytes>,
+    binding: Binding,
+    peer: Option<SocketAddr>,
+    shared: SharedRef,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S> Drive for Serving<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match ready!(self.conn.poll_accept(cx)) {
                 Some(Ok((req, respond))) => {
-                    let shared = shared.clone();
-                    let raise = raise_tx.clone();
-                    tokio::spawn(async move { handle(req, respond, binding, peer, shared, raise).await });
+                    let (binding, peer, shared) = (self.binding, self.peer, self.shared.clone());
+                    tokio::spawn(async move { handle(req, respond, binding, peer, shared).await });
                 }
                 Some(Err(e)) => {
                     debug!("h2 connection ended: {e}");
-                    break;
+                    return Poll::Ready(());
                 }
-                None => break,
-            },
-            Some(()) = raise_rx.recv(), if !raised => {
-                raised = true;
-                if let Err(e) = conn.set_initial_window_size(limits.tunnel_window) {
-                    debug!("could not raise the stream window: {e}");
-                }
+                None => return Poll::Ready(()),
             }
         }
     }
 }
 
+/// Answers a request that came after the connection's first tunnel: a
+/// further tunnel (driven by the first one's connection), or the site.
 async fn handle(
     req: Request<h2::RecvStream>,
-    mut respond: h2::server::SendResponse<Bytes>,
+    respond: h2::server::SendResponse<Bytes>,
     binding: Binding,
     peer: Option<SocketAddr>,
     shared: SharedRef,
-    raise: mpsc::Sender<()>,
 ) {
     let (parts, body) = req.into_parts();
-    if shared
-        .classify(&binding, &parts.method, parts.uri.path(), &parts.headers)
-        .is_ok()
-    {
-        let _ = raise.try_send(());
-        let client = shared.client_addr(peer, &parts.headers);
-        match respond.send_response(tunnel_response(), false) {
-            Ok(send) => {
-                shared
-                    .hand_over(Tunnel::h2(send, open(body)).with_peer(client))
-                    .await
-            }
-            Err(e) => debug!("tunnel response failed: {e}"),
+    if passes_gate(&shared, &binding, &parts) {
+        if let Some(tunnel) = open_tunnel(&shared, peer, &parts, body, respond) {
+            shared.hand_over(tunnel).await;
         }
         return;
     }
+    answer(Request::from_parts(parts, body), respond, shared).await;
+}
+
+fn passes_gate(shared: &SharedRef, binding: &Binding, parts: &http::request::Parts) -> bool {
+    shared
+        .classify(binding, &parts.method, parts.uri.path(), &parts.headers)
+        .is_ok()
+}
+
+/// Answers a request that passed the gate with the tunnel's response head.
+fn open_tunnel(
+    shared: &SharedRef,
+    peer: Option<SocketAddr>,
+    parts: &http::request::Parts,
+    body: h2::RecvStream,
+    mut respond: h2::server::SendResponse<Bytes>,
+) -> Option<Tunnel> {
+    let client = shared.client_addr(peer, &parts.headers);
+    match respond.send_response(tunnel_response(), false) {
+        Ok(send) => Some(Tunnel::h2(send, open(body)).with_peer(client)),
+        Err(e) => {
+            debug!("tunnel response failed: {e}");
+            None
+        }
+    }
+}
+
+/// Answers a request as the site does.
+async fn answer(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    shared: SharedRef,
+) {
+    let (parts, mut body) = req.into_parts();
     let req = Request::from_parts(parts, ());
-    let mut body = body;
     let declared = declared_length(req.headers());
     let Some(resp) = shared.answer(&req, read_body(&mut body, declared)).await else {
         return;

@@ -19,9 +19,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::relay_line::Carrier;
@@ -121,7 +122,10 @@ impl Tunnel {
     /// at once on the relay side.
     pub async fn established(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| match &mut self.io {
-            Io::H2(h) => h.recv.poll_open(cx).map_ok(|_| ()),
+            Io::H2(h) => {
+                h.drive(cx, Side::Reader);
+                h.recv.poll_open(cx).map_ok(|_| ())
+            }
             Io::H3(h) => h.recv.poll_open(cx).map_ok(|_| ()),
             // Handed over only after the upgrade was answered.
             Io::Raw(_) => Poll::Ready(Ok(())),
@@ -139,8 +143,18 @@ impl Tunnel {
                 recv,
                 read_buf: Bytes::new(),
                 shut: false,
+                driving: None,
             }),
         }
+    }
+
+    /// From now on this tunnel's reads and writes drive `conn`, the HTTP/2
+    /// connection its stream lives on (see [`Drive`]).
+    pub(crate) fn driving(mut self, conn: Box<dyn Drive>) -> Self {
+        if let Io::H2(h) = &mut self.io {
+            h.driving = Some(Driving::new(conn));
+        }
+        self
     }
 
     pub(crate) fn h3(
@@ -242,8 +256,14 @@ impl AsyncWrite for Tunnel {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            // h2 writes frames from its connection task; nothing is held here.
-            Io::H2(_) => Poll::Ready(Ok(())),
+            // What was written is with h2, which writes it from its
+            // connection task or, when the tunnel drives the connection,
+            // has written it already (the socket permitting: then the
+            // connection's next drive, on the socket's wake-up, does).
+            Io::H2(h) => {
+                h.drive(cx, Side::Writer);
+                Poll::Ready(Ok(()))
+            }
             Io::H3(h) => h.poll_flush(cx),
             Io::Raw(r) => Pin::new(&mut r.io).poll_flush(cx),
         }
@@ -251,7 +271,7 @@ impl AsyncWrite for Tunnel {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::H2(h) => h.poll_shutdown(),
+            Io::H2(h) => h.poll_shutdown(cx),
             Io::H3(h) => h.poll_shutdown(cx),
             Io::Raw(r) => Pin::new(&mut r.io).poll_shutdown(cx),
         }
@@ -289,6 +309,97 @@ struct H2Io {
     recv: RecvState<h2::RecvStream>,
     read_buf: Bytes,
     shut: bool,
+    /// The connection, when this tunnel drives it (declared last: dropped
+    /// after the streams, so their reset still goes out).
+    driving: Option<Driving>,
+}
+
+/// An HTTP/2 connection that the reads and writes of a tunnel on it drive.
+///
+/// `h2` moves frames only while its connection is polled. A connection
+/// served by a task of its own costs every chunk through the tunnel two
+/// hand-offs between tasks (the tunnel's user → the connection's task →
+/// the socket, and back), and each idle tunnel a task. A tunnel that owns
+/// its connection polls it itself: a write goes out to the socket in the
+/// same poll, and nothing else runs per connection.
+pub(crate) trait Drive: Send + 'static {
+    /// Reads and writes the connection's frames and dispatches whatever
+    /// else arrives on it; ready once the connection has ended.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// A connection driven by its tunnel's reads and writes. Reader and writer
+/// may be different tasks (a tunnel split in two), so the connection's own
+/// wake-ups (the socket readable or writable, a frame queued by another
+/// stream) go to both.
+struct Driving {
+    /// `None` once the connection has ended.
+    conn: Option<Box<dyn Drive>>,
+    wakers: Arc<BothWakers>,
+    waker: Waker,
+}
+
+#[derive(Default)]
+struct BothWakers {
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Wake for BothWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake();
+        self.writer.wake();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Reader,
+    Writer,
+}
+
+impl Driving {
+    fn new(conn: Box<dyn Drive>) -> Self {
+        let wakers = Arc::new(BothWakers::default());
+        Self {
+            conn: Some(conn),
+            waker: Waker::from(wakers.clone()),
+            wakers,
+        }
+    }
+
+    fn drive(&mut self, cx: &Context<'_>, side: Side) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        match side {
+            Side::Reader => self.wakers.reader.register(cx.waker()),
+            Side::Writer => self.wakers.writer.register(cx.waker()),
+        }
+        if conn
+            .poll_drive(&mut Context::from_waker(&self.waker))
+            .is_ready()
+        {
+            self.conn = None;
+        }
+    }
+}
+
+impl Drop for Driving {
+    /// The tunnel is gone but its connection may still carry other
+    /// streams, or the end of this one: a task takes it over, as one
+    /// would have served it all along.
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(std::future::poll_fn(move |cx| conn.poll_drive(cx)));
+            }
+        }
+    }
 }
 
 fn h2_io_error(e: h2::Error) -> io::Error {
@@ -305,8 +416,15 @@ fn h2_io_error(e: h2::Error) -> io::Error {
 }
 
 impl H2Io {
+    fn drive(&mut self, cx: &Context<'_>, side: Side) {
+        if let Some(d) = &mut self.driving {
+            d.drive(cx, side);
+        }
+    }
+
     fn poll_read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.read_buf.is_empty() {
+            self.drive(cx, Side::Reader);
             let recv = ready!(self.recv.poll_open(cx))?;
             match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -339,7 +457,14 @@ impl H2Io {
                 self.send
                     .send_data(Bytes::copy_from_slice(&buf[..n]), false)
                     .map_err(h2_io_error)?;
+                // Out to the socket now, if this tunnel drives the connection.
+                self.drive(cx, Side::Writer);
                 return Poll::Ready(Ok(n));
+            }
+            // Window updates arrive only while the connection is driven.
+            self.drive(cx, Side::Writer);
+            if self.send.capacity() > 0 {
+                continue;
             }
             match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
@@ -349,13 +474,14 @@ impl H2Io {
         }
     }
 
-    fn poll_shutdown(&mut self) -> Poll<io::Result<()>> {
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.shut {
             self.shut = true;
             self.send.reserve_capacity(0);
             self.send
                 .send_data(Bytes::new(), true)
                 .map_err(h2_io_error)?;
+            self.drive(cx, Side::Writer);
         }
         Poll::Ready(Ok(()))
     }
