@@ -7,6 +7,7 @@
 //! by 64 KiB per round trip; a prober never sees that.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, Share
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
 use crate::site::MAX_REQUEST_BODY;
-use crate::tunnel::{open, Drive, Tunnel};
+use crate::tunnel::{open, Drive, Tunnel, Waiting, Watched};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
 const SITE_STREAM_WINDOW: u32 = 65_536;
@@ -52,15 +53,16 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.limits().clone();
+    let (io, waiting) = Watched::new(ShapedIo::new(
+        io,
+        CONNECTION_WINDOW - PROTOCOL_DEFAULT_WINDOW,
+    ));
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_streams)
         .initial_window_size(SITE_STREAM_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<_, Bytes>(ShapedIo::new(
-            io,
-            CONNECTION_WINDOW - PROTOCOL_DEFAULT_WINDOW,
-        ));
+        .handshake::<_, Bytes>(io);
     let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -90,6 +92,7 @@ pub(crate) async fn serve<S>(
         }
         let mut serving = Serving {
             conn,
+            waiting,
             binding,
             peer,
             shared: shared.clone(),
@@ -112,7 +115,8 @@ pub(crate) async fn serve<S>(
 /// A connection that a tunnel on it drives: other requests that arrive on
 /// it are answered by tasks of their own, as before.
 struct Serving<S> {
-    conn: h2::server::Connection<ShapedIo<S>, Bytes>,
+    conn: h2::server::Connection<Watched<ShapedIo<S>>, Bytes>,
+    waiting: Arc<Waiting>,
     binding: Binding,
     peer: Option<SocketAddr>,
     shared: SharedRef,
@@ -137,6 +141,10 @@ where
                 None => return Poll::Ready(()),
             }
         }
+    }
+
+    fn backlogged(&self) -> bool {
+        self.waiting.get()
     }
 }
 

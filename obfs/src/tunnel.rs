@@ -256,14 +256,7 @@ impl AsyncWrite for Tunnel {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            // What was written is with h2, which writes it from its
-            // connection task or, when the tunnel drives the connection,
-            // has written it already (the socket permitting: then the
-            // connection's next drive, on the socket's wake-up, does).
-            Io::H2(h) => {
-                h.drive(cx, Side::Writer);
-                Poll::Ready(Ok(()))
-            }
+            Io::H2(h) => h.poll_flush(cx),
             Io::H3(h) => h.poll_flush(cx),
             Io::Raw(r) => Pin::new(&mut r.io).poll_flush(cx),
         }
@@ -316,16 +309,105 @@ struct H2Io {
 
 /// An HTTP/2 connection that the reads and writes of a tunnel on it drive.
 ///
-/// `h2` moves frames only while its connection is polled. A connection
-/// served by a task of its own costs every chunk through the tunnel two
-/// hand-offs between tasks (the tunnel's user → the connection's task →
-/// the socket, and back), and each idle tunnel a task. A tunnel that owns
-/// its connection polls it itself: a write goes out to the socket in the
-/// same poll, and nothing else runs per connection.
+/// `h2` moves frames only while its connection is polled. At a relay, a
+/// connection served by a task of its own cost each idle user that task
+/// (several KiB), and every chunk through the tunnel a hand-off between
+/// tasks. The relay's tunnels own their connections and poll them
+/// themselves: a write goes out to the socket in the same poll, and nothing
+/// else runs per connection. (A client keeps its connection's own task: a
+/// single tunnel's bulk transfer then runs its HTTP/2 and TLS work on one
+/// core and the tunnel's user on the other, which is faster there.)
 pub(crate) trait Drive: Send + 'static {
     /// Reads and writes the connection's frames and dispatches whatever
     /// else arrives on it; ready once the connection has ended.
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Whether the connection's last write had to wait for the socket:
+    /// what was written to the tunnel is not all out yet.
+    fn backlogged(&self) -> bool;
+}
+
+/// The I/O under a driven connection, noting whether its last write or
+/// flush had to wait. `h2` ends every drive by flushing, so after a drive
+/// this says whether everything handed to `h2` reached the socket.
+pub(crate) struct Watched<S> {
+    io: S,
+    waiting: Arc<Waiting>,
+}
+
+/// Whether a [`Watched`] I/O's last write had to wait; the connection's
+/// [`Drive`] reads it.
+#[derive(Default)]
+pub(crate) struct Waiting(std::sync::atomic::AtomicBool);
+
+impl Waiting {
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(io: S) -> (Self, Arc<Waiting>) {
+        let waiting = Arc::new(Waiting::default());
+        (
+            Self {
+                io,
+                waiting: waiting.clone(),
+            },
+            waiting,
+        )
+    }
+
+    fn note<T>(&mut self, r: Poll<T>) -> Poll<T> {
+        self.waiting.0.store(r.is_pending(), Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.note(r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A connection driven by its tunnel's reads and writes. Reader and writer
@@ -370,6 +452,11 @@ impl Driving {
             waker: Waker::from(wakers.clone()),
             wakers,
         }
+    }
+
+    /// Whether bytes handed to the connection still wait for the socket.
+    fn backlogged(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.backlogged())
     }
 
     fn drive(&mut self, cx: &Context<'_>, side: Side) {
@@ -474,6 +561,22 @@ impl H2Io {
         }
     }
 
+    /// Ready once what was written is with the socket. Everything sent
+    /// fits the peer's window (writes take only the capacity `h2` grants),
+    /// so only a full socket holds it back; a connection served by its own
+    /// task writes it without us.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(d) = &mut self.driving else {
+            return Poll::Ready(Ok(()));
+        };
+        d.drive(cx, Side::Writer);
+        if d.backlogged() {
+            // The socket's wake-up reaches this writer through `Driving`.
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.shut {
             self.shut = true;
@@ -481,9 +584,8 @@ impl H2Io {
             self.send
                 .send_data(Bytes::new(), true)
                 .map_err(h2_io_error)?;
-            self.drive(cx, Side::Writer);
         }
-        Poll::Ready(Ok(()))
+        self.poll_flush(cx)
     }
 }
 

@@ -342,3 +342,34 @@ async fn a_websocket_tunnel_keeps_its_place_under_the_connection_limit() {
     let mut t = t.expect("the place is free again once the tunnel ended");
     t.established().await.expect("accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_tunnel_delivers_everything_while_nobody_polls_it() {
+    // The relay side writes more than the socket holds, shuts down and then
+    // keeps the tunnel without touching it: once `shutdown` is done, the
+    // rest must reach the client with no further help from the writer.
+    let mut r = relay().await;
+    for carrier in CARRIERS {
+        let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
+        t.write_all(b"go").await.expect("write");
+        t.flush().await.expect("flush");
+        let mut server = r.tunnels.accept().await.expect("tunnel");
+        let mut go = [0u8; 2];
+        server.read_exact(&mut go).await.expect("server read");
+        let data = pattern(24 * 1024 * 1024 + 5, 9);
+        let sent = data.clone();
+        let (kept, keep) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            server.write_all(&sent).await.expect("server write");
+            server.shutdown().await.expect("server shutdown");
+            let _ = kept.send(server);
+        });
+        let mut got = Vec::with_capacity(data.len());
+        tokio::time::timeout(Duration::from_secs(60), t.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{carrier}: stalled after {} bytes", got.len()))
+            .expect("read");
+        assert!(got == data, "{carrier}: bytes differ");
+        drop(keep.await.expect("the relay side kept its tunnel"));
+    }
+}
