@@ -90,24 +90,17 @@ pub(crate) async fn serve<S>(
         if let Err(e) = conn.set_initial_window_size(limits.tunnel_window) {
             debug!("could not raise the stream window: {e}");
         }
-        let mut serving = Serving {
+        let serving = Serving {
             conn,
             waiting,
             binding,
             peer,
-            shared: shared.clone(),
+            shared,
             _permit: permit,
         };
-        let Some(tunnel) = open_tunnel(&shared, peer, &parts, body, respond) else {
-            // Not answered: the connection goes on as before.
-            std::future::poll_fn(|cx| serving.poll_drive(cx)).await;
-            return;
-        };
-        // The answer goes out now, not at the tunnel's first read.
-        let drove = std::future::poll_fn(|cx| Poll::Ready(serving.poll_drive(cx))).await;
-        if drove.is_pending() {
-            shared.hand_over(tunnel.driving(Box::new(serving))).await;
-        }
+        // Boxed: what a hand-over holds stays out of the state of every
+        // connection that never opens a tunnel.
+        Box::pin(serving.take_over(parts, body, respond)).await;
         return;
     }
 }
@@ -121,6 +114,32 @@ struct Serving<S> {
     peer: Option<SocketAddr>,
     shared: SharedRef,
     _permit: OwnedSemaphorePermit,
+}
+
+impl<S> Serving<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Answers the request that passed the gate and hands its tunnel, with
+    /// this connection, to the application.
+    async fn take_over(
+        mut self,
+        parts: http::request::Parts,
+        body: h2::RecvStream,
+        respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let shared = self.shared.clone();
+        let Some(tunnel) = open_tunnel(&shared, self.peer, &parts, body, respond) else {
+            // Not answered: the connection goes on as before.
+            std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+            return;
+        };
+        // The answer goes out now, not at the tunnel's first read.
+        let drove = std::future::poll_fn(|cx| Poll::Ready(self.poll_drive(cx))).await;
+        if drove.is_pending() {
+            shared.hand_over(tunnel.driving(Box::new(self))).await;
+        }
+    }
 }
 
 impl<S> Drive for Serving<S>
