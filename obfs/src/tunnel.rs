@@ -569,6 +569,10 @@ impl H2Io {
         let Some(d) = &mut self.driving else {
             return Poll::Ready(Ok(()));
         };
+        if !d.backlogged() {
+            // Each write drove the connection already, and it all went out.
+            return Poll::Ready(Ok(()));
+        }
         d.drive(cx, Side::Writer);
         if d.backlogged() {
             // The socket's wake-up reaches this writer through `Driving`.
@@ -584,6 +588,7 @@ impl H2Io {
             self.send
                 .send_data(Bytes::new(), true)
                 .map_err(h2_io_error)?;
+            self.drive(cx, Side::Writer);
         }
         self.poll_flush(cx)
     }
