@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs Burrow's whole test suite. On a fresh Debian/Ubuntu machine it first
 # installs the third-party programs the end-to-end tests drive (curl,
-# nghttp2-client, nginx, caddy, tcpdump, iproute2, aioquic), using apt and pip when it can.
+# nghttp2-client, nginx, caddy, tcpdump, iproute2, iptables, aioquic), using apt and pip when it can.
 # Tests whose tool is still missing skip loudly, unless BURROW_REQUIRE_TOOLS
 # is set (CI sets it), in which case they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client nginx:nginx caddy:caddy tcpdump:tcpdump openssl:openssl ip:iproute2 pkill:procps; do
+for pair in curl:curl nghttp:nghttp2-client h2load:nghttp2-client nginx:nginx caddy:caddy tcpdump:tcpdump openssl:openssl ip:iproute2 iptables:iptables pkill:procps; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

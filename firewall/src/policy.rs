@@ -25,6 +25,9 @@ pub enum EntrySource {
     ContactEndpoint { contact: String },
     /// A verified contact's own front, where they accept direct connections.
     ContactDirect { contact: String },
+    /// A verified contact's public address for QUIC, exchanged to punch a
+    /// hole through both NATs (kept in memory while the node runs).
+    ContactPunched { contact: String },
     /// The encrypted DNS resolver.
     Resolver,
     /// The origin a relay's site proxies to.
@@ -42,6 +45,9 @@ impl fmt::Display for EntrySource {
             }
             EntrySource::ContactDirect { contact } => {
                 write!(f, "direct endpoint of contact {contact}")
+            }
+            EntrySource::ContactPunched { contact } => {
+                write!(f, "hole punched with contact {contact}")
             }
             EntrySource::Resolver => f.write_str("DNS resolver"),
             EntrySource::RelayUpstream => f.write_str("relay's upstream origin"),

@@ -74,6 +74,11 @@ enum Command {
         /// --listen is 0.0.0.0 or behind a port forward).
         #[arg(long, value_name = "HOST[:PORT]", requires = "listen")]
         public: Option<String>,
+        /// Reach verified contacts who punch too without the relay, through
+        /// a hole punched in both NATs (QUIC). Your public address goes to
+        /// those contacts only; the home relay is reached over QUIC first.
+        #[arg(long, conflicts_with = "listen")]
+        punch: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -437,11 +442,18 @@ pub fn main() -> ExitCode {
             Command::Up {
                 listen,
                 public,
+                punch,
                 node,
             } => {
                 let password = node.password().read(false)?;
-                let direct = listen.map(|listen| crate::direct::DirectArgs { listen, public });
-                daemon::run(&node.dir()?, &password, direct).await
+                let reach = match listen {
+                    Some(listen) => {
+                        daemon::Reach::Listen(crate::direct::DirectArgs { listen, public })
+                    }
+                    None if punch => daemon::Reach::Punch,
+                    None => daemon::Reach::Relay,
+                };
+                daemon::run(&node.dir()?, &password, reach).await
             }
             Command::Send { name, text, node } => {
                 user_cmd::send(&node.dir()?, &node.password(), &name, &text, node.output()).await

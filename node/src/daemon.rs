@@ -6,12 +6,14 @@
 //! accepts direct connections from contacts on its own front.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use burrow_firewall::{Audit, Dialer};
+use burrow_firewall::{Audit, Dialer, Entry, EntrySource, Proto, Target};
+use burrow_obfs::{Carrier, RelayLine};
 use burrow_relay::proto::MailboxItem;
 use libp2p::PeerId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -24,9 +26,10 @@ use crate::direct::DirectArgs;
 use crate::guarded::GuardedSockets;
 use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
 use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef, Route};
-use crate::p2p::proto::{Envelope, MessageId, Reply};
+use crate::p2p::proto::{Envelope, MessageId, PunchReply, PunchRequest, Reply};
 use crate::p2p::swarm;
 use crate::p2p::transport::{relay_addrs, CarrierTransport, Directory};
+use crate::punch::Punch;
 use crate::seal;
 use crate::store::{Contact, Direction, FirewallLogEntry, Message, OutState};
 
@@ -55,6 +58,15 @@ const DIRECT_ATTEMPT: Duration = Duration::from_secs(8);
 /// A contact's front that did not answer is not tried again for this long
 /// (their messages go through the relay meanwhile).
 const DIRECT_PAUSE: Duration = Duration::from_secs(300);
+/// A punched hole (and the contact's front behind it) is used without
+/// asking again for this long; after that a delivery punches anew (NATs
+/// forget idle mappings within a minute or two).
+const PUNCH_FRESH: Duration = Duration::from_secs(20);
+/// After a punch that did not work, the relay carries a contact's
+/// messages for this long before the next try.
+const PUNCH_PAUSE: Duration = Duration::from_secs(120);
+/// Time allowed for the contact's answer to a punch request.
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(6);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
 const EVENT_BUFFER: usize = 256;
 
@@ -76,6 +88,24 @@ struct Core {
     direct_failed: Mutex<HashMap<PeerId, Instant>>,
     /// The last firewall decision saved to the store.
     audit_seq: Mutex<u64>,
+    /// The node's QUIC socket and front, when it punches holes.
+    punch: Option<Arc<Punch>>,
+    /// Holes punched with contacts this run: their public QUIC address
+    /// (allowed by the firewall while the node runs) and, on the side that
+    /// asked, the line of their front there.
+    punched: Mutex<HashMap<PeerId, Punched>>,
+}
+
+/// A hole punched with a contact.
+#[derive(Debug, Clone)]
+struct Punched {
+    contact: String,
+    addr: SocketAddr,
+    /// Their front at `addr` (we asked), or `None` (they asked: they dial).
+    line: Option<RelayLine>,
+    at: Instant,
+    /// The last try to reach them this way failed.
+    failed: bool,
 }
 
 impl Core {
@@ -84,10 +114,40 @@ impl Core {
     }
 
     fn refresh_policy(&self) {
-        match self.lock().policy() {
-            Ok(p) => self.dialer.set_policy(p),
-            Err(e) => warn!("firewall policy not updated: {e:#}"),
+        let mut policy = match self.lock().policy() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("firewall policy not updated: {e:#}");
+                return;
+            }
+        };
+        for p in self
+            .punched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| !p.addr.ip().is_unspecified())
+        {
+            policy.add(Entry::new(
+                Target::addr(p.addr, Proto::Udp),
+                EntrySource::ContactPunched {
+                    contact: p.contact.clone(),
+                },
+                format!("hole punched with {}", p.contact),
+            ));
         }
+        if let Some(punch) = &self.punch {
+            punch.allowed().retain(&policy);
+        }
+        self.dialer.set_policy(policy);
+    }
+
+    fn record_punch(&self, peer: PeerId, punched: Punched) {
+        self.punched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, punched);
+        self.refresh_policy();
     }
 
     /// Moves new firewall decisions from memory into the store.
@@ -209,12 +269,74 @@ impl Handler for Inbound {
             self.0.kick.notify_one();
         }
     }
+
+    fn on_observed(&mut self, addr: &libp2p::Multiaddr) {
+        if let Some(punch) = &self.0.punch {
+            if punch.observe(addr) {
+                info!("the home relay sees this node's QUIC socket: holes can be punched");
+            }
+        }
+    }
+
+    /// A contact asks for a hole: only a verified contact gets this node's
+    /// public address, and datagrams toward theirs.
+    fn on_punch(&mut self, from: PeerId, request: PunchRequest) -> PunchReply {
+        let refused = |reason: &str| PunchReply::Refused {
+            reason: reason.into(),
+        };
+        let Some(punch) = self.0.punch.clone() else {
+            return refused("this node does not punch holes");
+        };
+        let contact = match self.0.lock().store.contact_by_peer(&from) {
+            Ok(Some(c)) if c.verified => c,
+            Ok(Some(_)) => return refused("not a verified contact"),
+            _ => return refused("not a contact"),
+        };
+        let addr = request.addr;
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+            return refused("not an address to punch toward");
+        }
+        let Some(line) = punch.line() else {
+            return refused("this node does not know its public address yet");
+        };
+        self.0.record_punch(
+            from,
+            Punched {
+                contact: contact.name.clone(),
+                addr,
+                line: None,
+                at: Instant::now(),
+                failed: false,
+            },
+        );
+        match punch.punch(addr) {
+            Ok(()) => {
+                debug!("punching a hole toward contact {}", contact.name);
+                PunchReply::Ready {
+                    line: line.to_string(),
+                }
+            }
+            Err(denied) => refused(&format!("the firewall refused: {}", denied.reason)),
+        }
+    }
+}
+
+/// How contacts reach this node besides its relay.
+#[derive(Debug, Clone, Default)]
+pub enum Reach {
+    /// Only through the home relay (and a contact's own front, dialled out).
+    #[default]
+    Relay,
+    /// Also on a front of its own (`burrow up --listen`).
+    Listen(DirectArgs),
+    /// Also through holes punched with verified contacts (`burrow up --punch`).
+    Punch,
 }
 
 /// Runs the node until SIGINT/SIGTERM; prints the user's address first.
 /// With `direct`, also accepts contacts' direct connections there.
-pub async fn run(data_dir: &Path, password: &[u8], direct: Option<DirectArgs>) -> Result<()> {
-    run_until(data_dir, password, direct, |address| {
+pub async fn run(data_dir: &Path, password: &[u8], reach: Reach) -> Result<()> {
+    run_until(data_dir, password, reach, |address| {
         println!("{address}");
         crate::relay_cmd::wait_for_signal()
     })
@@ -226,7 +348,7 @@ pub async fn run(data_dir: &Path, password: &[u8], direct: Option<DirectArgs>) -
 pub async fn run_until<F, Fut>(
     data_dir: &Path,
     password: &[u8],
-    direct: Option<DirectArgs>,
+    reach: Reach,
     until: F,
 ) -> Result<()>
 where
@@ -240,6 +362,20 @@ where
     let address = messenger.address();
     let firewall = messenger.firewall_settings()?;
     let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let dialer = Dialer::new(
+        burrow_firewall::Policy::default(),
+        Audit::new(
+            burrow_firewall::audit::DEFAULT_AUDIT_CAPACITY,
+            firewall.log_approvals,
+        ),
+    );
+    let (punch, punch_front) = match reach {
+        Reach::Punch => {
+            let (punch, front, tunnels) = Punch::open(dialer.clone(), &address.user)?;
+            (Some(punch), Some((front, tunnels)))
+        }
+        _ => (None, None),
+    };
     let core = Arc::new(Core {
         messenger: Mutex::new(messenger),
         events,
@@ -250,36 +386,44 @@ where
         located: Mutex::default(),
         direct_failed: Mutex::default(),
         audit_seq: Mutex::default(),
-        dialer: Dialer::new(
-            burrow_firewall::Policy::default(),
-            Audit::new(
-                burrow_firewall::audit::DEFAULT_AUDIT_CAPACITY,
-                firewall.log_approvals,
-            ),
-        ),
+        punch: punch.clone(),
+        punched: Mutex::default(),
+        dialer,
     });
     core.refresh_policy();
     crate::guarded::set_resolver(&core.dialer, &firewall.resolver)
         .with_context(|| format!("resolver {}", firewall.resolver))?;
 
     let listener = bind_control(&paths.socket())?;
-    let directory = Directory::with_firewall(core.dialer.clone());
-    let sockets = Arc::new(GuardedSockets::new(core.dialer.clone(), "node"));
-    let own_front = match &direct {
-        Some(args) => {
+    let mut directory = Directory::with_firewall(core.dialer.clone());
+    let mut sockets = GuardedSockets::new(core.dialer.clone(), "node");
+    if let Some(punch) = &punch {
+        directory = directory.with_quic_endpoint(punch.endpoint());
+        sockets = sockets.with_quic_guard(punch.allowed());
+    }
+    let sockets = Arc::new(sockets);
+    let own_front = match &reach {
+        Reach::Listen(args) => {
             // The store is read first, so no handle on it is held while binding.
             let prepared = crate::direct::prepare(&core.lock().store, args)?;
             Some(crate::direct::open(prepared, args, &address.user).await?)
         }
-        None => None,
+        _ => None,
     };
-    let (transport, front, direct_line) = match own_front {
-        Some(l) => (
+    let (punch_front, punch_tunnels) = punch_front.unzip();
+    let (transport, front, direct_line) = match (own_front, punch_tunnels) {
+        (Some(l), _) => (
             CarrierTransport::listening(directory.clone(), l.tunnels, Vec::new()),
             Some(l.front),
             Some(l.line),
         ),
-        None => (CarrierTransport::dialer(directory.clone()), None, None),
+        // Tunnels from the punched front; no address is ever announced.
+        (None, Some(tunnels)) => (
+            CarrierTransport::listening(directory.clone(), tunnels, Vec::new()),
+            None,
+            None,
+        ),
+        (None, None) => (CarrierTransport::dialer(directory.clone()), None, None),
     };
     let swarm = swarm::build(&keypair, transport)?;
     let location = crate::tracker::make_record(
@@ -296,6 +440,21 @@ where
         .and_then(|line| RelayRef::new(line).ok())
         .into_iter()
         .collect();
+    // A punching node reaches its relay over QUIC first: that connection
+    // leaves from the socket contacts will punch toward, and the relay
+    // tells it the address its NAT gave that socket.
+    let home = match &punch {
+        Some(_) if home.line.carriers.contains(&Carrier::H3) => {
+            let mut line = home.line.clone();
+            line.carriers.sort_by_key(|c| *c != Carrier::H3);
+            RelayRef::new(line)?
+        }
+        Some(_) => {
+            warn!("the home relay offers no QUIC carrier: no holes can be punched");
+            home
+        }
+        None => home,
+    };
     let (driver, handle) = Driver::new(swarm, directory, sockets, home, Inbound(core.clone()));
     let mut driver = driver.publish_location(location, previous);
     // The front runs until the node stops (dropping the senders closes it).
@@ -305,7 +464,7 @@ where
             "accepting direct connections from contacts on {} (anyone else sees a website)",
             front.local_addr()
         );
-        tokio::spawn(front.serve(front_stop.clone(), front_stop))
+        tokio::spawn(front.serve(front_stop.clone(), front_stop.clone()))
     });
     if let Some(addr) = direct_line
         .as_ref()
@@ -313,6 +472,14 @@ where
     {
         driver = driver.listen_directly(addr);
     }
+    let punch_front = match (punch_front, &punch) {
+        (Some(front), Some(punch)) => {
+            info!("punching holes with verified contacts who punch too (QUIC)");
+            driver = driver.listen_directly(punch.listen_addr());
+            Some(tokio::spawn(front.serve(front_stop.clone())))
+        }
+        _ => None,
+    };
     let driver = tokio::spawn(driver.run());
     info!("node up as {}", crate::identity::fingerprint(&address.user));
 
@@ -336,6 +503,9 @@ where
     drop(handle);
     driver.abort();
     if let Some(front) = front {
+        front.abort();
+    }
+    if let Some(front) = punch_front {
         front.abort();
     }
     let _ = std::fs::remove_file(paths.socket());
@@ -521,12 +691,155 @@ async fn deliver_best(
     }
     let via = RelayRef::new(contact.address.relay.clone())
         .map_err(|e| DeliverError::Unreachable(e.to_string()))?;
+    if contact.verified && contact.direct.is_none() {
+        if let Some(reply) = deliver_punched(core, driver, contact, &via, envelope).await {
+            return Ok(reply);
+        }
+    }
     tokio::time::timeout(
         ATTEMPT,
         driver.deliver(peer, Route::Relay(via), envelope.clone()),
     )
     .await
     .unwrap_or(Err(DeliverError::Timeout))
+}
+
+/// Delivers over a hole punched with a verified contact who punches too:
+/// through the hole already open, else after asking them (through their
+/// relay) to open one. `None`: no hole; the relay carries it.
+async fn deliver_punched(
+    core: &Core,
+    driver: &DriverHandle,
+    contact: &Contact,
+    via: &RelayRef,
+    envelope: &Envelope,
+) -> Option<Reply> {
+    let punch = core.punch.as_ref()?;
+    let peer = contact.peer();
+    let known = core
+        .punched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&peer)
+        .cloned();
+    let mut asked = false;
+    let line = match known {
+        // They asked a moment ago and dialled us: the connection they
+        // opened carries this, through the relay route.
+        Some(p) if p.line.is_none() && p.at.elapsed() < PUNCH_FRESH => return None,
+        Some(p) if p.failed && p.at.elapsed() < PUNCH_PAUSE => return None,
+        Some(Punched {
+            line: Some(line),
+            at,
+            failed: false,
+            ..
+        }) if at.elapsed() < PUNCH_FRESH => line,
+        _ => {
+            let ours = punch.observed()?;
+            asked = true;
+            let answer = tokio::time::timeout(PUNCH_TIMEOUT, driver.punch(peer, via.clone(), ours))
+                .await
+                .unwrap_or(Err(DeliverError::Timeout));
+            match answer {
+                Ok(PunchReply::Ready { line }) => match punched_line(&line, &peer) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        warn!("contact {} answered a punch with {e}", contact.name);
+                        return None;
+                    }
+                },
+                Ok(PunchReply::Refused { reason }) => {
+                    debug!("no hole punched with {}: {reason}", contact.name);
+                    note_punch_failed(core, &peer, contact);
+                    return None;
+                }
+                Err(e) => {
+                    debug!("no hole punched with {}: {e}", contact.name);
+                    note_punch_failed(core, &peer, contact);
+                    return None;
+                }
+            }
+        }
+    };
+    let addr = SocketAddr::new(line.host.parse().ok()?, line.port);
+    core.record_punch(
+        peer,
+        Punched {
+            contact: contact.name.clone(),
+            addr,
+            line: Some(line.clone()),
+            at: Instant::now(),
+            failed: false,
+        },
+    );
+    let front = RelayRef::new(line).ok()?;
+    match tokio::time::timeout(
+        DIRECT_ATTEMPT,
+        driver.deliver(peer, Route::Direct(front), envelope.clone()),
+    )
+    .await
+    .unwrap_or(Err(DeliverError::Timeout))
+    {
+        Ok(reply) => {
+            if asked {
+                info!(
+                    "a hole is open to {}: messages go directly, not through the relay",
+                    contact.name
+                );
+            }
+            Some(reply)
+        }
+        Err(e) => {
+            info!(
+                "no direct connection to {} through the punched hole ({e}); the relay carries it",
+                contact.name
+            );
+            note_punch_failed(core, &peer, contact);
+            None
+        }
+    }
+}
+
+/// The line a contact answered a punch with, if it is one to dial: their
+/// own id, HTTP/3 only, at an IP address (never a name to resolve).
+fn punched_line(text: &str, peer: &PeerId) -> Result<RelayLine, String> {
+    let line: RelayLine = text.parse().map_err(|e| format!("a bad line: {e}"))?;
+    if line.id.as_deref() != Some(peer.to_base58().as_str()) {
+        return Err("a line that is not theirs".into());
+    }
+    if line.carriers != [Carrier::H3] || line.pin.is_none() {
+        return Err("a line that is not a punched QUIC front".into());
+    }
+    let ip: std::net::IpAddr = line
+        .host
+        .parse()
+        .map_err(|_| "a line without an address".to_string())?;
+    if ip.is_unspecified() || ip.is_multicast() || line.port == 0 {
+        return Err("a line with an address nobody can reach".into());
+    }
+    Ok(line)
+}
+
+fn note_punch_failed(core: &Core, peer: &PeerId, contact: &Contact) {
+    let mut punched = core.punched.lock().unwrap_or_else(|p| p.into_inner());
+    match punched.get_mut(peer) {
+        Some(p) => {
+            p.failed = true;
+            p.at = Instant::now();
+        }
+        None => {
+            punched.insert(
+                *peer,
+                Punched {
+                    contact: contact.name.clone(),
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    line: None,
+                    at: Instant::now(),
+                    failed: true,
+                },
+            );
+        }
+    }
 }
 
 /// The outcome of a delivery: `Some` when it settled the message

@@ -172,7 +172,11 @@ impl User {
         let (stop, stopped) = oneshot::channel::<()>();
         let dir = self.data_dir.clone();
         let task = tokio::spawn(async move {
-            crate::daemon::run_until(&dir, PASSWORD, direct, |_| async move {
+            let reach = match direct {
+                Some(args) => crate::daemon::Reach::Listen(args),
+                None => crate::daemon::Reach::Relay,
+            };
+            crate::daemon::run_until(&dir, PASSWORD, reach, |_| async move {
                 let _ = stopped.await;
             })
             .await

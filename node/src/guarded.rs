@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::store::Contact;
 use burrow_firewall::policy::is_local;
@@ -22,12 +23,25 @@ use tokio::net::TcpStream;
 pub struct GuardedSockets {
     dialer: Dialer,
     component: &'static str,
+    /// The guard of the shared QUIC socket, told of each approved address.
+    quic_guard: Option<Arc<crate::punch::Allowed>>,
 }
 
 impl GuardedSockets {
     /// `component` names the asker in the audit log (`relay-upstream`, …).
     pub fn new(dialer: Dialer, component: &'static str) -> Self {
-        Self { dialer, component }
+        Self {
+            dialer,
+            component,
+            quic_guard: None,
+        }
+    }
+
+    /// QUIC dials leave from a shared, guarded socket: each address
+    /// approved for one is let through its guard.
+    pub fn with_quic_guard(mut self, guard: Arc<crate::punch::Allowed>) -> Self {
+        self.quic_guard = Some(guard);
+        self
     }
 
     /// Sockets that reach one relay given by address and nothing else:
@@ -189,5 +203,20 @@ impl Sockets for GuardedSockets {
     fn udp(&self, host: &str, port: u16) -> Boxed<'_, (std::net::UdpSocket, SocketAddr)> {
         let t = target(host, port, Proto::Udp);
         Box::pin(async move { Ok(self.dialer.udp_for(self.component, &t?).await?) })
+    }
+
+    fn udp_addr(&self, host: &str, port: u16) -> Boxed<'_, SocketAddr> {
+        let t = target(host, port, Proto::Udp);
+        Box::pin(async move {
+            let t = t?;
+            let approved = self.dialer.approve(self.component, &t).await?;
+            let first = approved
+                .first()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+            if let Some(guard) = &self.quic_guard {
+                guard.insert(first.addr(), t);
+            }
+            Ok(first.addr())
+        })
     }
 }

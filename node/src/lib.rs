@@ -13,6 +13,7 @@ pub mod guarded;
 pub mod identity;
 pub mod messenger;
 pub mod p2p;
+pub mod punch;
 pub mod qr;
 pub mod relay_cmd;
 pub mod relay_config;

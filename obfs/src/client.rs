@@ -65,6 +65,13 @@ pub trait Sockets: Send + Sync + std::fmt::Debug {
         host: &str,
         port: u16,
     ) -> BoxFuture<'_, io::Result<(std::net::UdpSocket, SocketAddr)>>;
+    /// The address a datagram to `host:port` may go to, for a dial from an
+    /// endpoint the caller already holds ([`Client::with_quic_endpoint`]).
+    /// By default the address [`Sockets::udp`] approved (its socket unused).
+    fn udp_addr(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<SocketAddr>> {
+        let (host, port) = (host.to_string(), port);
+        Box::pin(async move { self.udp(&host, port).await.map(|(_, addr)| addr) })
+    }
 }
 
 /// Dials one relay.
@@ -79,6 +86,8 @@ pub struct Client {
     quic_tls: Arc<quinn::crypto::rustls::QuicClientConfig>,
     limits: Limits,
     connect_timeout: Duration,
+    /// Dial HTTP/3 from this endpoint instead of a socket of its own.
+    quic: Option<quinn::Endpoint>,
 }
 
 impl std::fmt::Debug for Client {
@@ -110,12 +119,21 @@ impl Client {
             quic_tls: Arc::new(quic_tls),
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
+            quic: None,
         })
     }
 
     /// Time allowed for reaching the relay and finishing TLS, per carrier.
     pub fn with_connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
+        self
+    }
+
+    /// HTTP/3 dials leave from `endpoint` (shared with other dials and
+    /// perhaps a [`crate::QuicFront`]): one UDP socket, so one NAT mapping,
+    /// for everything this node says over QUIC.
+    pub fn with_quic_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.quic = Some(endpoint);
         self
     }
 
@@ -349,23 +367,35 @@ impl Client {
 
     async fn open_h3(&self, host: &str, port: u16) -> Result<(H3Handle, Binding), Error> {
         const C: &str = "h3";
-        let (socket, addr) = self
-            .sockets
-            .udp(host, port)
-            .await
-            .map_err(|e| Error::dial(C, e))?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| Error::dial(C, e))?;
+        let (endpoint, addr) = match &self.quic {
+            Some(shared) => {
+                let addr = self
+                    .sockets
+                    .udp_addr(host, port)
+                    .await
+                    .map_err(|e| Error::dial(C, e))?;
+                (shared.clone(), addr)
+            }
+            None => {
+                let (socket, addr) = self
+                    .sockets
+                    .udp(host, port)
+                    .await
+                    .map_err(|e| Error::dial(C, e))?;
+                let endpoint = quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(|e| Error::dial(C, e))?;
+                (endpoint, addr)
+            }
+        };
         let mut cfg = quinn::ClientConfig::new(self.quic_tls.clone());
         cfg.transport_config(Arc::new(front::quic_transport(&self.limits)));
-        endpoint.set_default_client_config(cfg);
         let conn = endpoint
-            .connect(addr, &self.line.host)
+            .connect_with(cfg, addr, &self.line.host)
             .map_err(|e| Error::dial(C, e))?
             .await
             .map_err(|e| Error::dial(C, format!("QUIC: {e}")))?;

@@ -292,16 +292,71 @@ impl Front {
     }
 }
 
-fn bind_quic(
-    addr: SocketAddr,
+/// A front that serves HTTP/3 only, on an endpoint the caller made (a node's
+/// one UDP socket, which also carries its own QUIC dials: what a contact
+/// punches a hole toward). The endpoint's server side is set here; its
+/// client side stays the caller's.
+#[derive(Debug)]
+pub struct QuicFront {
+    quic: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl QuicFront {
+    /// Serves `config` on `endpoint` (its TCP-only settings are unused).
+    pub fn on(endpoint: &quinn::Endpoint, config: FrontConfig) -> Result<(Self, Tunnels), Error> {
+        let certificates = Certificates::new(&config.identity)?;
+        endpoint.set_server_config(Some(quic_server(&config, &certificates)?));
+        let (shared, tunnels) = Shared::new(
+            config.gate,
+            config.tunnel_path,
+            config.site,
+            config.limits,
+            ReplayLimits::default(),
+            false,
+        );
+        Ok((
+            Self {
+                quic: endpoint.clone(),
+                shared,
+            },
+            tunnels,
+        ))
+    }
+
+    pub fn stats(&self) -> Arc<FrontStats> {
+        self.shared.stats()
+    }
+
+    /// Accepts until `stop` becomes true, then refuses new connections
+    /// (the endpoint and its open connections stay the caller's).
+    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = accept_quic(self.quic.clone(), self.shared) => {}
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+        self.quic.set_server_config(None);
+    }
+}
+
+fn quic_server(
     config: &FrontConfig,
     certificates: &Arc<Certificates>,
-) -> Result<quinn::Endpoint, Error> {
+) -> Result<quinn::ServerConfig, Error> {
     let tls = certificates.server_config_quic()?;
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls_setup)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic_transport(&config.limits)));
+    Ok(server)
+}
+
+fn bind_quic(
+    addr: SocketAddr,
+    config: &FrontConfig,
+    certificates: &Arc<Certificates>,
+) -> Result<quinn::Endpoint, Error> {
+    let server = quic_server(config, certificates)?;
     // The front's own socket: a relay's, or a node's with `burrow up --listen`.
     // egress-check: allowed: a listening socket; its endpoint only accepts, never dials out.
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {

@@ -136,6 +136,11 @@ impl NodeProc {
         self.start_up(&[], extra);
     }
 
+    /// `burrow up EXTRA…` under `prefix` (see [`NodeProc::up_under`]).
+    pub fn up_under_with(&mut self, prefix: &[&str], extra: &[&str]) {
+        self.start_up(prefix, extra);
+    }
+
     fn start_up(&mut self, prefix: &[&str], extra: &[&str]) {
         assert!(self.daemon.is_none(), "{} is already up", self.name);
         let log = std::fs::OpenOptions::new()

@@ -18,11 +18,11 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{kad, relay, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::proto::{Envelope, Reply};
+use super::proto::{Envelope, PunchReply, PunchRequest, Reply};
 use super::swarm::{NodeBehaviour, NodeBehaviourEvent};
 use super::transport::{relay_addrs, Directory};
 use crate::tracker::{open_record, record_key, Location};
@@ -116,6 +116,14 @@ pub enum Command {
     },
     /// Looks in the home mailbox now.
     FetchMailbox,
+    /// Asks `to` (through `via`, or a connection already open) to punch a
+    /// hole toward `addr`, this node's public QUIC address.
+    Punch {
+        to: PeerId,
+        via: RelayRef,
+        addr: std::net::SocketAddr,
+        done: oneshot::Sender<Result<PunchReply, DeliverError>>,
+    },
     /// Asks the trackers at `via` where `user` is reachable now.
     Locate {
         user: PublicKey,
@@ -144,6 +152,14 @@ pub trait Handler: Send + 'static {
     /// (those stored safely, or unreadable and never going to be).
     fn on_mailbox(&mut self, items: Vec<MailboxItem>) -> Vec<u64>;
     fn on_home(&mut self, state: HomeState);
+    /// A contact asks for a hole punched toward them.
+    fn on_punch(&mut self, _from: PeerId, _request: PunchRequest) -> PunchReply {
+        PunchReply::Refused {
+            reason: "this node does not punch holes".into(),
+        }
+    }
+    /// The home relay said where it sees this node's connection come from.
+    fn on_observed(&mut self, _addr: &Multiaddr) {}
 }
 
 /// Cheap handle for sending commands to the driver.
@@ -182,6 +198,25 @@ impl DriverHandle {
                 via,
                 to,
                 sealed,
+                done,
+            })
+            .await
+            .map_err(|_| DeliverError::Stopped)?;
+        rx.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    pub async fn punch(
+        &self,
+        to: PeerId,
+        via: RelayRef,
+        addr: std::net::SocketAddr,
+    ) -> Result<PunchReply, DeliverError> {
+        let (done, rx) = oneshot::channel();
+        self.0
+            .send(Command::Punch {
+                to,
+                via,
+                addr,
                 done,
             })
             .await
@@ -246,6 +281,7 @@ pub struct Driver<H> {
     commands: mpsc::Receiver<Command>,
     messages: HashMap<OutboundRequestId, oneshot::Sender<Result<Reply, DeliverError>>>,
     mailbox: HashMap<OutboundRequestId, BoxOp>,
+    punches: HashMap<OutboundRequestId, oneshot::Sender<Result<PunchReply, DeliverError>>>,
     home_listener: Option<ListenerId>,
     online: bool,
     /// Why the home relay last refused or ended the reservation, so that a
@@ -294,6 +330,7 @@ impl<H: Handler> Driver<H> {
             commands,
             messages: HashMap::new(),
             mailbox: HashMap::new(),
+            punches: HashMap::new(),
             home_listener: None,
             home_trouble: None,
             online: false,
@@ -455,6 +492,23 @@ impl<H: Handler> Driver<H> {
                     },
                 );
                 self.mailbox.insert(id, BoxOp::Put(done));
+            }
+            Command::Punch {
+                to,
+                via,
+                addr,
+                done,
+            } => {
+                self.know_relay(&via);
+                for a in via.circuit_to(to) {
+                    self.swarm.add_peer_address(to, a);
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .punch
+                    .send_request(&to, PunchRequest { addr });
+                self.punches.insert(id, done);
             }
             Command::FetchMailbox => self.request_fetch(),
             Command::Locate { user, via, done } => {
@@ -653,6 +707,12 @@ impl<H: Handler> Driver<H> {
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Messages(e)) => self.on_message_event(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mailbox(e)) => self.on_mailbox_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Punch(e)) => self.on_punch_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if peer_id == self.home.peer => self.handler.on_observed(&info.observed_addr),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Tracker(e)) => self.on_tracker_event(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
                 if let Some(dead) = self.pings.on_event(&e) {
@@ -768,6 +828,42 @@ impl<H: Handler> Driver<H> {
             }
             request_response::Event::InboundFailure { error, .. } => {
                 debug!("inbound message failed: {error}")
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_punch_event(&mut self, e: request_response::Event<PunchRequest, PunchReply>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let reply = self.handler.on_punch(peer, request);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .punch
+                        .send_response(channel, reply);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(done) = self.punches.remove(&request_id) {
+                        let _ = done.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(done) = self.punches.remove(&request_id) {
+                    let _ = done.send(Err(outbound_error(error)));
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                debug!("inbound punch request failed: {error}")
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -41,3 +41,28 @@ pub enum Reply {
     Received,
     Refused { reason: String },
 }
+
+/// Hole punching between two users (see `crate::punch`), over the relayed
+/// connection between them:
+///
+/// ```text
+/// asker -> contact                          contact -> asker
+/// PunchRequest { addr }                     PunchReply::Ready { line }
+///                                           PunchReply::Refused { reason }
+/// ```
+///
+/// `addr` is the asker's public QUIC address (as its home relay saw it),
+/// toward which the contact sends a few datagrams; `line` is the contact's
+/// QUIC front at its own public address, for the asker to dial.
+pub const PUNCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/burrow/punch/1");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchRequest {
+    pub addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchReply {
+    Ready { line: String },
+    Refused { reason: String },
+}

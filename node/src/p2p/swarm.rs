@@ -17,7 +17,9 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, ping, relay, yamux, PeerId, Swarm, Transport};
 
-use super::proto::{Envelope, Reply, MAX_TEXT, MESSAGE_PROTOCOL};
+use super::proto::{
+    Envelope, PunchReply, PunchRequest, Reply, MAX_TEXT, MESSAGE_PROTOCOL, PUNCH_PROTOCOL,
+};
 use super::transport::{authenticated, CarrierTransport, UPGRADE_TIMEOUT};
 
 /// How long a mailbox request may wait for its answer.
@@ -26,6 +28,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection (a live one answers in milliseconds; a silent one is dropped
 /// and the next attempt dials afresh).
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a punch request may wait for the contact's answer.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
@@ -33,6 +37,9 @@ pub struct NodeBehaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub messages: request_response::cbor::Behaviour<Envelope, Reply>,
+    /// Hole punching with contacts (asked and answered only by nodes that
+    /// punch; see `crate::punch`).
+    pub punch: request_response::cbor::Behaviour<PunchRequest, PunchReply>,
     pub mailbox: request_response::cbor::Behaviour<MailboxRequest, MailboxResponse>,
     /// The tracker, as a client: publishes this user's location at its
     /// relays and looks contacts up; never answers kad requests.
@@ -115,11 +122,19 @@ pub fn build_with_bucket_size(
         [(MAILBOX_PROTOCOL, ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
     );
+    let punch = request_response::Behaviour::with_codec(
+        request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(1024)
+            .set_response_size_maximum(4 * 1024),
+        [(PUNCH_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(PUNCH_TIMEOUT),
+    );
     let behaviour = NodeBehaviour {
         relay_client,
         identify: identify::Behaviour::new(identify_config(keypair)),
         ping: ping::Behaviour::new(burrow_relay::server::ping_config()),
         messages,
+        punch,
         mailbox,
         tracker: {
             let mut config = burrow_relay::tracker::kad_config();

@@ -61,6 +61,9 @@ pub struct Directory {
     relays: Arc<RwLock<HashMap<Endpointish, Client>>>,
     /// Where a dial to an address no relay line names is logged as refused.
     firewall: Option<burrow_firewall::Dialer>,
+    /// The endpoint every HTTP/3 dial leaves from, if the node has one
+    /// (it punches holes: see `crate::punch`).
+    quic: Option<quinn::Endpoint>,
 }
 
 impl fmt::Debug for Directory {
@@ -77,7 +80,14 @@ impl Directory {
         Self {
             relays: Arc::default(),
             firewall: Some(firewall),
+            quic: None,
         }
+    }
+
+    /// HTTP/3 dials to every relay (and contact) leave from `endpoint`.
+    pub fn with_quic_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.quic = Some(endpoint);
+        self
     }
 
     /// Records that libp2p asked for an address no relay line names:
@@ -130,6 +140,10 @@ impl Directory {
         let key = Endpointish {
             host: line.host.clone(),
             port: line.port,
+        };
+        let client = match &self.quic {
+            Some(endpoint) => client.with_quic_endpoint(endpoint.clone()),
+            None => client,
         };
         if let Ok(mut relays) = self.relays.write() {
             relays.insert(key, client);
