@@ -106,6 +106,10 @@ pub enum Response {
         address: String,
         fingerprint: String,
         online: bool,
+        /// With `burrow up --punch`: whether the home relay has reported
+        /// this node's public QUIC address (holes can be punched).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        punch_ready: Option<bool>,
     },
     Contacts {
         contacts: Vec<ContactView>,
@@ -123,6 +127,11 @@ pub enum Response {
         /// What happened on the first attempt, in words.
         outcome: String,
         state: String,
+        /// How it was delivered: `relay` (a circuit), `front` (the
+        /// contact's own front), `hole` (a hole punched between the two) or
+        /// `direct` (a direct connection the contact opened); none if not yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<String>,
     },
     Messages {
         messages: Vec<MessageView>,

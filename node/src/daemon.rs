@@ -25,7 +25,9 @@ use crate::control::{MessageView, Request, Response, MAX_LINE};
 use crate::direct::DirectArgs;
 use crate::guarded::GuardedSockets;
 use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
-use crate::p2p::driver::{DeliverError, Driver, DriverHandle, Handler, HomeState, RelayRef, Route};
+use crate::p2p::driver::{
+    DeliverError, Driver, DriverHandle, Handler, HomeState, Link, RelayRef, Route,
+};
 use crate::p2p::proto::{Envelope, MessageId, PunchReply, PunchRequest, Reply};
 use crate::p2p::swarm;
 use crate::p2p::transport::{relay_addrs, CarrierTransport, Directory};
@@ -65,6 +67,8 @@ const PUNCH_FRESH: Duration = Duration::from_secs(20);
 /// After a punch that did not work, the relay carries a contact's
 /// messages for this long before the next try.
 const PUNCH_PAUSE: Duration = Duration::from_secs(120);
+/// A contact's punch requests are answered at most this often.
+const PUNCH_ANSWER_EVERY: Duration = Duration::from_secs(3);
 /// Time allowed for the contact's answer to a punch request.
 const PUNCH_TIMEOUT: Duration = Duration::from_secs(6);
 /// Watchers that fall this far behind miss events (they can re-read the inbox).
@@ -299,6 +303,18 @@ impl Handler for Inbound {
         let Some(line) = punch.line() else {
             return refused("this node does not know its public address yet");
         };
+        // Datagrams go where the asker says: a burst per contact now and
+        // then, never a stream of them.
+        let recent = self
+            .0
+            .punched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .is_some_and(|p| p.line.is_none() && !p.failed && p.at.elapsed() < PUNCH_ANSWER_EVERY);
+        if recent {
+            return refused("asked again too soon");
+        }
         self.0.record_punch(
             from,
             Punched {
@@ -536,6 +552,10 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
 struct Attempt {
     state: OutState,
     outcome: String,
+    /// How a delivered message went: `relay` (a circuit), `front` (the
+    /// contact's own front), `hole` (a hole punched just now or a moment
+    /// ago) or `direct` (a direct connection the contact opened).
+    route: Option<&'static str>,
 }
 
 /// `redeposit`: leave it in the mailbox even if it was left there before.
@@ -546,6 +566,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
             return Attempt {
                 state: m.state,
                 outcome: "the contact is gone".into(),
+                route: None,
             }
         }
     };
@@ -553,6 +574,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
         return Attempt {
             state: m.state,
             outcome: format!("contact's relay unusable: {e}"),
+            route: None,
         };
     }
     let envelope = Envelope::Message {
@@ -591,6 +613,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
         return Attempt {
             state: m.state,
             outcome: format!("waiting in {}'s mailbox for the receipt", contact.name),
+            route: None,
         };
     }
     let via = match RelayRef::new(contact.address.relay.clone()) {
@@ -599,6 +622,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
             return Attempt {
                 state: m.state,
                 outcome: format!("contact's relay unusable: {e}"),
+                route: None,
             }
         }
     };
@@ -615,6 +639,7 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
             return Attempt {
                 state: m.state,
                 outcome: format!("cannot seal: {e}"),
+                route: None,
             }
         }
     };
@@ -638,11 +663,13 @@ async fn attempt(core: &Core, driver: &DriverHandle, m: &Message, redeposit: boo
                     "{} is offline; left in their mailbox at their relay",
                     contact.name
                 ),
+                route: None,
             }
         }
         Err(e) => Attempt {
             state: m.state,
             outcome: format!("not delivered yet ({e}); will retry"),
+            route: None,
         },
     }
 }
@@ -655,7 +682,7 @@ async fn deliver_best(
     driver: &DriverHandle,
     contact: &Contact,
     envelope: &Envelope,
-) -> Result<Reply, DeliverError> {
+) -> Result<(Reply, &'static str), DeliverError> {
     let peer = contact.peer();
     let paused = core
         .direct_failed
@@ -678,7 +705,7 @@ async fn deliver_best(
         {
             Ok(reply) => {
                 debug!("delivered over a direct connection");
-                return Ok(reply);
+                return Ok((reply, "front"));
             }
             Err(e) => {
                 debug!("direct connection failed ({e}); trying the relay");
@@ -693,15 +720,21 @@ async fn deliver_best(
         .map_err(|e| DeliverError::Unreachable(e.to_string()))?;
     if contact.verified && contact.direct.is_none() {
         if let Some(reply) = deliver_punched(core, driver, contact, &via, envelope).await {
-            return Ok(reply);
+            return Ok((reply, "hole"));
         }
     }
+    // A direct connection already open (one the contact opened through a
+    // hole, say) carries it before any circuit.
     tokio::time::timeout(
         ATTEMPT,
-        driver.deliver(peer, Route::Relay(via), envelope.clone()),
+        driver.deliver_by(peer, Route::Relay(via), envelope.clone()),
     )
     .await
     .unwrap_or(Err(DeliverError::Timeout))
+    .map(|(reply, link)| match link {
+        Link::Direct => (reply, "direct"),
+        Link::Relayed => (reply, "relay"),
+    })
 }
 
 /// Delivers over a hole punched with a verified contact who punches too:
@@ -849,10 +882,10 @@ fn settle(
     core: &Core,
     m: &Message,
     contact: &Contact,
-    reply: Result<Reply, DeliverError>,
+    reply: Result<(Reply, &'static str), DeliverError>,
 ) -> Option<Attempt> {
     match reply {
-        Ok(Reply::Received) => {
+        Ok((Reply::Received, route)) => {
             let _ = core
                 .lock()
                 .store
@@ -861,11 +894,13 @@ fn settle(
             Some(Attempt {
                 state: OutState::Delivered,
                 outcome: "delivered".into(),
+                route: Some(route),
             })
         }
-        Ok(Reply::Refused { reason }) => Some(Attempt {
+        Ok((Reply::Refused { reason }, _)) => Some(Attempt {
             state: m.state,
             outcome: format!("{} refused it: {reason}", contact.name),
+            route: None,
         }),
         Err(e) => {
             debug!("delivery failed: {e}");
@@ -991,12 +1026,12 @@ async fn send_receipts(core: &Core, driver: &DriverHandle) {
             _ => continue,
         };
         let envelope = Envelope::Receipts { ids: ids.clone() };
-        if let Ok(Reply::Received) = deliver_best(core, driver, &contact, &envelope).await {
+        if let Ok((Reply::Received, _)) = deliver_best(core, driver, &contact, &envelope).await {
             continue;
         }
         let contact = match relocate(core, driver, &contact, LOCATE_EVERY, ATTEMPT).await {
             Some(found) if found.changed => {
-                if let Ok(Reply::Received) =
+                if let Ok((Reply::Received, _)) =
                     deliver_best(core, driver, &found.contact, &envelope).await
                 {
                     continue;
@@ -1293,7 +1328,10 @@ async fn control_connection(stream: UnixStream, core: Arc<Core>, driver: DriverH
                     _ => None,
                 };
                 let online = *core.online.lock().unwrap_or_else(|p| p.into_inner());
-                let r = core.lock().execute(other, online);
+                let mut r = core.lock().execute(other, online);
+                if let (Ok(Response::Id { punch_ready, .. }), Some(punch)) = (&mut r, &core.punch) {
+                    *punch_ready = Some(punch.observed().is_some());
+                }
                 if contacts_changed && r.is_ok() {
                     core.refresh_policy();
                 }
@@ -1346,6 +1384,7 @@ async fn send_now(core: &Core, driver: &DriverHandle, name: &str, text: &str) ->
     Response::Sent {
         id: message_view(&msg).id,
         outcome: a.outcome,
+        route: a.route.map(String::from),
         state: match a.state {
             OutState::Pending => "pending",
             OutState::Deposited => "deposited",

@@ -1,8 +1,9 @@
 //! `burrow demo`: the whole story on loopback with nothing to configure —
 //! a relay that is a website to everyone without its key, two users who
 //! never accept a connection, a verified contact, sealed messages both ways
-//! over each carrier with receipts, and one message that waits in the
-//! relay's RAM mailbox while its recipient is offline.
+//! over each carrier with receipts, one message that waits in the
+//! relay's RAM mailbox while its recipient is offline, a contact reached on
+//! their own front, and a hole punched between the two.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::control::{ControlClient, Request, Response};
+use crate::daemon::Reach;
 use crate::direct::DirectArgs;
 use crate::guarded::GuardedSockets;
 use crate::identity::KdfCost;
@@ -164,18 +166,14 @@ impl User {
 
     /// Starts `burrow up` for this user and waits for the home reservation.
     async fn up(&mut self) -> Result<()> {
-        self.up_with(None).await
+        self.up_with(Reach::Relay).await
     }
 
-    /// Like [`User::up`]; with `direct`, as `burrow up --listen`.
-    async fn up_with(&mut self, direct: Option<DirectArgs>) -> Result<()> {
+    /// Like [`User::up`], as `burrow up --listen` or `--punch`.
+    async fn up_with(&mut self, reach: Reach) -> Result<()> {
         let (stop, stopped) = oneshot::channel::<()>();
         let dir = self.data_dir.clone();
         let task = tokio::spawn(async move {
-            let reach = match direct {
-                Some(args) => crate::daemon::Reach::Listen(args),
-                None => crate::daemon::Reach::Relay,
-            };
             crate::daemon::run_until(&dir, PASSWORD, reach, |_| async move {
                 let _ = stopped.await;
             })
@@ -189,7 +187,13 @@ impl User {
                     Err(e) => Err(e.context(format!("{}'s node", self.name))),
                 };
             }
-            if let Ok(Response::Id { online: true, .. }) = self.call(Request::Id).await {
+            // Online, and (punching) the public address known.
+            if let Ok(Response::Id {
+                online: true,
+                punch_ready: None | Some(true),
+                ..
+            }) = self.call(Request::Id).await
+            {
                 self.node = Some((stop, task));
                 return Ok(());
             }
@@ -237,6 +241,11 @@ impl User {
 
     /// Sends and returns what happened on the first attempt.
     async fn send(&self, to: &str, text: &str) -> Result<(String, String)> {
+        self.send_by(to, text).await.map(|(o, s, _)| (o, s))
+    }
+
+    /// Like [`User::send`], with the route a delivered message took.
+    async fn send_by(&self, to: &str, text: &str) -> Result<(String, String, Option<String>)> {
         match self
             .call(Request::Send {
                 name: to.into(),
@@ -244,7 +253,12 @@ impl User {
             })
             .await?
         {
-            Response::Sent { outcome, state, .. } => Ok((outcome, state)),
+            Response::Sent {
+                outcome,
+                state,
+                route,
+                ..
+            } => Ok((outcome, state, route)),
             other => bail!("unexpected answer: {other:?}"),
         }
     }
@@ -276,8 +290,13 @@ impl User {
 }
 
 fn with_carrier(line: &RelayLine, carrier: Carrier) -> RelayLine {
+    with_carriers(line, &[carrier])
+}
+
+/// The line with these carriers, tried in this order.
+fn with_carriers(line: &RelayLine, carriers: &[Carrier]) -> RelayLine {
     let mut line = line.clone();
-    line.carriers = vec![carrier];
+    line.carriers = carriers.to_vec();
     line
 }
 
@@ -291,8 +310,11 @@ async fn messaging(line: &RelayLine, relay: &Arc<Mutex<RelayStats>>) -> Result<(
     println!("3. Two users who never accept a connection (as behind NAT or a censor's firewall).");
     println!("   Alice reaches the relay over HTTP/2 (TCP), Bob over HTTP/3 (QUIC), so every");
     println!("   message below crosses both carriers.");
-    let (mut alice, alice_addr) =
-        User::create(root.path(), "alice", &with_carrier(line, Carrier::H2))?;
+    let (mut alice, alice_addr) = User::create(
+        root.path(),
+        "alice",
+        &with_carriers(line, &[Carrier::H2, Carrier::H3]),
+    )?;
     let (mut bob, bob_addr) = User::create(root.path(), "bob", &with_carrier(line, Carrier::H3))?;
     println!(
         "   Each has an Ed25519 key in a password-protected keystore and an encrypted database."
@@ -393,7 +415,7 @@ async fn messaging(line: &RelayLine, relay: &Arc<Mutex<RelayStats>>) -> Result<(
     println!("   else) and puts its line in his signed, encrypted tracker record.");
     bob.down().await?;
     alice.down().await?;
-    bob.up_with(Some(DirectArgs {
+    bob.up_with(Reach::Listen(DirectArgs {
         listen: "127.0.0.1:0".parse()?,
         public: None,
     }))
@@ -419,7 +441,49 @@ async fn messaging(line: &RelayLine, relay: &Arc<Mutex<RelayStats>>) -> Result<(
     println!(
         "   Bob's front: Alice verified Bob, so her node trusts the endpoint he announced, and the"
     );
-    println!("   relay opened no circuit for it.");
+    println!("   relay opened no circuit for it.\n");
+    alice.down().await?;
+    bob.down().await?;
+
+    println!("8. Back behind their NATs (loopback stands in for them here), both restart with");
+    println!("   `burrow up --punch`: each reaches the relay over QUIC from the one UDP socket it");
+    println!("   keeps, and the relay tells it the public address it sees.");
+    bob.up_with(Reach::Punch).await?;
+    alice.up_with(Reach::Punch).await?;
+    let before = circuits(relay);
+    let text = "Through the hole?";
+    let start = Instant::now();
+    let (outcome, _, route) = alice.send_by("bob", text).await?;
+    bob.wait_for("alice", text, "in", "received").await?;
+    if outcome != "delivered" || route.as_deref() != Some("hole") {
+        bail!("the message was not delivered through a punched hole: {outcome} ({route:?})");
+    }
+    println!(
+        "   alice -> bob: \"{text}\" — {outcome} in {} ms: Alice asked Bob through the relay to",
+        start.elapsed().as_millis()
+    );
+    println!(
+        "   punch; he answered with his own QUIC front's line at his public address and sent a"
+    );
+    println!(
+        "   few datagrams toward hers (opening his NAT); her handshake followed, straight to him."
+    );
+    let asked = circuits(relay);
+    let text = "Yes. And no relay in between.";
+    let start = Instant::now();
+    let (outcome, _, route) = bob.send_by("alice", text).await?;
+    alice.wait_for("bob", text, "in", "received").await?;
+    if outcome != "delivered" || route.as_deref() != Some("direct") || circuits(relay) != asked {
+        bail!("the reply did not take the punched connection: {outcome}");
+    }
+    println!(
+        "   bob -> alice: \"{text}\" — {outcome} in {} ms over the same direct connection;",
+        start.elapsed().as_millis()
+    );
+    println!(
+        "   the relay opened {} circuit for the punch request and none after it.",
+        asked - before
+    );
     alice.down().await?;
     bob.down().await?;
     Ok(())

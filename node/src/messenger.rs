@@ -237,6 +237,7 @@ impl Messenger {
                     fingerprint: fingerprint(&address.user),
                     address: address.to_string(),
                     online,
+                    punch_ready: None,
                 }
             }
             Request::Contacts => Response::Contacts {
@@ -277,6 +278,7 @@ impl Messenger {
                     id: hex(&id),
                     outcome: "queued; it is sent when `burrow up` runs".into(),
                     state: "pending".into(),
+                    route: None,
                 }
             }
             Request::Inbox { name } => {

@@ -168,11 +168,19 @@ pub async fn id(data_dir: &Path, password: &PasswordSource, out: Output) -> Resu
     if let Response::Id {
         address,
         fingerprint,
+        punch_ready,
         ..
     } = r
     {
         println!("{address}");
         println!("fingerprint: {fingerprint}");
+        match punch_ready {
+            Some(true) => println!("hole punching: ready"),
+            Some(false) => {
+                println!("hole punching: waiting for the home relay to see this node over QUIC")
+            }
+            None => {}
+        }
     }
     Ok(())
 }

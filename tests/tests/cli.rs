@@ -176,6 +176,11 @@ fn the_demo_runs_end_to_end() {
     assert!(text.contains("left in their mailbox"), "{text}");
     assert!(text.contains("holds 1 sealed message for Bob"), "{text}");
     assert!(text.contains("mailbox is empty again"), "{text}");
+    assert!(
+        text.contains("alice -> bob: \"Through the hole?\" — delivered"),
+        "{text}"
+    );
+    assert!(text.contains("none after it"), "{text}");
     // The demo's users live in a temporary directory that is gone afterwards.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .expect("read tmp")

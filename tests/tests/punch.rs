@@ -301,17 +301,30 @@ impl Drop for Internet {
     }
 }
 
-/// Waits until `user`'s log says the home relay reported its QUIC address.
+/// Waits until `burrow id` says the home relay reported the user's
+/// public QUIC address.
 fn wait_until_punchable(user: &NodeProc) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !user.log().contains("holes can be punched") {
+    loop {
+        let id = user.ok(&["id"]);
+        if id.contains("hole punching: ready") {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "no public address learned:\n{}",
+            "no public address learned: {id}\n{}",
             user.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `burrow send --json`: (outcome, route).
+fn send(user: &NodeProc, to: &str, text: &str) -> (String, String) {
+    let out = user.ok(&["send", to, text, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (field("outcome"), field("route"))
 }
 
 /// Two users behind their NATs, verified to each other, both punching.
@@ -342,11 +355,11 @@ fn two_users_behind_nat_punch_a_hole_and_then_talk_without_the_relay() {
     let circuits = || relay_metric(metrics, "burrow_relay_circuits_opened_total");
 
     // The first message asks Bob to punch, through the relay.
-    let out = alice.ok(&["send", "bob", "through the hole"]);
+    let sent = send(&alice, "bob", "through the hole");
     assert_eq!(
-        out.trim(),
-        "delivered",
-        "{out}\nALICE {}\nBOB {}",
+        sent,
+        ("delivered".into(), "hole".into()),
+        "ALICE {}\nBOB {}",
         alice.log(),
         bob.log()
     );
@@ -362,11 +375,17 @@ fn two_users_behind_nat_punch_a_hole_and_then_talk_without_the_relay() {
 
     // From now on, both ways, without the relay.
     for i in 1..=3 {
-        let out = alice.ok(&["send", "bob", &format!("direct {i}")]);
-        assert_eq!(out.trim(), "delivered", "{out}");
+        let sent = send(&alice, "bob", &format!("direct {i}"));
+        assert_eq!(sent, ("delivered".into(), "hole".into()));
     }
-    let out = bob.ok(&["send", "alice", "and back"]);
-    assert_eq!(out.trim(), "delivered", "{out}\nBOB {}", bob.log());
+    // Bob's reply takes the connection Alice opened through the hole.
+    let sent = send(&bob, "alice", "and back");
+    assert_eq!(
+        sent,
+        ("delivered".into(), "direct".into()),
+        "BOB {}",
+        bob.log()
+    );
     assert_eq!(circuits(), asked, "no circuit after the hole was open");
     assert!(
         net.forwarded_from_alice() > forwarded,
@@ -406,16 +425,21 @@ fn a_nat_that_changes_ports_defeats_the_punch_and_the_relay_carries_on() {
     let net = Internet::new("r", true);
     let (_relay, metrics, mut alice, mut bob) = punching_pair(&net);
     let circuits = || relay_metric(metrics, "burrow_relay_circuits_opened_total");
-    let out = alice.ok(&["send", "bob", "hole or not"]);
-    assert_eq!(out.trim(), "delivered", "{out}\nALICE {}", alice.log());
+    let sent = send(&alice, "bob", "hole or not");
+    assert_eq!(
+        sent,
+        ("delivered".into(), "relay".into()),
+        "ALICE {}",
+        alice.log()
+    );
     assert!(
         alice.log().contains("no direct connection to bob"),
         "{}",
         alice.log()
     );
     // The relay carries the next ones at once (no new punch for a while).
-    let out = alice.ok(&["send", "bob", "relayed"]);
-    assert_eq!(out.trim(), "delivered", "{out}");
+    let sent = send(&alice, "bob", "relayed");
+    assert_eq!(sent, ("delivered".into(), "relay".into()));
     assert!(circuits() >= 1.0);
     let got = bob.wait_messages("alice", "two messages", |m| m.len() >= 2);
     assert_eq!(got.len(), 2);

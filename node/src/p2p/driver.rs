@@ -84,6 +84,18 @@ pub enum Route {
     Relay(RelayRef),
 }
 
+/// The connection a delivered message's reply came back on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// A connection between the two users (to a front, or through a hole).
+    Direct,
+    /// A circuit through a relay.
+    Relayed,
+}
+
+/// Where a delivery's outcome goes.
+type Delivered = oneshot::Sender<Result<(Reply, Link), DeliverError>>;
+
 /// Why a delivery or a deposit did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliverError {
@@ -105,7 +117,7 @@ pub enum Command {
         to: PeerId,
         route: Route,
         envelope: Envelope,
-        done: oneshot::Sender<Result<Reply, DeliverError>>,
+        done: Delivered,
     },
     /// Leaves a sealed message for `to` in the mailbox at `via`.
     Deposit {
@@ -173,6 +185,17 @@ impl DriverHandle {
         route: Route,
         envelope: Envelope,
     ) -> Result<Reply, DeliverError> {
+        self.deliver_by(to, route, envelope).await.map(|(r, _)| r)
+    }
+
+    /// Like [`DriverHandle::deliver`], with the kind of connection it took
+    /// (a relay route takes a direct connection already open, if any).
+    pub async fn deliver_by(
+        &self,
+        to: PeerId,
+        route: Route,
+        envelope: Envelope,
+    ) -> Result<(Reply, Link), DeliverError> {
         let (done, rx) = oneshot::channel();
         self.0
             .send(Command::Deliver {
@@ -248,7 +271,7 @@ struct Lookup {
 }
 
 /// A message that waits for a direct connection to its contact.
-type Waiting = (Envelope, oneshot::Sender<Result<Reply, DeliverError>>);
+type Waiting = (Envelope, Delivered);
 
 /// The connections to one peer, by kind.
 #[derive(Debug, Default)]
@@ -279,7 +302,7 @@ pub struct Driver<H> {
     home: RelayRef,
     handler: H,
     commands: mpsc::Receiver<Command>,
-    messages: HashMap<OutboundRequestId, oneshot::Sender<Result<Reply, DeliverError>>>,
+    messages: HashMap<OutboundRequestId, Delivered>,
     mailbox: HashMap<OutboundRequestId, BoxOp>,
     punches: HashMap<OutboundRequestId, oneshot::Sender<Result<PunchReply, DeliverError>>>,
     home_listener: Option<ListenerId>,
@@ -529,12 +552,7 @@ impl<H: Handler> Driver<H> {
         }
     }
 
-    fn send_message(
-        &mut self,
-        to: PeerId,
-        envelope: Envelope,
-        done: oneshot::Sender<Result<Reply, DeliverError>>,
-    ) {
+    fn send_message(&mut self, to: PeerId, envelope: Envelope, done: Delivered) {
         let id = self
             .swarm
             .behaviour_mut()
@@ -546,13 +564,7 @@ impl<H: Handler> Driver<H> {
     /// Sends over a direct connection to `to`, dialling `front` first if
     /// there is none. Relayed connections to `to` are closed before the
     /// message goes, so that it cannot take one of them.
-    fn deliver_direct(
-        &mut self,
-        to: PeerId,
-        front: RelayRef,
-        envelope: Envelope,
-        done: oneshot::Sender<Result<Reply, DeliverError>>,
-    ) {
+    fn deliver_direct(&mut self, to: PeerId, front: RelayRef, envelope: Envelope, done: Delivered) {
         if front.peer != to {
             let _ = done.send(Err(DeliverError::Unreachable(
                 "the direct endpoint belongs to someone else".into(),
@@ -791,7 +803,11 @@ impl<H: Handler> Driver<H> {
 
     fn on_message_event(&mut self, e: request_response::Event<Envelope, Reply>) {
         match e {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
@@ -807,7 +823,12 @@ impl<H: Handler> Driver<H> {
                     response,
                 } => {
                     if let Some(done) = self.messages.remove(&request_id) {
-                        let _ = done.send(Ok(response));
+                        let direct = self
+                            .links
+                            .get(&peer)
+                            .is_some_and(|l| l.direct.contains(&connection_id));
+                        let link = if direct { Link::Direct } else { Link::Relayed };
+                        let _ = done.send(Ok((response, link)));
                     }
                 }
             },
