@@ -309,8 +309,7 @@ impl Punch {
         let socket = self.socket.clone();
         tokio::spawn(async move {
             for _ in 0..PUNCHES {
-                let mut bytes = vec![0u8; rand::thread_rng().gen_range(24..64)];
-                rand::thread_rng().fill_bytes(&mut bytes);
+                let bytes = punch_datagram(&mut rand::thread_rng());
                 let transmit = Transmit {
                     destination: to,
                     ecn: None,
@@ -326,6 +325,22 @@ impl Punch {
         });
         Ok(())
     }
+}
+
+/// A datagram that opens the NAT: shaped as a QUIC long-header packet of a
+/// reserved ("greased") version, too small to be answered. On the wire it
+/// passes for QUIC; the contact's QUIC endpoint drops it without a word
+/// (no version negotiation, no stateless reset toward an address its
+/// firewall may not have approved yet).
+fn punch_datagram(rng: &mut impl RngCore) -> Vec<u8> {
+    let mut bytes = vec![0u8; rng.gen_range(24..64)];
+    rng.fill_bytes(&mut bytes);
+    bytes[0] = 0xc0 | (bytes[0] & 0x3f);
+    // Versions 0x?a?a?a?a are reserved for exactly this (RFC 9000, 15).
+    for b in &mut bytes[1..5] {
+        *b = (*b & 0xf0) | 0x0a;
+    }
+    bytes
 }
 
 /// `/ip4/A/udp/P/quic-v1` (or ip6), as a socket address.
@@ -384,6 +399,11 @@ mod tests {
         let mut buf = [0u8; 128];
         let (n, from) = allowed.recv_from(&mut buf).expect("a punch datagram");
         assert!((24..64).contains(&n), "{n} bytes");
+        assert_eq!(buf[0] & 0xc0, 0xc0, "a long header");
+        assert!(
+            buf[1..5].iter().all(|b| b & 0x0f == 0x0a),
+            "a greased version"
+        );
         assert_eq!(from.port(), punch.socket.local_addr().expect("addr").port());
 
         let denied = punch.punch(to_other).expect_err("not allowed");
