@@ -62,16 +62,16 @@ fn tls_echo(n: usize) -> Vec<Duration> {
 #[derive(Clone, Copy)]
 enum Path {
     Relay(Carrier),
-    /// To Bob's own front over HTTP/2 (Bob runs `burrow up --listen`).
-    Direct,
+    /// To Bob's own front over this carrier (Bob runs `burrow up --listen`;
+    /// over HTTP/3 it is also what a hole punched between them carries).
+    Direct(Carrier),
 }
 
 /// Round trips from Alice to Bob by `path`; the relay, Bob and Alice each
 /// run as the `burrow` binary runs them ([`Party`]).
 fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
     let carrier = match path {
-        Path::Relay(c) => c,
-        Path::Direct => Carrier::H2,
+        Path::Relay(c) | Path::Direct(c) => c,
     };
     let relay_side = Party::relay();
     let relay = relay_side.run(support::relay(vec![carrier]));
@@ -85,9 +85,9 @@ fn message_rtts(path: Path, n: usize) -> Vec<Duration> {
                     let (bob, handle) = user(&home).await;
                     (bob, handle, Route::Relay(home.clone()))
                 }
-                Path::Direct => {
+                Path::Direct(carrier) => {
                     let (bob, handle, mut front) = listening_user(&home).await;
-                    front.carriers = vec![Carrier::H2];
+                    front.carriers = vec![carrier];
                     let front = RelayRef::new(front).expect("front ref");
                     (bob, handle, Route::Direct(front))
                 }
@@ -161,17 +161,22 @@ fn main() {
             ),
             (
                 "message direct to the contact's front, HTTP/2",
-                Path::Direct,
+                Path::Direct(Carrier::H2),
+            ),
+            (
+                "message direct, HTTP/3 (as through a punched hole)",
+                Path::Direct(Carrier::H3),
             ),
         ];
-        // BENCH_PATHS=h2,h3,ws,direct picks paths (default: all).
+        // BENCH_PATHS=h2,h3,ws,direct,direct-h3 picks paths (default: all).
         let picked = std::env::var("BENCH_PATHS").unwrap_or_default();
         let paths: Vec<_> = paths
             .into_iter()
             .filter(|(_, path)| {
                 let key = match path {
                     Path::Relay(c) => c.to_string(),
-                    Path::Direct => "direct".into(),
+                    Path::Direct(Carrier::H3) => "direct-h3".into(),
+                    Path::Direct(_) => "direct".into(),
                 };
                 picked.is_empty() || picked.split(',').any(|p| p == key)
             })
