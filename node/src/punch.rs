@@ -246,7 +246,12 @@ impl Punch {
                 ..Limits::default()
             },
         };
+        // The front answers only addresses the guard lets datagrams go to
+        // (a contact that asked for a hole, a relay): anyone else who finds
+        // the port gets no reply and costs no state.
+        let guard = allowed.clone();
         let (front, tunnels) = QuicFront::on(&endpoint, config)?;
+        let front = front.admitting(Arc::new(move |from| guard.allows(&from)));
         let punch = Arc::new(Self {
             endpoint,
             socket,
@@ -440,6 +445,67 @@ mod tests {
         while allowed.recv_from(&mut buf).is_ok() {}
         punch.socket.try_send(&transmit).expect("dropped quietly");
         assert!(allowed.recv_from(&mut buf).is_err(), "nothing arrived");
+    }
+
+    /// The front answers a QUIC handshake only from an address the guard
+    /// lets datagrams go to: a stranger's gets no reply at all.
+    #[tokio::test]
+    async fn the_front_answers_only_approved_addresses() {
+        // egress-check: allowed: the test's own client, to the front on loopback.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let client_addr = socket.local_addr().expect("addr");
+        let policy = Policy::new(
+            vec![Entry::new(
+                Target::addr(client_addr, Proto::Udp),
+                EntrySource::ContactPunched {
+                    contact: "alice".into(),
+                },
+                "test",
+            )],
+            true,
+        );
+        let dialer = Dialer::new(policy, Audit::default());
+        let user = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let (punch, front, _tunnels) = Punch::open(dialer, &user).expect("open");
+        let stats = front.stats();
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(front.serve(stop));
+        let port = punch.socket.local_addr().expect("addr").port();
+        let front_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .expect("client");
+        let pin = punch.template.pin.expect("pin");
+        let tls = burrow_obfs::tls::client_config(
+            &burrow_obfs::tls::Trust::Pinned(pin),
+            &[burrow_obfs::tls::ALPN_QUIC],
+        )
+        .expect("tls");
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from((*tls).clone()).expect("quic tls");
+        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let attempt = || async {
+            let connecting = client
+                .connect_with(config.clone(), front_addr, "localhost")
+                .expect("connect");
+            tokio::time::timeout(Duration::from_secs(2), connecting).await
+        };
+        assert!(attempt().await.is_err(), "a stranger gets no answer");
+        assert_eq!(stats.snapshot().connections, 0, "nor any state");
+        // Listed by the policy, but not yet approved for this socket: still
+        // a stranger. Approved (as a contact's punch does), it is answered.
+        punch.allowed().approve(client_addr).expect("listed");
+        let conn = attempt()
+            .await
+            .expect("answered in time")
+            .expect("handshake");
+        conn.close(0u32.into(), b"");
     }
 
     #[test]

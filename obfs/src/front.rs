@@ -280,7 +280,7 @@ impl Front {
         let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
         // The TCP listener lives in its loop: it closes when the loop ends.
         let tcp_loop = accept_tcp(tcp, acceptor, shared.clone());
-        let quic_loop = accept_quic(quic.clone(), shared);
+        let quic_loop = accept_quic(quic.clone(), shared, None);
         tokio::select! {
             _ = tcp_loop => {}
             _ = quic_loop => {}
@@ -296,10 +296,23 @@ impl Front {
 /// one UDP socket, which also carries its own QUIC dials: what a contact
 /// punches a hole toward). The endpoint's server side is set here; its
 /// client side stays the caller's.
-#[derive(Debug)]
 pub struct QuicFront {
     quic: quinn::Endpoint,
     shared: Arc<Shared>,
+    admit: Option<Admit>,
+}
+
+/// Decides, by the sender's address, whether a new QUIC connection gets an
+/// answer at all.
+pub type Admit = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for QuicFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicFront")
+            .field("shared", &self.shared)
+            .field("filtered", &self.admit.is_some())
+            .finish()
+    }
 }
 
 impl QuicFront {
@@ -319,9 +332,17 @@ impl QuicFront {
             Self {
                 quic: endpoint.clone(),
                 shared,
+                admit: None,
             },
             tunnels,
         ))
+    }
+
+    /// Only connections from addresses `admit` accepts get an answer;
+    /// others are ignored as if nothing listened (no state, no reply).
+    pub fn admitting(mut self, admit: Admit) -> Self {
+        self.admit = Some(admit);
+        self
     }
 
     pub fn stats(&self) -> Arc<FrontStats> {
@@ -332,7 +353,7 @@ impl QuicFront {
     /// (the endpoint and its open connections stay the caller's).
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
         tokio::select! {
-            _ = accept_quic(self.quic.clone(), self.shared) => {}
+            _ = accept_quic(self.quic.clone(), self.shared, self.admit) => {}
             _ = stop.wait_for(|stop| *stop) => {}
         }
         self.quic.set_server_config(None);
@@ -489,8 +510,15 @@ async fn serve_tcp(
     }
 }
 
-async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>, admit: Option<Admit>) {
     while let Some(incoming) = endpoint.accept().await {
+        if admit
+            .as_ref()
+            .is_some_and(|admit| !admit(incoming.remote_address()))
+        {
+            incoming.ignore();
+            continue;
+        }
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
