@@ -696,13 +696,7 @@ async fn deliver_best(
         .filter(|_| contact.verified && !paused)
         .and_then(|line| RelayRef::new(line.clone()).ok());
     if let Some(front) = front {
-        match tokio::time::timeout(
-            DIRECT_ATTEMPT,
-            driver.deliver(peer, Route::Direct(front), envelope.clone()),
-        )
-        .await
-        .unwrap_or(Err(DeliverError::Timeout))
-        {
+        match deliver_direct(driver, peer, front, envelope).await {
             Ok(reply) => {
                 debug!("delivered over a direct connection");
                 return Ok((reply, "front"));
@@ -806,13 +800,7 @@ async fn deliver_punched(
         },
     );
     let front = RelayRef::new(line).ok()?;
-    match tokio::time::timeout(
-        DIRECT_ATTEMPT,
-        driver.deliver(peer, Route::Direct(front), envelope.clone()),
-    )
-    .await
-    .unwrap_or(Err(DeliverError::Timeout))
-    {
+    match deliver_direct(driver, peer, front, envelope).await {
         Ok(reply) => {
             if asked {
                 info!(
@@ -831,6 +819,22 @@ async fn deliver_punched(
             None
         }
     }
+}
+
+/// Delivers over a direct connection to `front` (dialled if none is open),
+/// giving it [`DIRECT_ATTEMPT`].
+async fn deliver_direct(
+    driver: &DriverHandle,
+    peer: PeerId,
+    front: RelayRef,
+    envelope: &Envelope,
+) -> Result<Reply, DeliverError> {
+    tokio::time::timeout(
+        DIRECT_ATTEMPT,
+        driver.deliver(peer, Route::Direct(front), envelope.clone()),
+    )
+    .await
+    .unwrap_or(Err(DeliverError::Timeout))
 }
 
 /// The line a contact answered a punch with, if it is one to dial: their

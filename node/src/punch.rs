@@ -365,7 +365,25 @@ pub fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burrow_firewall::{Audit, Entry, EntrySource, Host, Verdict};
+    use burrow_firewall::{Audit, Entry, EntrySource, Verdict};
+
+    /// A policy that lists one UDP address, as a contact's punched one.
+    fn listing(addr: SocketAddr) -> Policy {
+        let entry = Entry::new(
+            Target::addr(addr, Proto::Udp),
+            EntrySource::ContactPunched {
+                contact: "bob".into(),
+            },
+            "test",
+        );
+        Policy::new(vec![entry], true)
+    }
+
+    fn user() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
 
     /// Datagrams leave the punching socket only for approved addresses:
     /// a punch toward an address the policy allows arrives; toward any
@@ -384,21 +402,8 @@ mod tests {
         }
         let to_allowed = allowed.local_addr().expect("addr");
         let to_other = other.local_addr().expect("addr");
-        let policy = Policy::new(
-            vec![Entry::new(
-                Target::new(Host::Ip(to_allowed.ip()), to_allowed.port(), Proto::Udp),
-                EntrySource::ContactPunched {
-                    contact: "bob".into(),
-                },
-                "test",
-            )],
-            true,
-        );
-        let dialer = Dialer::new(policy, Audit::default());
-        let user = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        let (punch, _front, _tunnels) = Punch::open(dialer.clone(), &user).expect("open");
+        let dialer = Dialer::new(listing(to_allowed), Audit::default());
+        let (punch, _front, _tunnels) = Punch::open(dialer.clone(), &user()).expect("open");
 
         punch.punch(to_allowed).expect("allowed");
         let mut buf = [0u8; 128];
@@ -454,21 +459,8 @@ mod tests {
         // egress-check: allowed: the test's own client, to the front on loopback.
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let client_addr = socket.local_addr().expect("addr");
-        let policy = Policy::new(
-            vec![Entry::new(
-                Target::addr(client_addr, Proto::Udp),
-                EntrySource::ContactPunched {
-                    contact: "alice".into(),
-                },
-                "test",
-            )],
-            true,
-        );
-        let dialer = Dialer::new(policy, Audit::default());
-        let user = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        let (punch, front, _tunnels) = Punch::open(dialer, &user).expect("open");
+        let dialer = Dialer::new(listing(client_addr), Audit::default());
+        let (punch, front, _tunnels) = Punch::open(dialer, &user()).expect("open");
         let stats = front.stats();
         let (_stop, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(front.serve(stop));

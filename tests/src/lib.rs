@@ -393,6 +393,30 @@ pub fn wait_for_port(port: u16) {
     panic!("nothing listens on 127.0.0.1:{port} after 20 s");
 }
 
+/// Runs a command that must succeed (set-up of namespaces, NATs…);
+/// returns its stdout.
+pub fn must(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether this process runs as root (network namespaces need it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 /// Runs a command, returning (exit success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, Vec<u8>, String) {
     let out = cmd.output().expect("run command");

@@ -18,27 +18,7 @@ use std::time::{Duration, Instant};
 
 use burrow_tests::doh::{Answer, DnsServer};
 use burrow_tests::node::pair_with;
-use burrow_tests::{have_tool, RelayProc};
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+use burrow_tests::{have_tool, is_root, must, RelayProc};
 
 /// A network namespace with one veth link to this namespace; removed on drop.
 struct NetNs {
@@ -57,7 +37,7 @@ impl NetNs {
         let (host_ip, ns_ip) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
-        run("ip", &["netns", "add", &name]);
+        must("ip", &["netns", "add", &name]);
         let ns = NetNs {
             name: name.clone(),
             host_if: host_if.clone(),
@@ -67,12 +47,12 @@ impl NetNs {
         let exec = |args: &[&str]| {
             let mut all = vec!["netns", "exec", name.as_str()];
             all.extend_from_slice(args);
-            run("ip", &all);
+            must("ip", &all);
         };
         // IPv4 only, so the capture holds no IPv6 neighbour discovery.
         exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        run(
+        must(
             "ip",
             &[
                 "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
@@ -81,12 +61,12 @@ impl NetNs {
         let _ = Command::new("sysctl")
             .args(["-qw", &format!("net.ipv6.conf.{host_if}.disable_ipv6=1")])
             .output();
-        run("ip", &["link", "set", &ns_if, "netns", &name]);
-        run(
+        must("ip", &["link", "set", &ns_if, "netns", &name]);
+        must(
             "ip",
             &["addr", "add", &format!("{host_ip}/24"), "dev", &host_if],
         );
-        run("ip", &["link", "set", &host_if, "up"]);
+        must("ip", &["link", "set", &host_if, "up"]);
         exec(&["ip", "addr", "add", &format!("{ns_ip}/24"), "dev", &ns_if]);
         exec(&["ip", "link", "set", &ns_if, "up"]);
         exec(&["ip", "link", "set", "lo", "up"]);

@@ -22,28 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burrow_tests::node::{pair, NodeProc};
-use burrow_tests::{free_port, have_tool, relay_metric, RelayProc};
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+use burrow_tests::{free_port, have_tool, is_root, must, relay_metric, RelayProc};
 
 fn can_run() -> bool {
     if !have_tool("ip") || !have_tool("iptables") {
@@ -87,7 +66,7 @@ impl Internet {
         };
         net_.remove();
         for n in &names {
-            run("ip", &["netns", "add", n]);
+            must("ip", &["netns", "add", n]);
             net_.exec(n, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             net_.exec(n, &["ip", "link", "set", "lo", "up"]);
         }
@@ -107,7 +86,7 @@ impl Internet {
             &format!("{tag}i9"),
             &format!("10.{net}.9.2/24"),
         );
-        run(
+        must(
             "ip",
             &[
                 "route",
@@ -244,24 +223,24 @@ impl Internet {
     fn exec(&self, ns: &str, args: &[&str]) -> String {
         let mut all = vec!["netns", "exec", ns];
         all.extend_from_slice(args);
-        run("ip", &all)
+        must("ip", &all)
     }
 
     /// A veth pair: `a` in namespace `a_ns` (this one if `None`), `b` in `b_ns`.
     fn link(&self, a_ns: Option<&str>, a: &str, a_ip: &str, b_ns: &str, b: &str, b_ip: &str) {
-        run("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
-        run("ip", &["link", "set", b, "netns", b_ns]);
+        must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+        must("ip", &["link", "set", b, "netns", b_ns]);
         self.exec(b_ns, &["ip", "addr", "add", b_ip, "dev", b]);
         self.exec(b_ns, &["ip", "link", "set", b, "up"]);
         match a_ns {
             Some(ns) => {
-                run("ip", &["link", "set", a, "netns", ns]);
+                must("ip", &["link", "set", a, "netns", ns]);
                 self.exec(ns, &["ip", "addr", "add", a_ip, "dev", a]);
                 self.exec(ns, &["ip", "link", "set", a, "up"]);
             }
             None => {
-                run("ip", &["addr", "add", a_ip, "dev", a]);
-                run("ip", &["link", "set", a, "up"]);
+                must("ip", &["addr", "add", a_ip, "dev", a]);
+                must("ip", &["link", "set", a, "up"]);
             }
         }
     }
