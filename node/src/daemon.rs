@@ -1,9 +1,10 @@
 //! `burrow up`: the node in the foreground. Keeps the reservation at the
 //! home relay, receives and stores messages, delivers the outbox until
 //! each receipt is back — to a verified contact's own front when they
-//! accept direct connections, else through the contact's relay, else into
-//! its mailbox — and serves the control socket. With `--listen` it also
-//! accepts direct connections from contacts on its own front.
+//! accept direct connections, else through a hole punched with them (both
+//! run `--punch`), else through the contact's relay, else into its mailbox
+//! — and serves the control socket. With `--listen` it also accepts direct
+//! connections from contacts on its own front.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -350,7 +351,7 @@ pub enum Reach {
 }
 
 /// Runs the node until SIGINT/SIGTERM; prints the user's address first.
-/// With `direct`, also accepts contacts' direct connections there.
+/// `reach` says how contacts may reach it besides the relay.
 pub async fn run(data_dir: &Path, password: &[u8], reach: Reach) -> Result<()> {
     run_until(data_dir, password, reach, |address| {
         println!("{address}");
