@@ -62,8 +62,9 @@ const DIRECT_ATTEMPT: Duration = Duration::from_secs(8);
 /// (their messages go through the relay meanwhile).
 const DIRECT_PAUSE: Duration = Duration::from_secs(300);
 /// A punched hole (and the contact's front behind it) is used without
-/// asking again for this long; after that a delivery punches anew (NATs
-/// forget idle mappings within a minute or two).
+/// asking again for this long, or while a direct connection to the contact
+/// is open; after that a delivery punches anew (NATs forget idle mappings
+/// within a minute or two).
 const PUNCH_FRESH: Duration = Duration::from_secs(20);
 /// After a punch that did not work, the relay carries a contact's
 /// messages for this long before the next try.
@@ -761,7 +762,7 @@ async fn deliver_punched(
             at,
             failed: false,
             ..
-        }) if at.elapsed() < PUNCH_FRESH => line,
+        }) if at.elapsed() < PUNCH_FRESH || driver.has_direct(peer).await => line,
         _ => {
             let ours = punch.observed()?;
             asked = true;

@@ -126,6 +126,11 @@ pub enum Command {
         sealed: Vec<u8>,
         done: oneshot::Sender<Result<(), DeliverError>>,
     },
+    /// Whether a direct (not relayed) connection to `peer` is open.
+    HasDirect {
+        peer: PeerId,
+        done: oneshot::Sender<bool>,
+    },
     /// Looks in the home mailbox now.
     FetchMailbox,
     /// Asks `to` (through `via`, or a connection already open) to punch a
@@ -245,6 +250,20 @@ impl DriverHandle {
             .await
             .map_err(|_| DeliverError::Stopped)?;
         rx.await.map_err(|_| DeliverError::Stopped)?
+    }
+
+    /// Whether a direct (not relayed) connection to `peer` is open now.
+    pub async fn has_direct(&self, peer: PeerId) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self
+            .0
+            .send(Command::HasDirect { peer, done })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     pub async fn fetch_mailbox(&self) {
@@ -532,6 +551,10 @@ impl<H: Handler> Driver<H> {
                     .punch
                     .send_request(&to, PunchRequest { addr });
                 self.punches.insert(id, done);
+            }
+            Command::HasDirect { peer, done } => {
+                let open = self.links.get(&peer).is_some_and(|l| !l.direct.is_empty());
+                let _ = done.send(open);
             }
             Command::FetchMailbox => self.request_fetch(),
             Command::Locate { user, via, done } => {
