@@ -1324,6 +1324,27 @@ async fn control_connection(stream: UnixStream, core: Arc<Core>, driver: DriverH
                 udp,
                 try_dial: true,
             } => try_dial(&core, &target, udp).await,
+            // Decided by the policy in force: what the stored state allows,
+            // and the holes punched while the node runs.
+            Request::FirewallCheck {
+                target,
+                udp,
+                try_dial: false,
+            } => crate::messenger::firewall_decision(&core.dialer.policy(), &target, udp)
+                .unwrap_or_else(|e| Response::Error {
+                    error: format!("{e:#}"),
+                }),
+            Request::FirewallList => {
+                let policy = core.dialer.policy();
+                Response::Firewall {
+                    allow_local: policy.allow_local,
+                    entries: policy
+                        .entries()
+                        .iter()
+                        .map(crate::messenger::entry_view)
+                        .collect(),
+                }
+            }
             other => {
                 let contacts_changed = matches!(other, Request::AddContact { .. });
                 let confirmed = match &other {

@@ -384,6 +384,14 @@ fn two_users_behind_nat_punch_a_hole_and_then_talk_without_the_relay() {
         .messages("bob")
         .iter()
         .any(|(d, t, _)| d == "in" && t == "and back"));
+    // While the node runs, the punched endpoint is in the policy it lists
+    // (Bob's NAT's public address, from where Alice dialled).
+    let list = alice.ok(&["firewall", "list"]);
+    assert!(
+        list.contains(&format!("10.{}.2.2:", net.net))
+            && list.contains("hole punched with contact bob"),
+        "{list}"
+    );
     // Nothing either side needed was held back by its firewall.
     for user in [&alice, &bob] {
         let log = user.ok(&["firewall", "log"]);
