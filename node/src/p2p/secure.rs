@@ -315,6 +315,8 @@ pub struct Secured<T> {
     /// A sealed frame (with its length prefix), and how much of it is out.
     sealed: Vec<u8>,
     sealed_out: usize,
+    /// A flush was put off once (see `poll_flush`).
+    flush_deferred: bool,
 }
 
 impl<T> std::fmt::Debug for Secured<T> {
@@ -338,6 +340,7 @@ impl<T> Secured<T> {
             pending: Vec::new(),
             sealed: Vec::new(),
             sealed_out: 0,
+            flush_deferred: false,
         }
     }
 
@@ -510,6 +513,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Secured<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.pending.is_empty() && !this.flush_deferred {
+            // yamux flushes after every frame it writes. Putting the first
+            // flush off (the task is woken to come back at once) lets the
+            // frames written meanwhile, a request and its stream's close
+            // say, go out as one Noise frame: one write at every layer
+            // below and one wake-up at the other end instead of several.
+            this.flush_deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.flush_deferred = false;
         ready!(this.poll_send(cx))?;
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         release(&mut this.pending);
