@@ -18,7 +18,7 @@
 # Usage: bench/run.sh [carriers|memory|rps|messages|relay|capacity|firewall|dns]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
 #              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
-#              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 5),
+#              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 9),
 #              BENCH_CAPACITY_MIB, BENCH_CAPACITY_STEP, BENCH_IDLE, BENCH_CHAT_PAIRS (capacity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,7 +115,7 @@ memory)
   echo
   ;;
 rps)
-  rounds=${BENCH_RPS_ROUNDS:-5}
+  rounds=${BENCH_RPS_ROUNDS:-9}
   site=$work/site; mkdir -p "$site"; cp -a obfs/site/. "$site/"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
@@ -133,13 +133,13 @@ NGINX
   line=$(start_relay "$work/rps" --cert "$work/cert.pem" --key "$work/key.pem" --domain bench.example --site "$site")
   bport=$(echo "$line" | sed -E 's#^burrow-relay://[^:]+:([0-9]+)/.*#\1#')
   sleep 0.5
-  echo "## Static files: requests per second (h2load -n 20000 -c 10 -m 10, /index.html, $rounds alternating rounds, nginx with 1 worker)"
+  echo "## Static files: requests per second (h2load -n 10000 -c 10 -m 10, /index.html, $rounds alternating rounds, nginx with 1 worker)"
   echo
   : >"$work/rps.txt"
   for r in $(seq "$rounds"); do
     for who in burrow nginx; do
       port=$bport; [ $who = nginx ] && port=$nport
-      rps=$(h2load -n 20000 -c 10 -m 10 "https://127.0.0.1:$port/index.html" 2>/dev/null \
+      rps=$(h2load -n 10000 -c 10 -m 10 "https://127.0.0.1:$port/index.html" 2>/dev/null \
             | awk '/^finished in/ {gsub(",","",$4); print $4}')
       echo "$who $rps" >>"$work/rps.txt"
     done

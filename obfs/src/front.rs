@@ -47,6 +47,12 @@ pub struct Limits {
     pub quic_conn_window: u32,
     /// Idle time after which a QUIC connection is closed.
     pub quic_idle_timeout: Duration,
+    /// Idle time after which an HTTP/1.1 or HTTP/2 connection that carries
+    /// no tunnel is closed (nginx's `keepalive_timeout`, 75 s).
+    pub keepalive_timeout: Duration,
+    /// Requests one HTTP/1.1 or HTTP/2 connection without a tunnel serves
+    /// before the server closes it (nginx's `keepalive_requests`, 1000).
+    pub keepalive_requests: u32,
 }
 
 impl Default for Limits {
@@ -59,6 +65,8 @@ impl Default for Limits {
             tunnel_window: 8 * 1024 * 1024,
             quic_conn_window: 16 * 1024 * 1024,
             quic_idle_timeout: Duration::from_secs(75),
+            keepalive_timeout: Duration::from_secs(75),
+            keepalive_requests: 1000,
         }
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! A thin loop around the sans-IO parser in `h1`: read a head, discard the
 //! body as nginx does, write the site's answer with nginx's spelling, keep
-//! the connection open as long as nginx would (keepalive_timeout 75 s,
-//! client_header_timeout 60 s, keepalive_requests 1000).
+//! the connection open as long as nginx would ([`Limits`](crate::Limits)'
+//! keepalive timeout and requests; client_header_timeout 60 s).
 
 use std::time::Duration;
 
@@ -29,12 +29,8 @@ use crate::upstream::ReasonPhrase;
 
 /// nginx's `client_header_timeout`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// nginx's `keepalive_timeout`.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// nginx's `client_body_timeout`, for bodies being discarded.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// nginx's `keepalive_requests`.
-const KEEPALIVE_REQUESTS: u32 = 1000;
 
 pub(crate) async fn serve<S>(
     mut io: S,
@@ -45,6 +41,10 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (keepalive_timeout, keepalive_requests) = {
+        let limits = shared.limits();
+        (limits.keepalive_timeout, limits.keepalive_requests)
+    };
     let mut buf = BytesMut::with_capacity(4096);
     let mut served = 0u32;
     loop {
@@ -61,7 +61,7 @@ pub(crate) async fn serve<S>(
                 Parsed::Incomplete => {}
             }
             let wait = if buf.is_empty() && served > 0 {
-                KEEPALIVE_TIMEOUT
+                keepalive_timeout
             } else {
                 HEADER_TIMEOUT
             };
@@ -109,7 +109,7 @@ pub(crate) async fn serve<S>(
             shared.hand_over(tunnel).await;
             return;
         }
-        let mut keep_alive = head.keep_alive && served < KEEPALIVE_REQUESTS;
+        let mut keep_alive = head.keep_alive && served < keepalive_requests;
         let mut discard = BodyReader::new(head.body);
         let resp = if shared.site().reads_bodies() {
             match read_body(&mut io, &mut buf, &mut discard, head.body).await {

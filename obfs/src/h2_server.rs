@@ -6,6 +6,7 @@
 //! raise its stream window (a new SETTINGS frame) so a tunnel is not capped
 //! by 64 KiB per round trip; a prober never sees that.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
+use crate::coalesce::{Coalesced, Hold};
 use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
@@ -53,8 +55,9 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.limits().clone();
+    let hold = Hold::default();
     let (io, waiting) = Watched::new(ShapedIo::new(
-        io,
+        Coalesced::with_hold(io, hold.clone()),
         CONNECTION_WINDOW - PROTOCOL_DEFAULT_WINDOW,
     ));
     let handshake = h2::server::Builder::new()
@@ -71,8 +74,32 @@ pub(crate) async fn serve<S>(
         }
         Err(_) => return,
     };
+    // Held by every answer in progress: the connection is idle when only
+    // this one is left.
+    let answering = Arc::new(());
+    let mut served = 0u32;
     loop {
-        let (req, respond) = match conn.accept().await {
+        // Requests already read are taken with flushes held, so their
+        // answers leave together; the wait for more flushes them.
+        hold.set(true);
+        let now = std::future::poll_fn(|cx| Poll::Ready(conn.poll_accept(cx))).await;
+        hold.set(false);
+        let next = match now {
+            Poll::Ready(next) => Ok(next),
+            Poll::Pending => tokio::time::timeout(limits.keepalive_timeout, conn.accept()).await,
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(_) if Arc::strong_count(&answering) == 1 => {
+                // Idle as long as nginx keeps a connection: one GOAWAY
+                // (NO_ERROR, the last stream served), then the close.
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                std::future::poll_fn(|cx| conn.poll_closed(cx)).await.ok();
+                return;
+            }
+            Err(_) => continue,
+        };
+        let (req, respond) = match next {
             Some(Ok(next)) => next,
             Some(Err(e)) => {
                 debug!("h2 connection ended: {e}");
@@ -82,8 +109,26 @@ pub(crate) async fn serve<S>(
         };
         let (parts, body) = req.into_parts();
         if !passes_gate(&shared, &binding, &parts) {
+            served += 1;
+            if served == limits.keepalive_requests {
+                // nginx's keepalive_requests: no new streams after this
+                // one; those answered go out before the connection closes.
+                conn.graceful_shutdown();
+            }
             let req = Request::from_parts(parts, body);
-            tokio::spawn(answer(req, respond, shared.clone()));
+            let token = answering.clone();
+            let mut reply = Box::pin(answer(req, respond, shared.clone()));
+            // Most answers (a file from the cache, an error page) are ready
+            // at once: given here, they join the frames this connection
+            // writes next, so a batch of requests is answered in one write.
+            // The others finish on a task of their own.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
+            if ready.is_pending() {
+                tokio::spawn(async move {
+                    reply.await;
+                    drop(token);
+                });
+            }
             continue;
         }
         // Only now does this connection raise its stream window.
@@ -108,7 +153,7 @@ pub(crate) async fn serve<S>(
 /// A connection that a tunnel on it drives: other requests that arrive on
 /// it are answered by tasks of their own, as before.
 struct Serving<S> {
-    conn: h2::server::Connection<Watched<ShapedIo<S>>, Bytes>,
+    conn: h2::server::Connection<Watched<ShapedIo<Coalesced<S>>>, Bytes>,
     waiting: Arc<Waiting>,
     binding: Binding,
     peer: Option<SocketAddr>,
@@ -226,7 +271,11 @@ async fn answer(
     match respond.send_response(head, payload.is_none()) {
         Ok(mut send) => {
             if let Some(payload) = payload {
-                if let Err(e) = send_all(&mut send, payload).await {
+                // The whole body is in memory already: handed over with the
+                // head, in the same poll, `h2` writes both (and the other
+                // answers ready by then) in one TLS write, and sends what
+                // the peer's window does not take yet as the window opens.
+                if let Err(e) = send.send_data(payload, true) {
                     debug!("h2 response body failed: {e}");
                 }
             }
@@ -274,34 +323,4 @@ async fn discard(mut body: h2::RecvStream) {
             _ => break,
         }
     }
-}
-
-/// Sends a whole body, respecting the peer's flow control, and ends the stream.
-pub(crate) async fn send_all(
-    send: &mut h2::SendStream<Bytes>,
-    mut data: Bytes,
-) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let cap = std::future::poll_fn(|cx| match send.capacity() {
-            0 => match send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(n))) => Poll::Ready(Ok(n)),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
-                Poll::Ready(None) => Poll::Ready(Ok(0)),
-                Poll::Pending => Poll::Pending,
-            },
-            n => Poll::Ready(Ok(n)),
-        })
-        .await?;
-        if cap == 0 {
-            if send.capacity() == 0 {
-                // The stream was closed under us.
-                return Ok(());
-            }
-            continue;
-        }
-        let chunk = data.split_to(cap.min(data.len()));
-        send.send_data(chunk, data.is_empty())?;
-    }
-    Ok(())
 }

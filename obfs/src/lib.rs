@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod client;
+mod coalesce;
 pub mod error;
 pub mod front;
 pub mod gate;

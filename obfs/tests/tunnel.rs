@@ -373,3 +373,102 @@ async fn a_shut_down_tunnel_delivers_everything_while_nobody_polls_it() {
         drop(keep.await.expect("the relay side kept its tunnel"));
     }
 }
+
+/// An HTTP/2 site connection to the relay, driven in the background; the
+/// handle resolves when the server has closed it.
+async fn h2_site_connection(
+    line: &RelayLine,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let cfg = burrow_obfs::tls::client_config(
+        &burrow_obfs::tls::Trust::Pinned(line.pin.expect("pin")),
+        &burrow_obfs::tls::ALPN_TCP,
+    )
+    .expect("tls config");
+    let tcp = TcpStream::connect(("127.0.0.1", line.port))
+        .await
+        .expect("tcp");
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect("example.org".try_into().expect("name"), tcp)
+        .await
+        .expect("tls");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+async fn h2_get(send: &mut h2::client::SendRequest<bytes::Bytes>) -> Result<u16, h2::Error> {
+    let req = http::Request::get("https://example.org/robots.txt")
+        .body(())
+        .expect("request");
+    let (resp, _) = send.clone().ready().await?.send_request(req, true)?;
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(status)
+}
+
+/// As nginx does (keepalive_requests, keepalive_timeout): an HTTP/2 site
+/// connection is closed after its last allowed request, with every answer
+/// delivered, and when it has been idle too long. A tunnel's connection is
+/// never closed for being idle: an idle user is still a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_connections_end_like_nginx_tunnel_connections_stay() {
+    let idle = Duration::from_millis(300);
+    let r = relay_with(Limits {
+        keepalive_requests: 5,
+        keepalive_timeout: idle,
+        ..Limits::default()
+    })
+    .await;
+    spawn_echo(r.tunnels);
+
+    let (mut send, conn) = h2_site_connection(&r.line).await;
+    for i in 0..5 {
+        assert_eq!(
+            h2_get(&mut send).await.expect("allowed request"),
+            200,
+            "#{i}"
+        );
+    }
+    // The fifth answer came with the GOAWAY; the connection then closes
+    // cleanly and takes no sixth request.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the server closes the connection");
+    ended
+        .expect("task")
+        .expect("a clean close (GOAWAY NO_ERROR)");
+    h2_get(&mut send)
+        .await
+        .expect_err("no sixth request on this connection");
+
+    let (mut send, conn) = h2_site_connection(&r.line).await;
+    assert_eq!(h2_get(&mut send).await.expect("request"), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("an idle connection is closed");
+    ended
+        .expect("task")
+        .expect("a clean close (GOAWAY NO_ERROR)");
+    assert!(started.elapsed() >= idle - Duration::from_millis(50));
+
+    // A tunnel left idle for several times the timeout still carries data.
+    let mut t = client(&r.line)
+        .connect_via(Carrier::H2)
+        .await
+        .expect("tunnel");
+    t.write_all(b"before").await.expect("write");
+    let mut got = [0u8; 6];
+    t.read_exact(&mut got).await.expect("echo");
+    tokio::time::sleep(idle * 4).await;
+    t.write_all(b"after!").await.expect("write after idling");
+    t.read_exact(&mut got).await.expect("echo after idling");
+    assert_eq!(&got, b"after!");
+}

@@ -490,3 +490,33 @@ fn http2_frames_are_answered_like_nginx() {
     );
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// How many requests one HTTP/2 connection carries before the server ends
+/// it (nginx's keepalive_requests): h2load sends more than that, one at a
+/// time, on a single connection, to both.
+#[test]
+fn an_http2_connection_carries_as_many_requests_as_nginx_allows() {
+    if !have_tool("nginx") || !have_tool("h2load") {
+        return;
+    }
+    let t = twins();
+    let succeeded = |port: u16| {
+        let url = format!("https://127.0.0.1:{port}/index.html");
+        let (ok, out, err) =
+            run(Command::new("h2load").args(["-n", "1010", "-c", "1", "-m", "1", &url]));
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(ok, "h2load: {err}\n{out}");
+        out.lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("requests: ")?;
+                let n = rest
+                    .split(", ")
+                    .find_map(|f| f.strip_suffix(" succeeded"))?;
+                n.parse::<u32>().ok()
+            })
+            .unwrap_or_else(|| panic!("no request count in:\n{out}"))
+    };
+    let (ours, theirs) = (succeeded(t.relay.port()), succeeded(t.nginx.port));
+    assert_eq!(theirs, 1000, "nginx's keepalive_requests changed?");
+    assert_eq!(ours, theirs, "requests served on one HTTP/2 connection");
+}
