@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Request;
@@ -131,12 +131,11 @@ pub(crate) async fn serve<S>(
             }
             continue;
         }
-        // Only now does this connection raise its stream window.
-        if let Err(e) = conn.set_initial_window_size(limits.tunnel_window) {
-            debug!("could not raise the stream window: {e}");
-        }
+        // Only now does this connection raise its stream window (see
+        // `Serving::raise_window`).
         let serving = Serving {
             conn,
+            raise: Some(limits.tunnel_window),
             waiting,
             binding,
             peer,
@@ -154,6 +153,8 @@ pub(crate) async fn serve<S>(
 /// it are answered by tasks of their own, as before.
 struct Serving<S> {
     conn: h2::server::Connection<Watched<ShapedIo<Coalesced<S>>>, Bytes>,
+    /// The stream window this connection still has to announce.
+    raise: Option<u32>,
     waiting: Arc<Waiting>,
     binding: Binding,
     peer: Option<SocketAddr>,
@@ -187,13 +188,46 @@ where
     }
 }
 
+impl<S> Serving<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Announces the tunnel's stream window once `h2` may: a client's
+    /// tunnel request comes with its preface, before it has acknowledged
+    /// the server's first SETTINGS, and `h2` sends no second SETTINGS
+    /// until that acknowledgement is in. Tried after every poll until it
+    /// takes; true when it just did.
+    fn raise_window(&mut self) -> bool {
+        let Some(window) = self.raise else {
+            return false;
+        };
+        match self.conn.set_initial_window_size(window) {
+            Ok(()) => {
+                self.raise = None;
+                true
+            }
+            // Refused while the first SETTINGS waits for its ACK (and
+            // always for a window over 2^31 - 1, which the front's limits
+            // never hold); asking again costs a comparison.
+            Err(_) => false,
+        }
+    }
+}
+
 impl<S> Drive for Serving<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            match ready!(self.conn.poll_accept(cx)) {
+            let Poll::Ready(next) = self.conn.poll_accept(cx) else {
+                if self.raise_window() {
+                    // The new SETTINGS goes out with the next poll.
+                    continue;
+                }
+                return Poll::Pending;
+            };
+            match next {
                 Some(Ok((req, respond))) => {
                     let (binding, peer, shared) = (self.binding, self.peer, self.shared.clone());
                     tokio::spawn(async move { handle(req, respond, binding, peer, shared).await });

@@ -472,3 +472,88 @@ async fn site_connections_end_like_nginx_tunnel_connections_stay() {
     t.read_exact(&mut got).await.expect("echo after idling");
     assert_eq!(&got, b"after!");
 }
+
+/// The first request on a connection is the tunnel, before the client has
+/// acknowledged the server's first SETTINGS: the stream window must still
+/// be raised past nginx's 64 KiB (a second SETTINGS once the first one is
+/// acknowledged), or every tunnel is capped at 64 KiB per round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_on_a_fresh_connection_gets_the_large_window() {
+    use burrow_obfs::gate::{self, Binding, EXPORTER_LABEL, EXPORTER_LEN};
+    use rand::RngCore;
+
+    let r = relay().await;
+    spawn_echo(r.tunnels);
+    let cfg = burrow_obfs::tls::client_config(
+        &burrow_obfs::tls::Trust::Pinned(r.line.pin.expect("pin")),
+        &burrow_obfs::tls::ALPN_TCP,
+    )
+    .expect("tls config");
+    let tcp = TcpStream::connect(("127.0.0.1", r.line.port))
+        .await
+        .expect("tcp");
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect("example.org".try_into().expect("name"), tcp)
+        .await
+        .expect("tls");
+    let mut exporter = [0u8; EXPORTER_LEN];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+        .expect("exporter");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+
+    let mut eph = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut eph);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let value = gate::build(
+        &r.line.key,
+        &Binding::Exporter(exporter),
+        now,
+        eph,
+        &mut rand::thread_rng(),
+    );
+    let req = http::Request::post(format!("https://example.org{}", r.line.path))
+        .header(
+            "cookie",
+            format!("{}={value}", burrow_obfs::front::GATE_COOKIE),
+        )
+        .body(())
+        .expect("request");
+    let (resp, mut body) = send
+        .ready()
+        .await
+        .expect("ready")
+        .send_request(req, false)
+        .expect("send");
+    // Only now is the connection polled: the request leaves with the
+    // client's preface, before the server's SETTINGS can be acknowledged,
+    // as with Burrow's own client.
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert_eq!(resp.status(), 200, "the gate passed");
+
+    // Ask for more than 64 KiB without sending: only a raised stream
+    // window grants it (h2 buffers at most 400 KiB per stream).
+    body.reserve_capacity(1024 * 1024);
+    let raised = tokio::time::timeout(Duration::from_secs(5), async {
+        while body.capacity() <= 65_536 {
+            match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                other => panic!("stream ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        raised.is_ok(),
+        "the tunnel stream's window stayed at {} bytes",
+        body.capacity()
+    );
+}
