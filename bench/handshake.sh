@@ -17,8 +17,9 @@ cargo build --release --quiet -p burrow-node --bin burrow
 cargo bench --no-run --quiet -p burrow-obfs --bench carriers 2>/dev/null
 bench_bin=$(ls -t target/release/deps/carriers-* | grep -v '\.d$' | head -n1)
 
-target/release/burrow relay --listen 127.0.0.1:0 --self-signed relay.example --data-dir "$work/relay" \
-  >"$work/line" 2>"$work/relay.log" &
+# A front that echoes its tunnels: the first tunnel byte back is the
+# client's own byte, as soon as the carrier can carry it.
+"$bench_bin" --echo-front >"$work/line" 2>"$work/relay.log" &
 for _ in $(seq 200); do [ -s "$work/line" ] && break; sleep 0.05; done
 line=$(head -n1 "$work/line")
 port=$(echo "$line" | sed -E 's#^burrow-relay://[^:]+:([0-9]+)/.*#\1#')

@@ -90,14 +90,18 @@ carriers)
   ;;
 memory)
   n=${BENCH_TUNNELS:-1000}
-  echo "## Relay memory per idle tunnel ($n tunnels, one connection each)"
+  echo "## Front memory per idle tunnel ($n tunnels, one connection each; a front that echoes)"
   echo
-  echo "| carrier | relay RSS before (KiB) | with $n tunnels (KiB) | per tunnel (KiB) |"
+  echo "| carrier | front RSS before (KiB) | with $n tunnels (KiB) | per tunnel (KiB) |"
   echo "|---|---:|---:|---:|"
   for carrier in h2 h3; do
     dir=$work/mem-$carrier; mkdir -p "$dir"
-    line=$(start_relay "$dir" --self-signed bench.example)
-    pid=$(cat "$dir.pid")
+    # The carriers alone: a front that echoes its tunnels (the relay's own
+    # per-user cost, libp2p included, is `bench/run.sh relay`).
+    "$bench_bin" --echo-front >"$dir.out" 2>"$dir.log" &
+    pid=$!
+    for _ in $(seq 200); do [ -s "$dir.out" ] && break; sleep 0.05; done
+    line=$(head -n1 "$dir.out")
     sleep 0.5
     before=$(rss_kib "$pid")
     mkfifo "$dir.in"

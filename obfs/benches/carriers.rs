@@ -284,6 +284,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--first-byte") {
         return first_byte(&args[i + 1..]);
     }
+    if args.iter().any(|a| a == "--echo-front") {
+        return echo_front();
+    }
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs bench binaries without `--bench`:
         // a benchmark in a debug test run measures nothing useful.
@@ -361,8 +364,64 @@ fn main() {
     rt.block_on(driver).expect("benchmark task");
 }
 
+/// Server half of the idle-memory and round-trip measurements:
+/// `--echo-front` runs a front with the built-in site on loopback (TCP and
+/// UDP, one port), prints its relay line and echoes every tunnel, until
+/// killed. Nothing but the carriers runs in this process, so its memory is
+/// what the tunnels cost (each echo task holds a 1 KiB buffer).
+fn echo_front() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (identity, _, _) = Identity::self_signed("bench.example").expect("cert");
+        let pin = identity.pin().expect("pin");
+        let secret = GateSecret::generate(&mut rand::thread_rng());
+        let config = FrontConfig {
+            identity,
+            gate: Gate::new(secret.clone()),
+            tunnel_path: "/api/v2/events".into(),
+            site: Site::new(Source::Builtin, 0, true),
+            limits: Limits {
+                max_connections: 100_000,
+                ..Limits::default()
+            },
+        };
+        let (front, mut tunnels) = Front::bind("127.0.0.1:0".parse().expect("addr"), config)
+            .await
+            .expect("front");
+        let addr = front.local_addr();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(front.run(rx));
+        let line = RelayLine {
+            host: "bench.example".into(),
+            port: addr.port(),
+            path: "/api/v2/events".into(),
+            key: secret.public(),
+            carriers: vec![Carrier::H2, Carrier::H3],
+            pin: Some(pin),
+            ip: Some(addr.ip()),
+            id: None,
+            proxied: false,
+        };
+        println!("{line}");
+        while let Some(mut t) = tunnels.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = t.read(&mut buf).await {
+                    if n == 0 || t.write_all(&buf[..n]).await.is_err() || t.flush().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
 /// Client half of the idle-memory measurement: `--idle-tunnels LINE N h2|h3`
-/// opens N tunnels to a running `burrow relay` (which echoes), checks each
+/// opens N tunnels to a running `--echo-front`, checks each
 /// with one byte, prints "ready" and holds them until stdin closes.
 fn idle_tunnels(args: &[String]) {
     let line: RelayLine = args.first().expect("LINE").parse().expect("relay line");
