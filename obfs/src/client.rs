@@ -291,6 +291,14 @@ impl Client {
         if let Some(p) = priority {
             req.headers_mut().append("priority", p);
         }
+        // Never indexed (HPACK): the relay's decoder would otherwise keep
+        // these headers, a fresh gate among them, in its table for as long
+        // as the tunnel lives — about a kilobyte per connected user, for
+        // headers that are sent once per connection. Only the relay sees
+        // how a request inside TLS is encoded.
+        for value in req.headers_mut().values_mut() {
+            value.set_sensitive(true);
+        }
         Ok(req)
     }
 

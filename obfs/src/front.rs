@@ -752,6 +752,12 @@ pub(crate) fn tunnel_response() -> Response<()> {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // Never indexed: sent once per tunnel, so a table entry would only sit
+    // in the relay's encoder for the tunnel's whole life. Only the client
+    // sees how this answer is encoded (a probe never gets it).
+    for value in h.values_mut() {
+        value.set_sensitive(true);
+    }
     r
 }
 

@@ -251,6 +251,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ShapedIo<S> {
         let this = self.get_mut();
         let through = this.shaper.passing_through();
         if through && this.held_in.is_empty() {
+            if this.head.capacity() > 0 {
+                // Shaping is over for good: the buffers it used go, so a
+                // connection that stays open for hours does not keep them.
+                this.head = Vec::new();
+                this.held_in = Vec::new();
+            }
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         if this.held_in.is_empty() {
@@ -294,6 +300,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ShapedIo<S> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if this.shaper.passing_through() {
+            if this.pending.capacity() > 0 {
+                this.pending = Vec::new();
+            }
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         this.shaper.feed(buf, &mut this.pending);
