@@ -557,3 +557,122 @@ async fn a_tunnel_on_a_fresh_connection_gets_the_large_window() {
         body.capacity()
     );
 }
+
+/// A future that counts how often it is polled.
+struct Counted<F> {
+    inner: Pin<Box<F>>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driven_http2_tunnel_does_not_wake_itself() {
+    // At the relay an HTTP/2 tunnel drives its own connection. Its reads
+    // and writes make `h2` wake the task that is running them; tokio then
+    // yields that task and wakes an idle worker to steal it, which tripled
+    // a small echo's round trip. Count the relay-side task's polls: one
+    // per echo (the socket became readable), not two or three.
+    let mut r = relay().await;
+    let mut t = client(&r.line)
+        .connect_via(Carrier::H2)
+        .await
+        .expect("connect");
+    t.write_all(&[0; 64]).await.expect("first write");
+    let mut server = r.tunnels.accept().await.expect("tunnel");
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    const ECHOES: usize = 400;
+    let echo = tokio::spawn(Counted {
+        inner: Box::pin(async move {
+            let mut buf = [0u8; 64];
+            while server.read_exact(&mut buf).await.is_ok() {
+                if server.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }),
+        polls: polls.clone(),
+    });
+    let mut back = [0u8; 64];
+    t.read_exact(&mut back).await.expect("first echo");
+    let before = polls.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..ECHOES {
+        t.write_all(&[i as u8; 64]).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(10), t.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert_eq!(back, [i as u8; 64]);
+    }
+    let per_echo =
+        (polls.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / ECHOES as f64;
+    eprintln!("relay side polls per echo: {per_echo:.2}");
+    drop(t);
+    let _ = tokio::time::timeout(Duration::from_secs(5), echo).await;
+    assert!(
+        per_echo < 1.5,
+        "the relay side was polled {per_echo:.2} times per echo"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driven_tunnel_split_between_two_tasks_loses_no_wake_up() {
+    // The reader and the writer of one relay-side tunnel on different
+    // tasks: each drives the connection, and a wake-up one of them skips
+    // (see `Driving` in tunnel.rs) must never be one the other needs.
+    let mut r = relay().await;
+    for carrier in CARRIERS {
+        let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
+        t.write_all(b"hello").await.expect("first write");
+        let server = r.tunnels.accept().await.expect("tunnel");
+        let (mut rd, mut wr) = tokio::io::split(server);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if wr.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let mut first = [0u8; 5];
+        t.read_exact(&mut first).await.expect("first echo");
+        // Small messages one at a time, then bulk both ways at once.
+        let mut back = [0u8; 100];
+        for i in 0..300u32 {
+            let msg = [(i % 251) as u8; 100];
+            t.write_all(&msg).await.expect("write");
+            tokio::time::timeout(Duration::from_secs(10), t.read_exact(&mut back))
+                .await
+                .unwrap_or_else(|_| panic!("{carrier}: echo {i} never came back"))
+                .expect("read");
+            assert_eq!(back, msg);
+        }
+        tokio::time::timeout(Duration::from_secs(60), echo_roundtrip(t, 8 << 20, 9))
+            .await
+            .unwrap_or_else(|_| panic!("{carrier}: bulk echo stalled"));
+    }
+}
