@@ -2,7 +2,8 @@
 # Round trips from the first packet to the first tunnel byte from the relay,
 # counted (not timed: loopback has no delay to time) on a tcpdump capture of
 # one cold connection per carrier; and the client's JA4 from the same capture.
-# Needs root (tcpdump on lo) and the PyPI packages scapy and ja4plus.
+# Needs root (tcpdump on lo) and the PyPI packages scapy and ja4plus, which it
+# installs with pip when they are missing.
 #
 # Counting direction changes over-counts when independent packets interleave
 # (session tickets, HTTP/2 and HTTP/3 SETTINGS, QUIC ACKs and NEW_TOKEN sent
@@ -12,6 +13,8 @@
 # Usage: bench/handshake.sh   (BENCH_HANDSHAKE_RUNS, default 7)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python3 -c 'import scapy, ja4plus' >/dev/null 2>&1 \
+  || python3 -m pip install --quiet --disable-pip-version-check scapy ja4plus
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release --quiet -p burrow-node --bin burrow
 cargo bench --no-run --quiet -p burrow-obfs --bench carriers 2>/dev/null
