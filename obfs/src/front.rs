@@ -534,7 +534,11 @@ async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>, admit: Opti
         let shared = shared.clone();
         tokio::spawn(async move {
             let timeout = shared.limits.handshake_timeout;
-            if let Ok(Ok(conn)) = tokio::time::timeout(timeout, incoming).await {
+            // Boxed, as the HTTP/3 set-up in `serve`: what the handshake
+            // needs is freed once it is done, instead of sizing the task
+            // that then holds an idle user's connection for hours.
+            let handshake = Box::pin(tokio::time::timeout(timeout, incoming));
+            if let Ok(Ok(conn)) = handshake.await {
                 crate::h3_server::serve(conn, shared).await;
             }
             drop(permit);

@@ -29,11 +29,13 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: SharedRef) {
     }
     let binding = Binding::Exporter(exporter);
     let peer = conn.remote_address();
-    let mut h3 = match h3::server::builder()
-        .max_field_section_size(MAX_FIELD_SECTION)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
-        .await
-    {
+    // Boxed: the set-up's state (about 4 KB) is freed once it is done,
+    // instead of sizing this future, which then waits for requests on an
+    // idle user's connection for hours.
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(MAX_FIELD_SECTION);
+    let set_up = Box::pin(builder.build::<_, Bytes>(h3_quinn::Connection::new(conn)));
+    let mut h3 = match set_up.await {
         Ok(c) => c,
         Err(e) => {
             debug!("h3 set-up failed: {e}");
