@@ -174,7 +174,7 @@ NGINX
       echo "$who $runs $((after - before))" >>"$work/rps.txt"
     done
   done
-  python3 - "$work/rps.txt" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$work/rps.txt" "$(getconf CLK_TCK)" "$((2 * rounds * repeat * 10000))" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 hz = float(sys.argv[2])
@@ -190,9 +190,13 @@ print("| server | req/s per round | median req/s | req per CPU-second per round 
 print("|---|---|---:|---|---:|")
 print(f"| burrow front | {', '.join(f'{x:.0f}' for x in b)} | {med(b):.0f} | {', '.join(f'{x:.0f}' for x in bc)} | {med(bc):.0f} |")
 print(f"| nginx 1 worker | {', '.join(f'{x:.0f}' for x in n)} | {med(n):.0f} | {', '.join(f'{x:.0f}' for x in nc)} | {med(nc):.0f} |")
-failed = sum(r[1] for r in rounds("burrow") + rounds("nginx"))
+succeeded = sum(r[1] for r in rounds("burrow") + rounds("nginx"))
+asked = int(sys.argv[3])
 print(f"\nRatio burrow / nginx (goal ≥ 1.0×): {med(b)/med(n):.2f}× in requests per second, "
-      f"{med(bc)/med(nc):.2f}× in requests per CPU-second of the server ({failed} requests succeeded in all)\n")
+      f"{med(bc)/med(nc):.2f}× in requests per CPU-second of the server "
+      f"({succeeded} of {asked} requests answered 2xx/3xx)\n")
+if succeeded < asked:
+    print("WARNING: some requests failed; the ratio compares servers that did not serve the same pages\n")
 PY
   kill "$(cat "$work/rps.pid")" $ngx 2>/dev/null || true
   ;;

@@ -498,12 +498,12 @@ impl Driving {
 
     /// Drives the connection for the reader, and returns the waker the
     /// reader then hands the receive stream.
-    fn drive_for_read(&mut self, cx: &Context<'_>) -> Waker {
+    fn drive_for_read(&mut self, cx: &Context<'_>) -> &Waker {
         self.read.task.register(cx.waker());
         self.read.driving.store(true, Ordering::SeqCst);
         self.drive(cx, Side::Reader);
         self.read.driving.store(false, Ordering::SeqCst);
-        self.read_waker.clone()
+        &self.read_waker
     }
 
     /// Runs `f`, which queues data on the connection, without the wake-up
@@ -574,7 +574,7 @@ impl H2Io {
         if self.read_buf.is_empty() {
             let read_waker = self.driving.as_mut().map(|d| d.drive_for_read(cx));
             let recv = ready!(self.recv.poll_open(cx))?;
-            let data = match &read_waker {
+            let data = match read_waker {
                 Some(w) => recv.poll_data(&mut Context::from_waker(w)),
                 None => recv.poll_data(cx),
             };
