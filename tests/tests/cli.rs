@@ -154,6 +154,33 @@ fn key_path_and_certificate_survive_a_restart() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `burrow relay address --qr | head -1`: what is printed has no reader
+    // by then. The command ends as a C program would on SIGPIPE (status 141,
+    // nothing on stderr), not with a panic and a backtrace.
+    let relay = RelayProc::start(&[]);
+    let mut child = Command::new(burrow_bin())
+        .args(["relay", "address", "--qr", "--data-dir"])
+        .arg(relay.data_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The reader goes away before the command has started printing.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim(), "", "nothing on stderr");
+    let code = out.status.code();
+    assert!(
+        code == Some(141) || code == Some(0),
+        "ended with {:?}: 141 for the closed pipe (0 only if it printed before the close)",
+        out.status
+    );
+}
+
+#[test]
 fn the_demo_runs_end_to_end() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (ok, out, err) = run(Command::new(burrow_bin())
