@@ -22,6 +22,7 @@ use libp2p::{identify, kad, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::msgstream;
 use super::proto::{Envelope, PunchReply, PunchRequest, Reply};
 use super::swarm::{NodeBehaviour, NodeBehaviourEvent};
 use super::transport::{relay_addrs, Directory};
@@ -321,7 +322,7 @@ pub struct Driver<H> {
     home: RelayRef,
     handler: H,
     commands: mpsc::Receiver<Command>,
-    messages: HashMap<OutboundRequestId, Delivered>,
+    messages: HashMap<msgstream::RequestId, Delivered>,
     mailbox: HashMap<OutboundRequestId, BoxOp>,
     punches: HashMap<OutboundRequestId, oneshot::Sender<Result<PunchReply, DeliverError>>>,
     home_listener: Option<ListenerId>,
@@ -824,56 +825,49 @@ impl<H: Handler> Driver<H> {
         }
     }
 
-    fn on_message_event(&mut self, e: request_response::Event<Envelope, Reply>) {
+    fn on_message_event(&mut self, e: msgstream::Event) {
         match e {
-            request_response::Event::Message {
+            msgstream::Event::Request {
+                peer,
+                envelope,
+                channel,
+                ..
+            } => {
+                let reply = self.handler.on_envelope(peer, envelope);
+                self.swarm
+                    .behaviour_mut()
+                    .messages
+                    .send_response(channel, reply);
+            }
+            msgstream::Event::Response {
                 peer,
                 connection_id,
-                message,
-            } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let reply = self.handler.on_envelope(peer, request);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .messages
-                        .send_response(channel, reply);
+                request_id,
+                reply,
+            } => {
+                if let Some(done) = self.messages.remove(&request_id) {
+                    let direct = self
+                        .links
+                        .get(&peer)
+                        .is_some_and(|l| l.direct.contains(&connection_id));
+                    let link = if direct { Link::Direct } else { Link::Relayed };
+                    let _ = done.send(Ok((reply, link)));
                 }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(done) = self.messages.remove(&request_id) {
-                        let direct = self
-                            .links
-                            .get(&peer)
-                            .is_some_and(|l| l.direct.contains(&connection_id));
-                        let link = if direct { Link::Direct } else { Link::Relayed };
-                        let _ = done.send(Ok((response, link)));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
+            }
+            msgstream::Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
-                ..
             } => {
                 // A connection that swallowed a message is not trusted with
                 // the next one: the next attempt dials afresh.
-                if matches!(error, request_response::OutboundFailure::Timeout) {
+                if error == msgstream::Failure::Timeout {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
                 if let Some(done) = self.messages.remove(&request_id) {
-                    let _ = done.send(Err(outbound_error(error)));
+                    let _ = done.send(Err(message_error(error)));
                 }
             }
-            request_response::Event::InboundFailure { error, .. } => {
-                debug!("inbound message failed: {error}")
-            }
-            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -983,6 +977,16 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+fn message_error(e: msgstream::Failure) -> DeliverError {
+    match e {
+        msgstream::Failure::Timeout => DeliverError::Timeout,
+        msgstream::Failure::DialFailure => DeliverError::Unreachable(
+            "no connection (offline, or no reservation at its relay)".into(),
+        ),
+        other => DeliverError::Unreachable(other.to_string()),
+    }
 }
 
 fn outbound_error(e: request_response::OutboundFailure) -> DeliverError {

@@ -17,9 +17,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, ping, relay, yamux, PeerId, Swarm, Transport};
 
-use super::proto::{
-    Envelope, PunchReply, PunchRequest, Reply, MAX_TEXT, MESSAGE_PROTOCOL, PUNCH_PROTOCOL,
-};
+use super::proto::{PunchReply, PunchRequest, PUNCH_PROTOCOL};
 use super::transport::{authenticated, CarrierTransport, UPGRADE_TIMEOUT};
 
 /// How long a mailbox request may wait for its answer.
@@ -36,7 +34,8 @@ pub struct NodeBehaviour {
     pub relay_client: relay::client::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub messages: request_response::cbor::Behaviour<Envelope, Reply>,
+    /// Messages and receipts with contacts (see `super::msgstream`).
+    pub messages: super::msgstream::Behaviour,
     /// Hole punching with contacts (asked and answered only by nodes that
     /// punch; see `crate::punch`).
     pub punch: request_response::cbor::Behaviour<PunchRequest, PunchReply>,
@@ -108,13 +107,7 @@ pub fn build_with_bucket_size(
 ) -> io::Result<Swarm<NodeBehaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let (transport, relay_client) = transport(keypair, carriers);
-    let messages = request_response::Behaviour::with_codec(
-        request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum((MAX_TEXT + 1024) as u64)
-            .set_response_size_maximum(4 * 1024),
-        [(MESSAGE_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(MESSAGE_TIMEOUT),
-    );
+    let messages = super::msgstream::Behaviour::new(MESSAGE_TIMEOUT);
     let mailbox = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(128 * 1024)
