@@ -819,6 +819,190 @@ impl NetworkBehaviour for Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+    use libp2p::core::transport::MemoryTransport;
+    use libp2p::core::upgrade::Version;
+    use libp2p::identity::Keypair;
+    use libp2p::swarm::{dummy, SwarmEvent};
+    use libp2p::{yamux, Swarm, Transport};
+
+    /// A swarm on an in-memory transport with the node's Noise and yamux,
+    /// listening on a memory address of its own.
+    async fn swarm<B: NetworkBehaviour>(behaviour: B) -> (PeerId, Multiaddr, Swarm<B>) {
+        let keypair = Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let transport = MemoryTransport::default()
+            .upgrade(Version::V1Lazy)
+            .authenticate(crate::p2p::secure::Config::new(&keypair))
+            .multiplex(yamux::Config::default())
+            .boxed();
+        let config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(30));
+        let mut swarm = Swarm::new(transport, behaviour, peer, config);
+        swarm
+            .listen_on("/memory/0".parse().expect("addr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        (peer, addr, swarm)
+    }
+
+    /// Runs `b` in the background: it answers every envelope with a
+    /// refusal that names the envelope's text (so each reply can be told
+    /// apart), or not at all when `silent`.
+    fn answer(mut b: Swarm<Behaviour>, silent: bool) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+        let (streams_seen, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            loop {
+                if let SwarmEvent::Behaviour(Event::Request {
+                    envelope: Envelope::Message { text, .. },
+                    channel,
+                    ..
+                }) = b.select_next_some().await
+                {
+                    let _ = streams_seen.send(());
+                    if silent {
+                        unanswered.push(channel);
+                    } else {
+                        b.behaviour_mut()
+                            .send_response(channel, Reply::Refused { reason: text });
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn many_messages_in_flight_each_get_their_own_reply() {
+        let (b_id, b_addr, b) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        let mut seen = answer(b, false);
+        let (_, _, mut a) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        a.add_peer_address(b_id, b_addr);
+        let mut sent = HashMap::new();
+        for i in 0..50 {
+            let text = format!("message {i}");
+            let id = a.behaviour_mut().send_request(&b_id, message(&text));
+            sent.insert(id, text);
+        }
+        let mut connections = HashSet::new();
+        while !sent.is_empty() {
+            match a.select_next_some().await {
+                SwarmEvent::Behaviour(Event::Response {
+                    request_id,
+                    reply: Reply::Refused { reason },
+                    connection_id,
+                    ..
+                }) => {
+                    assert_eq!(sent.remove(&request_id), Some(reason), "reply matches");
+                    connections.insert(connection_id);
+                }
+                SwarmEvent::Behaviour(e) => panic!("unexpected: {e:?}"),
+                _ => {}
+            }
+        }
+        assert_eq!(connections.len(), 1, "all on the one connection");
+        let mut arrived = 0;
+        while seen.try_recv().is_ok() {
+            arrived += 1;
+        }
+        assert_eq!(arrived, 50, "each message arrived once");
+    }
+
+    #[tokio::test]
+    async fn a_node_without_the_protocol_gets_a_clear_failure() {
+        let (b_id, b_addr, mut b) = swarm(dummy::Behaviour).await;
+        tokio::spawn(async move {
+            loop {
+                b.select_next_some().await;
+            }
+        });
+        let (_, _, mut a) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        a.add_peer_address(b_id, b_addr);
+        let id = a.behaviour_mut().send_request(&b_id, message("hello"));
+        loop {
+            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
+                match e {
+                    Event::OutboundFailure {
+                        request_id, error, ..
+                    } => {
+                        assert_eq!(request_id, id);
+                        assert_eq!(error, Failure::Unsupported);
+                        assert!(error.to_string().contains("/burrow/msg/2"), "{error}");
+                        break;
+                    }
+                    other => panic!("unexpected: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_contact_that_never_answers_times_out_and_the_next_message_gets_through() {
+        let (b_id, b_addr, b) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        let mut seen = answer(b, true);
+        let (_, _, mut a) = swarm(Behaviour::new(Duration::from_millis(300))).await;
+        a.add_peer_address(b_id, b_addr);
+        let first = a.behaviour_mut().send_request(&b_id, message("one"));
+        let second = a.behaviour_mut().send_request(&b_id, message("two"));
+        let mut timed_out = Vec::new();
+        while timed_out.len() < 2 {
+            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
+                match e {
+                    Event::OutboundFailure {
+                        request_id,
+                        error: Failure::Timeout,
+                        ..
+                    } => timed_out.push(request_id),
+                    other => panic!("unexpected: {other:?}"),
+                }
+            }
+        }
+        timed_out.sort();
+        assert_eq!(timed_out, vec![first, second]);
+        assert_eq!(seen.recv().await, Some(()), "they did arrive");
+        // A new stream replaces the one given up on.
+        let third = a.behaviour_mut().send_request(&b_id, message("three"));
+        loop {
+            if let SwarmEvent::Behaviour(Event::OutboundFailure {
+                request_id, error, ..
+            }) = a.select_next_some().await
+            {
+                assert_eq!((request_id, error), (third, Failure::Timeout));
+                break;
+            }
+        }
+        let mut arrived = 1;
+        while seen.try_recv().is_ok() {
+            arrived += 1;
+        }
+        assert_eq!(arrived, 3, "the third went out on a fresh stream");
+    }
+
+    #[tokio::test]
+    async fn a_contact_that_cannot_be_reached_is_a_dial_failure() {
+        let (_, _, mut a) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        let nobody = Keypair::generate_ed25519().public().to_peer_id();
+        a.add_peer_address(nobody, "/memory/424242".parse().expect("addr"));
+        let id = a.behaviour_mut().send_request(&nobody, message("hello"));
+        loop {
+            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
+                match e {
+                    Event::OutboundFailure {
+                        request_id, error, ..
+                    } => {
+                        assert_eq!((request_id, error), (id, Failure::DialFailure));
+                        break;
+                    }
+                    other => panic!("unexpected: {other:?}"),
+                }
+            }
+        }
+    }
 
     fn message(text: &str) -> Envelope {
         Envelope::Message {

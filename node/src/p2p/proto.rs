@@ -1,7 +1,7 @@
-//! The messaging protocol between two users, over libp2p request-response
-//! (CBOR) on [`MESSAGE_PROTOCOL`], inside the end-to-end Noise session
-//! between them (direct, or through a relay circuit that sees only
-//! ciphertext).
+//! The messaging protocol between two users: CBOR envelopes and replies on
+//! one long-lived stream per connection ([`super::msgstream`], protocol
+//! `/burrow/msg/2`), inside the end-to-end Noise session between them
+//! (direct, or through a relay circuit that sees only ciphertext).
 //!
 //! ```text
 //! sender -> recipient                        recipient -> sender
@@ -15,8 +15,6 @@
 
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
-
-pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/burrow/msg/1");
 
 /// Longest message text, in bytes of UTF-8.
 pub const MAX_TEXT: usize = 16 * 1024;
