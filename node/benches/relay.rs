@@ -11,7 +11,8 @@
 //!   the same kind of relay.
 //!
 //! Run: `cargo bench -p burrow-node --bench relay` (or `bench/run.sh relay`);
-//! BENCH_PARTS=throughput,forward,memory picks parts; BENCH_USERS (1000),
+//! BENCH_PARTS=throughput,forward,memory picks parts; BENCH_CARRIERS
+//! (h2,h3,ws) the carriers of `throughput` and `memory`; BENCH_USERS (1000),
 //! BENCH_PAIRS (100) and BENCH_MIB (256) set the sizes; BENCH_RELAY_WRAPPER
 //! runs the memory part's relay under a profiler (`heaptrack`).
 
@@ -249,18 +250,26 @@ async fn throughput() {
     println!("| path | MB/s | vs TLS |");
     println!("|---|---|---|");
     let rate = |d: Duration| total as f64 / d.as_secs_f64() / 1e6;
-    let mut rows: Vec<(&str, Vec<f64>)> = vec![
-        ("rustls TLS 1.3 stream (baseline)", vec![]),
-        ("A → relay → B, HTTP/2 carrier", vec![]),
-        ("A → relay → B, HTTP/3 carrier", vec![]),
-        ("A → relay → B, WebSocket carrier", vec![]),
-    ];
+    // BENCH_CARRIERS picks the relayed paths (default: all three).
+    let picked = std::env::var("BENCH_CARRIERS").unwrap_or_else(|_| "h2,h3,ws".into());
+    let carriers: Vec<(&str, Carrier)> = [
+        ("A → relay → B, HTTP/2 carrier", Carrier::H2),
+        ("A → relay → B, HTTP/3 carrier", Carrier::H3),
+        ("A → relay → B, WebSocket carrier", Carrier::Ws),
+    ]
+    .into_iter()
+    .filter(|(_, c)| picked.split(',').any(|p| p == c.name()))
+    .collect();
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![("rustls TLS 1.3 stream (baseline)", vec![])];
+    rows.extend(carriers.iter().map(|(name, _)| (*name, vec![])));
     // Interleaved, so a noisy neighbour hurts every path alike.
     for _ in 0..3 {
         rows[0].1.push(rate(tls_bulk(total).await));
-        rows[1].1.push(rate(relayed_bulk(Carrier::H2, total).await));
-        rows[2].1.push(rate(relayed_bulk(Carrier::H3, total).await));
-        rows[3].1.push(rate(relayed_bulk(Carrier::Ws, total).await));
+        for (row, (_, carrier)) in carriers.iter().enumerate() {
+            rows[row + 1]
+                .1
+                .push(rate(relayed_bulk(*carrier, total).await));
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
