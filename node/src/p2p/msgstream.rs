@@ -67,6 +67,9 @@ const MAX_IN_FLIGHT: usize = 256;
 const MAX_INBOUND: usize = 4;
 /// Bytes read from a stream per call.
 const READ_CHUNK: usize = 4 * 1024;
+/// Replies waiting to be written to a contact's stream beyond which no
+/// more of its envelopes are read.
+const MAX_UNREAD_REPLIES: usize = 64 * 1024;
 
 /// Identifies a message sent with [`Behaviour::send_request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -401,7 +404,9 @@ impl Handler {
         while i < self.inbound.len() {
             let (key, framed) = &mut self.inbound[i];
             let mut ended = matches!(framed.poll_send(cx), Poll::Ready(Err(_)));
-            while !ended {
+            // A contact that sends without reading the replies is read no
+            // further until it does: what waits for it stays bounded.
+            while !ended && framed.write.len() < MAX_UNREAD_REPLIES {
                 match framed.poll_frame::<Envelope>(cx, MAX_ENVELOPE) {
                     Poll::Ready(Ok(Some((seq, envelope)))) => {
                         self.unanswered += 1;
