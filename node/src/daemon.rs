@@ -29,7 +29,7 @@ use crate::messenger::{message_view, now_ms, Messenger, NodePaths};
 use crate::p2p::driver::{
     DeliverError, Driver, DriverHandle, Handler, HomeState, Link, RelayRef, Route,
 };
-use crate::p2p::proto::{Envelope, MessageId, PunchReply, PunchRequest, Reply};
+use crate::p2p::proto::{Envelope, MessageId, PunchReply, PunchRequest, Reply, MAX_RECEIPTS};
 use crate::p2p::swarm;
 use crate::p2p::transport::{relay_addrs, CarrierTransport, Directory};
 use crate::punch::Punch;
@@ -1026,49 +1026,65 @@ async fn send_receipts(core: &Core, driver: &DriverHandle) {
         .unwrap_or_else(|p| p.into_inner())
         .drain()
         .collect();
-    for (peer, ids) in owed {
-        let contact = match core.lock().store.contact_by_peer(&peer) {
-            Ok(Some(c)) => c,
-            _ => continue,
-        };
-        let envelope = Envelope::Receipts { ids: ids.clone() };
-        if let Ok((Reply::Received, _)) = deliver_best(core, driver, &contact, &envelope).await {
+    for (peer, all) in owed {
+        let Ok(Some(known)) = core.lock().store.contact_by_peer(&peer) else {
             continue;
-        }
-        let contact = match relocate(core, driver, &contact, LOCATE_EVERY, ATTEMPT).await {
-            Some(found) if found.changed => {
-                if let Ok((Reply::Received, _)) =
-                    deliver_best(core, driver, &found.contact, &envelope).await
-                {
-                    continue;
-                }
-                found.contact
+        };
+        let mut batches = all.chunks(MAX_RECEIPTS);
+        for ids in batches.by_ref() {
+            if !send_receipt_batch(core, driver, peer, known.clone(), ids).await {
+                // Neither the contact nor its mailbox took them: the rest
+                // waits for the next round with them.
+                let mut owed = core.receipts.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = owed.entry(peer).or_default();
+                entry.extend_from_slice(ids);
+                entry.extend(batches.flatten());
+                break;
             }
-            Some(found) => found.contact,
-            None => contact,
-        };
-        let Ok(via) = RelayRef::new(contact.address.relay.clone()) else {
-            continue;
-        };
-        let keypair = core.lock().keypair.clone();
-        let deposited = match contact.address.public_key() {
-            Ok(pk) => match seal::seal(&keypair, &pk, &envelope, &mut rand::rngs::OsRng) {
-                Ok(sealed) => tokio::time::timeout(ATTEMPT, driver.deposit(via, peer, sealed))
-                    .await
-                    .map(|r| r.is_ok())
-                    .unwrap_or(false),
-                Err(_) => false,
-            },
-            Err(_) => false,
-        };
-        if !deposited {
-            core.receipts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(peer)
-                .or_default()
-                .extend(ids);
         }
+    }
+}
+
+/// Sends one batch of receipts to `peer`: to the contact, else into its
+/// mailbox. False if they are still owed (neither took them).
+async fn send_receipt_batch(
+    core: &Core,
+    driver: &DriverHandle,
+    peer: PeerId,
+    contact: Contact,
+    ids: &[MessageId],
+) -> bool {
+    let envelope = Envelope::Receipts { ids: ids.to_vec() };
+    if let Ok((Reply::Received, _)) = deliver_best(core, driver, &contact, &envelope).await {
+        return true;
+    }
+    let contact = match relocate(core, driver, &contact, LOCATE_EVERY, ATTEMPT).await {
+        Some(found) if found.changed => {
+            if let Ok((Reply::Received, _)) =
+                deliver_best(core, driver, &found.contact, &envelope).await
+            {
+                return true;
+            }
+            found.contact
+        }
+        Some(found) => found.contact,
+        None => contact,
+    };
+    let Ok(via) = RelayRef::new(contact.address.relay.clone()) else {
+        // A relay line without an id has no mailbox to leave them in, now
+        // or later: these receipts are given up (the contact's outbox
+        // sends those messages again and gets them then).
+        return true;
+    };
+    let keypair = core.lock().keypair.clone();
+    match contact.address.public_key() {
+        Ok(pk) => match seal::seal(&keypair, &pk, &envelope, &mut rand::rngs::OsRng) {
+            Ok(sealed) => tokio::time::timeout(ATTEMPT, driver.deposit(via, peer, sealed))
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        },
+        Err(_) => false,
     }
 }
 

@@ -53,8 +53,8 @@ use super::proto::{Envelope, Reply, MAX_TEXT};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/burrow/msg/2");
 
 /// Longest frame body carrying an [`Envelope`]: the longest text and room
-/// for its id, time and encoding (a `Receipts` list stays under it too:
-/// the daemon sends at most a few hundred ids at a time).
+/// for its id, time and encoding (a `Receipts` list of at most
+/// `MAX_RECEIPTS` ids stays under it too).
 pub const MAX_ENVELOPE: usize = MAX_TEXT + 1024;
 /// Longest frame body carrying a [`Reply`] (a refusal's reason).
 pub const MAX_REPLY: usize = 4 * 1024;
@@ -130,19 +130,31 @@ pub enum Event {
 
 // ------------------------------------------------------------- frames
 
-/// Appends one frame to `out`: the length, `seq`, and `body` in CBOR.
-fn encode<T: serde::Serialize>(out: &mut Vec<u8>, seq: u64, body: &T) -> io::Result<()> {
+/// Appends one frame to `out`: the length, `seq`, and `body` in CBOR. A
+/// body over `max` bytes (more than the other side reads) is refused and
+/// `out` left as it was.
+fn encode<T: serde::Serialize>(
+    out: &mut Vec<u8>,
+    seq: u64,
+    body: &T,
+    max: usize,
+) -> io::Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_be_bytes());
-    ciborium::into_writer(body, &mut *out).map_err(|e| {
+    if let Err(e) = ciborium::into_writer(body, &mut *out) {
         out.truncate(start);
-        io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
-    })?;
-    let len = u32::try_from(out.len() - start - 4).map_err(|_| {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()));
+    }
+    let size = out.len() - start - 12;
+    if size > max {
         out.truncate(start);
-        io::Error::new(io::ErrorKind::InvalidInput, "frame too long")
-    })?;
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{size} bytes encoded, more than the {max} a contact reads"),
+        ));
+    }
+    let len = u32::try_from(size + 8).expect("under max");
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
@@ -367,7 +379,7 @@ impl Handler {
             };
             let seq = out.next_seq;
             out.next_seq += 1;
-            if let Err(e) = encode(&mut out.framed.write, seq, &envelope) {
+            if let Err(e) = encode(&mut out.framed.write, seq, &envelope, MAX_ENVELOPE) {
                 self.events.push_back(FromHandler::Failed {
                     id,
                     error: Failure::Stream(e.to_string()),
@@ -488,7 +500,7 @@ impl ConnectionHandler for Handler {
             ToHandler::Reply { stream, seq, reply } => {
                 self.unanswered = self.unanswered.saturating_sub(1);
                 if let Some((_, framed)) = self.inbound.iter_mut().find(|(k, _)| *k == stream) {
-                    if let Err(e) = encode(&mut framed.write, seq, &reply) {
+                    if let Err(e) = encode(&mut framed.write, seq, &reply, MAX_REPLY) {
                         tracing::debug!("reply not sent: {e}");
                     }
                 }
@@ -1020,8 +1032,8 @@ mod tests {
     #[test]
     fn frames_arrive_whole_however_the_bytes_are_cut() {
         let mut wire = Vec::new();
-        encode(&mut wire, 1, &message("first")).expect("encode");
-        encode(&mut wire, 2, &message("second")).expect("encode");
+        encode(&mut wire, 1, &message("first"), MAX_ENVELOPE).expect("encode");
+        encode(&mut wire, 2, &message("second"), MAX_ENVELOPE).expect("encode");
         let mut buf = Vec::new();
         let mut got = Vec::new();
         for byte in wire {
@@ -1052,12 +1064,33 @@ mod tests {
     }
 
     #[test]
-    fn a_message_longer_than_allowed_does_not_fit_a_frame() {
+    fn the_longest_text_fits_and_anything_longer_is_refused_before_it_is_sent() {
+        let mut wire = vec![1, 2, 3];
+        encode(&mut wire, 0, &message(&"x".repeat(MAX_TEXT)), MAX_ENVELOPE).expect("fits");
+        let e = encode(
+            &mut wire,
+            1,
+            &message(&"x".repeat(MAX_ENVELOPE)),
+            MAX_ENVELOPE,
+        )
+        .expect_err("too long");
+        assert!(e.to_string().contains("more than the"), "{e}");
+        let mut frames = wire.split_off(3);
+        assert_eq!(wire, vec![1, 2, 3], "what was there is kept");
+        let (seq, _) = decode::<Envelope>(&mut frames, MAX_ENVELOPE)
+            .expect("valid")
+            .expect("whole");
+        assert_eq!(seq, 0);
+        assert!(frames.is_empty(), "the refused frame left nothing behind");
+    }
+
+    #[test]
+    fn receipts_for_a_full_batch_fit_one_envelope() {
+        // Ids of 0xff bytes take the most room in CBOR.
+        let receipts = Envelope::Receipts {
+            ids: vec![[0xff; 16]; crate::p2p::proto::MAX_RECEIPTS],
+        };
         let mut wire = Vec::new();
-        encode(&mut wire, 0, &message(&"x".repeat(MAX_TEXT))).expect("encode");
-        assert!(wire.len() - 12 <= MAX_ENVELOPE, "the longest text fits");
-        let mut wire = Vec::new();
-        encode(&mut wire, 0, &message(&"x".repeat(MAX_ENVELOPE))).expect("encode");
-        assert!(decode::<Envelope>(&mut wire, MAX_ENVELOPE).is_err());
+        encode(&mut wire, 0, &receipts, MAX_ENVELOPE).expect("fits");
     }
 }

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Longest message text, in bytes of UTF-8.
 pub const MAX_TEXT: usize = 16 * 1024;
 
+/// Most ids one `Receipts` envelope carries (a longer list goes in several).
+pub const MAX_RECEIPTS: usize = 256;
+
 /// A message id: random, 16 bytes.
 pub type MessageId = [u8; 16];
 
