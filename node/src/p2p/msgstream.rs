@@ -1000,6 +1000,159 @@ mod tests {
         assert_eq!(arrived, 3, "the third went out on a fresh stream");
     }
 
+    /// Writes raw bytes as a "request" on the message protocol and reads
+    /// whatever comes back until the stream ends.
+    #[derive(Debug, Clone, Default)]
+    struct RawCodec;
+
+    impl libp2p::request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            let mut all = Vec::new();
+            futures::AsyncReadExt::read_to_end(io, &mut all).await?;
+            Ok(all)
+        }
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            bytes: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            futures::AsyncWriteExt::write_all(io, &bytes).await
+        }
+        async fn write_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+            _: Vec<u8>,
+        ) -> io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+    struct Prober {
+        raw: libp2p::request_response::Behaviour<RawCodec>,
+        messages: Behaviour,
+    }
+
+    #[tokio::test]
+    async fn malformed_frames_end_their_stream_but_not_the_connection() {
+        let (b_id, b_addr, mut b) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match b.select_next_some().await {
+                    SwarmEvent::Behaviour(Event::Request { channel, .. }) => {
+                        b.behaviour_mut().send_response(channel, Reply::Received)
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => {
+                        let _ = closed_tx.send(());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let raw = libp2p::request_response::Behaviour::with_codec(
+            RawCodec,
+            [(
+                PROTOCOL,
+                libp2p::request_response::ProtocolSupport::Outbound,
+            )],
+            libp2p::request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(5)),
+        );
+        let (_, _, mut a) = swarm(Prober {
+            raw,
+            messages: Behaviour::new(Duration::from_secs(10)),
+        })
+        .await;
+        a.add_peer_address(b_id, b_addr);
+        let mut garbage = vec![0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 1];
+        garbage.extend_from_slice(&[0xff; 12]);
+        let probes = [
+            // A body that is not CBOR.
+            garbage,
+            // A length of 1 GiB: refused on sight, nothing allocated.
+            vec![0x40, 0, 0, 0, 0, 0, 0, 0],
+            // A frame too short to hold its sequence number.
+            vec![0, 0, 0, 2, 0, 0],
+        ];
+        for probe in probes {
+            a.behaviour_mut().raw.send_request(&b_id, probe);
+            loop {
+                match a.select_next_some().await {
+                    SwarmEvent::Behaviour(ProberEvent::Raw(
+                        libp2p::request_response::Event::Message { message, .. },
+                    )) => {
+                        let libp2p::request_response::Message::Response { response, .. } = message
+                        else {
+                            panic!("a request to the prober");
+                        };
+                        assert!(response.is_empty(), "no answer to garbage: {response:?}");
+                        break;
+                    }
+                    SwarmEvent::Behaviour(ProberEvent::Raw(
+                        libp2p::request_response::Event::OutboundFailure { error, .. },
+                    )) => {
+                        // Ended by the contact (reset or closed), not left
+                        // hanging until the prober gives up.
+                        assert!(
+                            !matches!(error, libp2p::request_response::OutboundFailure::Timeout),
+                            "the contact did not end the stream"
+                        );
+                        break;
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => panic!("the connection closed"),
+                    _ => {}
+                }
+            }
+        }
+        // The connection that carried the garbage still carries messages.
+        let id = a
+            .behaviour_mut()
+            .messages
+            .send_request(&b_id, message("still there?"));
+        loop {
+            match a.select_next_some().await {
+                SwarmEvent::Behaviour(ProberEvent::Messages(Event::Response {
+                    request_id,
+                    reply,
+                    ..
+                })) => {
+                    assert_eq!((request_id, reply), (id, Reply::Received));
+                    break;
+                }
+                SwarmEvent::Behaviour(ProberEvent::Messages(e)) => panic!("unexpected: {e:?}"),
+                SwarmEvent::ConnectionClosed { .. } => panic!("the connection closed"),
+                _ => {}
+            }
+        }
+        assert!(
+            closed.try_recv().is_err(),
+            "the contact kept the connection"
+        );
+    }
+
     #[tokio::test]
     async fn a_contact_that_cannot_be_reached_is_a_dial_failure() {
         let (_, _, mut a) = swarm(Behaviour::new(Duration::from_secs(10))).await;
