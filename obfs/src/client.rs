@@ -345,16 +345,21 @@ impl Client {
         Ok((tls, exporter))
     }
 
+    /// Opens an HTTP/2 connection to the relay. With `drive` and on a
+    /// single-threaded runtime the connection comes back to be driven by
+    /// the tunnel that will use it; otherwise a task of its own serves it.
     async fn open_h2(
         &self,
         host: &str,
         port: u16,
-    ) -> Result<(h2::client::SendRequest<Bytes>, Binding), Error> {
+        drive: bool,
+    ) -> Result<(h2::client::SendRequest<Bytes>, Binding, Option<ClientConn>), Error> {
         const C: &str = "h2";
         let (tls, exporter) = self.open_tls(C, &self.tcp_tls, host, port).await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(Error::dial(C, "server did not offer HTTP/2"));
         }
+        let (tls, waiting) = tunnel::Watched::new(tls);
         let (send_request, connection) = h2::client::Builder::new()
             .header_table_size(CHROME_HEADER_TABLE)
             .enable_push(false)
@@ -364,13 +369,22 @@ impl Client {
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| Error::dial(C, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("h2 client connection ended: {e}");
-            }
-        });
+        let mut conn = ClientConn {
+            conn: connection,
+            waiting,
+        };
+        let single_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let conn = if drive && single_threaded {
+            Some(conn)
+        } else {
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                tunnel::Drive::poll_drive(&mut conn, cx)
+            }));
+            None
+        };
         let send_request = send_request.ready().await.map_err(|e| Error::dial(C, e))?;
-        Ok((send_request, self.binding(exporter)))
+        Ok((send_request, self.binding(exporter), conn))
     }
 
     async fn open_h3(&self, host: &str, port: u16) -> Result<(H3Handle, Binding), Error> {
@@ -429,7 +443,7 @@ impl Client {
 
     async fn connect_h2(&self, host: &str, port: u16) -> Result<Tunnel, Error> {
         const C: &str = "h2";
-        let (mut send_request, binding) = self.open_h2(host, port).await?;
+        let (mut send_request, binding, conn) = self.open_h2(host, port, true).await?;
         let req = self.tunnel_request(&binding)?;
         let (response, send) = send_request
             .send_request(req, false)
@@ -441,7 +455,11 @@ impl Client {
             check_status(C, &resp)?;
             Ok(resp.into_body())
         });
-        Ok(Tunnel::h2(send, recv))
+        let tunnel = Tunnel::h2(send, recv);
+        Ok(match conn {
+            Some(conn) => tunnel.driving(Box::new(conn)),
+            None => tunnel,
+        })
     }
 
     async fn connect_h3(&self, host: &str, port: u16) -> Result<Tunnel, Error> {
@@ -529,7 +547,7 @@ impl Client {
         let mut req = self.browser_request(method, path, "document")?;
         match carrier {
             Carrier::H2 => {
-                let (mut send_request, _) = self.open_h2(&host, port).await?;
+                let (mut send_request, _, _) = self.open_h2(&host, port, false).await?;
                 *req.version_mut() = http::Version::HTTP_2;
                 let (response, _) = send_request
                     .send_request(req, true)
@@ -642,5 +660,32 @@ fn check_status<B>(carrier: &'static str, resp: &Response<B>) -> io::Result<()> 
                 status: status.as_u16(),
             },
         ))
+    }
+}
+
+/// A client's HTTP/2 connection, for the tunnel on it to drive.
+///
+/// On a single-threaded runtime (a user's node) a task of its own for the
+/// connection buys no parallelism, only a hand-off between tasks on every
+/// read and write; the tunnel's own polls drive it instead, as at the relay.
+/// On a runtime with several workers the connection keeps its own task, so
+/// a bulk transfer's TLS work runs beside its user.
+struct ClientConn {
+    conn:
+        h2::client::Connection<tunnel::Watched<tokio_rustls::client::TlsStream<TcpStream>>, Bytes>,
+    waiting: Arc<tunnel::Waiting>,
+}
+
+impl tunnel::Drive for ClientConn {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|r| {
+            if let Err(e) = r {
+                debug!("h2 client connection ended: {e}");
+            }
+        })
+    }
+
+    fn backlogged(&self) -> bool {
+        self.waiting.get()
     }
 }

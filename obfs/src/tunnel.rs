@@ -314,9 +314,10 @@ struct H2Io {
 /// (several KiB), and every chunk through the tunnel a hand-off between
 /// tasks. The relay's tunnels own their connections and poll them
 /// themselves: a write goes out to the socket in the same poll, and nothing
-/// else runs per connection. (A client keeps its connection's own task: a
-/// single tunnel's bulk transfer then runs its HTTP/2 and TLS work on one
-/// core and the tunnel's user on the other, which is faster there.)
+/// else runs per connection. A client does the same on a single-threaded
+/// runtime (a user's node); on a runtime with several workers it keeps its
+/// connection's own task, so that a single tunnel's bulk transfer runs its
+/// HTTP/2 and TLS work on one core and the tunnel's user on the other.
 pub(crate) trait Drive: Send + 'static {
     /// Reads and writes the connection's frames and dispatches whatever
     /// else arrives on it; ready once the connection has ended.

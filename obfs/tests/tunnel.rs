@@ -676,3 +676,81 @@ async fn a_driven_tunnel_split_between_two_tasks_loses_no_wake_up() {
             .unwrap_or_else(|_| panic!("{carrier}: bulk echo stalled"));
     }
 }
+
+/// A user's node runs on one thread; there the client's HTTP/2 tunnels
+/// drive their own connections (no task per connection). The same checks
+/// as above, on such a runtime: bytes both ways, several tunnels at once,
+/// each side's close reaching the other, and a dropped tunnel's
+/// connection still finishing its end.
+#[tokio::test(flavor = "current_thread")]
+async fn http2_tunnels_on_a_single_threaded_runtime_drive_their_connections() {
+    let r = relay().await;
+    let line = r.line.clone();
+    spawn_echo(r.tunnels);
+    let t = client(&line)
+        .connect_via(Carrier::H2)
+        .await
+        .expect("connect");
+    echo_roundtrip(t, 20 * 1000 * 1000 + 5, 9).await;
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let line = line.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = client(&line)
+                .connect_via(Carrier::H2)
+                .await
+                .expect("connect");
+            echo_roundtrip(t, 300_000 + usize::from(i), i).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+
+    let mut r = relay().await;
+    let mut t = client(&r.line)
+        .connect_via(Carrier::H2)
+        .await
+        .expect("connect");
+    t.write_all(b"hello").await.expect("write");
+    t.flush().await.expect("flush");
+    let mut server = r.tunnels.accept().await.expect("tunnel");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).await.expect("server read");
+    assert_eq!(&buf, b"hello");
+    server.write_all(b"bye").await.expect("server write");
+    server.shutdown().await.expect("server shutdown");
+    let mut got = Vec::new();
+    t.read_to_end(&mut got)
+        .await
+        .expect("client reads to a clean EOF");
+    assert_eq!(got, b"bye");
+    t.write_all(b"late").await.expect("late write");
+    t.shutdown().await.expect("client shutdown");
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.expect("server EOF");
+    assert_eq!(rest, b"late");
+
+    // A tunnel dropped without a shutdown is aborted: once it is gone,
+    // its connection (no longer driven by it) still sends the reset, and
+    // the relay's side ends.
+    let mut t = client(&r.line)
+        .connect_via(Carrier::H2)
+        .await
+        .expect("connect");
+    t.write_all(b"parting words").await.expect("write");
+    t.flush().await.expect("flush");
+    let mut server = tokio::time::timeout(Duration::from_secs(10), r.tunnels.accept())
+        .await
+        .expect("accepted in time")
+        .expect("tunnel");
+    let mut got = [0u8; 13];
+    server.read_exact(&mut got).await.expect("server read");
+    assert_eq!(&got, b"parting words");
+    drop(t);
+    let mut rest = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(10), server.read(&mut rest))
+        .await
+        .expect("the relay's side ends in time");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+}
