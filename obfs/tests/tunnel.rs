@@ -137,13 +137,19 @@ async fn many_tunnels_at_once() {
     let r = relay().await;
     let line = r.line.clone();
     spawn_echo(r.tunnels);
+    echo_at_once(&line, 40, 200_000, &CARRIERS).await;
+}
+
+/// `count` tunnels at once, over `carriers` in turn, each echoing a little
+/// over `size` bytes.
+async fn echo_at_once(line: &RelayLine, count: u8, size: usize, carriers: &[Carrier]) {
     let mut tasks = Vec::new();
-    for i in 0..40u8 {
+    for i in 0..count {
         let line = line.clone();
+        let carrier = carriers[usize::from(i) % carriers.len()];
         tasks.push(tokio::spawn(async move {
-            let carrier = CARRIERS[usize::from(i) % CARRIERS.len()];
             let t = client(&line).connect_via(carrier).await.expect("connect");
-            echo_roundtrip(t, 200_000 + usize::from(i), i).await;
+            echo_roundtrip(t, size + usize::from(i), i).await;
         }));
     }
     for t in tasks {
@@ -155,27 +161,33 @@ async fn many_tunnels_at_once() {
 async fn relay_side_close_reaches_client_cleanly() {
     let mut r = relay().await;
     for carrier in CARRIERS {
-        let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
-        t.write_all(b"hello").await.expect("write");
-        t.flush().await.expect("flush");
-        let mut server = r.tunnels.accept().await.expect("tunnel");
-        let mut buf = [0u8; 5];
-        server.read_exact(&mut buf).await.expect("server read");
-        assert_eq!(&buf, b"hello");
-        server.write_all(b"bye").await.expect("server write");
-        server.shutdown().await.expect("server shutdown");
-        let mut got = Vec::new();
-        t.read_to_end(&mut got)
-            .await
-            .expect("client reads to a clean EOF");
-        assert_eq!(got, b"bye");
-        // The client's direction is still open after the relay closed its own.
-        t.write_all(b"late").await.expect("late write");
-        t.shutdown().await.expect("client shutdown");
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.expect("server EOF");
-        assert_eq!(rest, b"late");
+        relay_closes_first(&mut r, carrier).await;
     }
+}
+
+/// The relay closes its direction first and the client reads to a clean
+/// EOF; the client's direction stays open until it closes it too.
+async fn relay_closes_first(r: &mut Relay, carrier: Carrier) {
+    let mut t = client(&r.line).connect_via(carrier).await.expect("connect");
+    t.write_all(b"hello").await.expect("write");
+    t.flush().await.expect("flush");
+    let mut server = r.tunnels.accept().await.expect("tunnel");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).await.expect("server read");
+    assert_eq!(&buf, b"hello");
+    server.write_all(b"bye").await.expect("server write");
+    server.shutdown().await.expect("server shutdown");
+    let mut got = Vec::new();
+    t.read_to_end(&mut got)
+        .await
+        .expect("client reads to a clean EOF");
+    assert_eq!(got, b"bye");
+    // The client's direction is still open after the relay closed its own.
+    t.write_all(b"late").await.expect("late write");
+    t.shutdown().await.expect("client shutdown");
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.expect("server EOF");
+    assert_eq!(rest, b"late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,44 +704,10 @@ async fn http2_tunnels_on_a_single_threaded_runtime_drive_their_connections() {
         .await
         .expect("connect");
     echo_roundtrip(t, 20 * 1000 * 1000 + 5, 9).await;
-    let mut tasks = Vec::new();
-    for i in 0..8u8 {
-        let line = line.clone();
-        tasks.push(tokio::spawn(async move {
-            let t = client(&line)
-                .connect_via(Carrier::H2)
-                .await
-                .expect("connect");
-            echo_roundtrip(t, 300_000 + usize::from(i), i).await;
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
+    echo_at_once(&line, 8, 300_000, &[Carrier::H2]).await;
 
     let mut r = relay().await;
-    let mut t = client(&r.line)
-        .connect_via(Carrier::H2)
-        .await
-        .expect("connect");
-    t.write_all(b"hello").await.expect("write");
-    t.flush().await.expect("flush");
-    let mut server = r.tunnels.accept().await.expect("tunnel");
-    let mut buf = [0u8; 5];
-    server.read_exact(&mut buf).await.expect("server read");
-    assert_eq!(&buf, b"hello");
-    server.write_all(b"bye").await.expect("server write");
-    server.shutdown().await.expect("server shutdown");
-    let mut got = Vec::new();
-    t.read_to_end(&mut got)
-        .await
-        .expect("client reads to a clean EOF");
-    assert_eq!(got, b"bye");
-    t.write_all(b"late").await.expect("late write");
-    t.shutdown().await.expect("client shutdown");
-    let mut rest = Vec::new();
-    server.read_to_end(&mut rest).await.expect("server EOF");
-    assert_eq!(rest, b"late");
+    relay_closes_first(&mut r, Carrier::H2).await;
 
     // A tunnel dropped without a shutdown is aborted: once it is gone,
     // its connection (no longer driven by it) still sends the reset, and

@@ -979,12 +979,13 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why a dial to a contact or relay found no way through.
+const NO_CONNECTION: &str = "no connection (offline, or no reservation at its relay)";
+
 fn message_error(e: msgstream::Failure) -> DeliverError {
     match e {
         msgstream::Failure::Timeout => DeliverError::Timeout,
-        msgstream::Failure::DialFailure => DeliverError::Unreachable(
-            "no connection (offline, or no reservation at its relay)".into(),
-        ),
+        msgstream::Failure::DialFailure => DeliverError::Unreachable(NO_CONNECTION.into()),
         other => DeliverError::Unreachable(other.to_string()),
     }
 }
@@ -992,9 +993,9 @@ fn message_error(e: msgstream::Failure) -> DeliverError {
 fn outbound_error(e: request_response::OutboundFailure) -> DeliverError {
     match e {
         request_response::OutboundFailure::Timeout => DeliverError::Timeout,
-        request_response::OutboundFailure::DialFailure => DeliverError::Unreachable(
-            "no connection (offline, or no reservation at its relay)".into(),
-        ),
+        request_response::OutboundFailure::DialFailure => {
+            DeliverError::Unreachable(NO_CONNECTION.into())
+        }
         other => DeliverError::Unreachable(other.to_string()),
     }
 }

@@ -894,6 +894,31 @@ mod tests {
         rx
     }
 
+    /// The next event of `a`'s message behaviour; other swarm events are
+    /// skipped.
+    async fn next_event(a: &mut Swarm<Behaviour>) -> Event {
+        loop {
+            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
+                return e;
+            }
+        }
+    }
+
+    /// The next event of `a`, which must be a failed message.
+    async fn next_failure(a: &mut Swarm<Behaviour>) -> (RequestId, Failure) {
+        match next_event(a).await {
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => (request_id, error),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    /// How many messages the contact has seen since last asked.
+    fn arrived(seen: &mut tokio::sync::mpsc::UnboundedReceiver<()>) -> usize {
+        std::iter::from_fn(|| seen.try_recv().ok()).count()
+    }
+
     #[tokio::test]
     async fn many_messages_in_flight_each_get_their_own_reply() {
         let (b_id, b_addr, b) = swarm(Behaviour::new(Duration::from_secs(10))).await;
@@ -908,26 +933,21 @@ mod tests {
         }
         let mut connections = HashSet::new();
         while !sent.is_empty() {
-            match a.select_next_some().await {
-                SwarmEvent::Behaviour(Event::Response {
+            match next_event(&mut a).await {
+                Event::Response {
                     request_id,
                     reply: Reply::Refused { reason },
                     connection_id,
                     ..
-                }) => {
+                } => {
                     assert_eq!(sent.remove(&request_id), Some(reason), "reply matches");
                     connections.insert(connection_id);
                 }
-                SwarmEvent::Behaviour(e) => panic!("unexpected: {e:?}"),
-                _ => {}
+                e => panic!("unexpected: {e:?}"),
             }
         }
         assert_eq!(connections.len(), 1, "all on the one connection");
-        let mut arrived = 0;
-        while seen.try_recv().is_ok() {
-            arrived += 1;
-        }
-        assert_eq!(arrived, 50, "each message arrived once");
+        assert_eq!(arrived(&mut seen), 50, "each message arrived once");
     }
 
     #[tokio::test]
@@ -941,21 +961,10 @@ mod tests {
         let (_, _, mut a) = swarm(Behaviour::new(Duration::from_secs(10))).await;
         a.add_peer_address(b_id, b_addr);
         let id = a.behaviour_mut().send_request(&b_id, message("hello"));
-        loop {
-            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
-                match e {
-                    Event::OutboundFailure {
-                        request_id, error, ..
-                    } => {
-                        assert_eq!(request_id, id);
-                        assert_eq!(error, Failure::Unsupported);
-                        assert!(error.to_string().contains("/burrow/msg/2"), "{error}");
-                        break;
-                    }
-                    other => panic!("unexpected: {other:?}"),
-                }
-            }
-        }
+        let (request_id, error) = next_failure(&mut a).await;
+        assert_eq!(request_id, id);
+        assert_eq!(error, Failure::Unsupported);
+        assert!(error.to_string().contains("/burrow/msg/2"), "{error}");
     }
 
     #[tokio::test]
@@ -968,36 +977,21 @@ mod tests {
         let second = a.behaviour_mut().send_request(&b_id, message("two"));
         let mut timed_out = Vec::new();
         while timed_out.len() < 2 {
-            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
-                match e {
-                    Event::OutboundFailure {
-                        request_id,
-                        error: Failure::Timeout,
-                        ..
-                    } => timed_out.push(request_id),
-                    other => panic!("unexpected: {other:?}"),
-                }
-            }
+            let (request_id, error) = next_failure(&mut a).await;
+            assert_eq!(error, Failure::Timeout);
+            timed_out.push(request_id);
         }
         timed_out.sort();
         assert_eq!(timed_out, vec![first, second]);
         assert_eq!(seen.recv().await, Some(()), "they did arrive");
         // A new stream replaces the one given up on.
         let third = a.behaviour_mut().send_request(&b_id, message("three"));
-        loop {
-            if let SwarmEvent::Behaviour(Event::OutboundFailure {
-                request_id, error, ..
-            }) = a.select_next_some().await
-            {
-                assert_eq!((request_id, error), (third, Failure::Timeout));
-                break;
-            }
-        }
-        let mut arrived = 1;
-        while seen.try_recv().is_ok() {
-            arrived += 1;
-        }
-        assert_eq!(arrived, 3, "the third went out on a fresh stream");
+        assert_eq!(next_failure(&mut a).await, (third, Failure::Timeout));
+        assert_eq!(
+            1 + arrived(&mut seen),
+            3,
+            "the third went out on a fresh stream"
+        );
     }
 
     /// Writes raw bytes as a "request" on the message protocol and reads
@@ -1159,19 +1153,7 @@ mod tests {
         let nobody = Keypair::generate_ed25519().public().to_peer_id();
         a.add_peer_address(nobody, "/memory/424242".parse().expect("addr"));
         let id = a.behaviour_mut().send_request(&nobody, message("hello"));
-        loop {
-            if let SwarmEvent::Behaviour(e) = a.select_next_some().await {
-                match e {
-                    Event::OutboundFailure {
-                        request_id, error, ..
-                    } => {
-                        assert_eq!((request_id, error), (id, Failure::DialFailure));
-                        break;
-                    }
-                    other => panic!("unexpected: {other:?}"),
-                }
-            }
-        }
+        assert_eq!(next_failure(&mut a).await, (id, Failure::DialFailure));
     }
 
     fn message(text: &str) -> Envelope {
