@@ -490,6 +490,7 @@ async fn serve_tcp(
         }
         _ => return,
     }
+    let stream = crate::linger::Lingering::new(stream);
     let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
         .await
     {

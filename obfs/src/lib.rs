@@ -23,6 +23,7 @@ mod h1_server;
 mod h2_server;
 mod h2_shape;
 mod h3_server;
+mod linger;
 pub mod redact;
 pub mod relay_line;
 pub mod site;
