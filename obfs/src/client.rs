@@ -15,8 +15,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -88,6 +88,48 @@ pub struct Client {
     connect_timeout: Duration,
     /// Dial HTTP/3 from this endpoint instead of a socket of its own.
     quic: Option<quinn::Endpoint>,
+    /// Which carriers failed lately; shared by the clones of this client.
+    failures: Arc<CarrierFailures>,
+}
+
+/// How long a carrier that failed is tried only after the relay's other
+/// carriers. A censor's block lasts: without this, every dial would wait
+/// out a black-holed carrier's timeout (10 s) before reaching one that
+/// works.
+pub const FAILED_CARRIER_WAIT: Duration = Duration::from_secs(300);
+
+/// When each carrier of one relay last failed to connect, for
+/// [`FAILED_CARRIER_WAIT`].
+#[derive(Debug)]
+struct CarrierFailures {
+    wait: Duration,
+    last: Mutex<Vec<(Carrier, Instant)>>,
+}
+
+impl CarrierFailures {
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            last: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How long ago `carrier` failed, if that is within the wait.
+    fn recent(&self, carrier: Carrier) -> Option<Duration> {
+        let last = self.last.lock().ok()?;
+        let (_, at) = last.iter().find(|(c, _)| *c == carrier)?;
+        Some(at.elapsed()).filter(|ago| *ago < self.wait)
+    }
+
+    fn record(&self, carrier: Carrier, ok: bool) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        last.retain(|(c, _)| *c != carrier);
+        if !ok {
+            last.push((carrier, Instant::now()));
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -120,7 +162,15 @@ impl Client {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
             quic: None,
+            failures: Arc::new(CarrierFailures::new(FAILED_CARRIER_WAIT)),
         })
+    }
+
+    /// How long a failed carrier goes to the back of the line (by default
+    /// [`FAILED_CARRIER_WAIT`]).
+    pub fn with_failed_carrier_wait(mut self, wait: Duration) -> Self {
+        self.failures = Arc::new(CarrierFailures::new(wait));
+        self
     }
 
     /// Time allowed for reaching the relay and finishing TLS, per carrier.
@@ -141,10 +191,46 @@ impl Client {
         &self.line
     }
 
-    /// Opens a tunnel over the relay's carriers in the line's order; if one
-    /// fails to connect or is refused, the next is tried.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The relay's carriers in the order they are tried: the line's, except
+    /// that those which failed within the last [`FAILED_CARRIER_WAIT`] come
+    /// last.
+    pub fn carriers(&self) -> Vec<Carrier> {
+        let mut carriers = self.line.carriers.clone();
+        carriers.sort_by_key(|&c| self.failures.recent(c).is_some());
+        carriers
+    }
+
+    /// Why a dial over `carrier` should make way for the relay's other
+    /// carriers: it failed lately and some other one has not. `None` when it
+    /// is worth trying now. (A dialer that takes the line's carriers one by
+    /// one, as libp2p does, skips it this way.)
+    pub fn make_way(&self, carrier: Carrier) -> Option<String> {
+        let ago = self.failures.recent(carrier)?;
+        let other = self
+            .line
+            .carriers
+            .iter()
+            .find(|&&c| c != carrier && self.failures.recent(c).is_none())?;
+        Some(format!(
+            "failed {} s ago; trying the {other} carrier first",
+            ago.as_secs()
+        ))
+    }
+
+    /// Notes that a tunnel over `carrier` connected but the relay did not
+    /// accept it (for dialers that check acceptance themselves).
+    pub fn refused(&self, carrier: Carrier) {
+        self.failures.record(carrier, false);
+    }
+
+    /// Opens a tunnel over the relay's carriers in the order of
+    /// [`Client::carriers`]; if one fails to connect, the next is tried.
     pub async fn connect(&self) -> Result<Tunnel, Error> {
-        self.connect_carriers(&self.line.carriers).await
+        self.connect_carriers(&self.carriers()).await
     }
 
     /// Like [`Client::connect`], but waits for the relay's acceptance so a
@@ -152,11 +238,14 @@ impl Client {
     /// back.
     pub async fn connect_established(&self) -> Result<Tunnel, Error> {
         let mut errors = Vec::new();
-        for &carrier in &self.line.carriers {
+        for carrier in self.carriers() {
             match self.connect_via(carrier).await {
                 Ok(mut t) => match t.established().await {
                     Ok(()) => return Ok(t),
-                    Err(e) => errors.push(Error::dial(carrier.name(), e)),
+                    Err(e) => {
+                        self.refused(carrier);
+                        errors.push(Error::dial(carrier.name(), e));
+                    }
                 },
                 Err(e) => errors.push(e),
             }
@@ -178,7 +267,8 @@ impl Client {
         Err(Error::AllCarriersFailed(errors))
     }
 
-    /// Opens a tunnel over one carrier.
+    /// Opens a tunnel over one carrier (and remembers whether it connected,
+    /// for [`Client::carriers`]).
     pub async fn connect_via(&self, carrier: Carrier) -> Result<Tunnel, Error> {
         let (host, port) = self.target()?;
         let fut = async {
@@ -188,10 +278,12 @@ impl Client {
                 Carrier::Ws => self.connect_ws(&host, port).await,
             }
         };
-        match tokio::time::timeout(self.connect_timeout, fut).await {
+        let result = match tokio::time::timeout(self.connect_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::dial(carrier.name(), "timed out")),
-        }
+        };
+        self.failures.record(carrier, result.is_ok());
+        result
     }
 
     /// Where the relay is dialled: its `ip=` if the line has one, else its

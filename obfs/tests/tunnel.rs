@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,10 +222,43 @@ async fn wrong_key_gets_the_site_not_a_tunnel() {
     );
 }
 
-/// A network where a censor blocks UDP outright and, optionally, black-holes TCP.
-#[derive(Debug)]
+/// A network where a censor blocks UDP (refusing it, or dropping every
+/// datagram) and, optionally, black-holes TCP. Counts the dials it sees.
+#[derive(Debug, Default)]
 struct Censored {
     drop_tcp: bool,
+    /// Where datagrams vanish: a socket that never answers. `None` refuses
+    /// UDP outright.
+    udp_sink: Option<std::net::UdpSocket>,
+    tcp_dials: AtomicUsize,
+    udp_dials: AtomicUsize,
+}
+
+impl Censored {
+    fn udp_refused() -> Self {
+        Self::default()
+    }
+
+    fn everything_dropped() -> Self {
+        Self {
+            drop_tcp: true,
+            ..Self::udp_dropped()
+        }
+    }
+
+    fn udp_dropped() -> Self {
+        Self {
+            udp_sink: Some(std::net::UdpSocket::bind("127.0.0.1:0").expect("sink")),
+            ..Self::default()
+        }
+    }
+
+    fn dials(&self) -> (usize, usize) {
+        (
+            self.tcp_dials.load(Ordering::SeqCst),
+            self.udp_dials.load(Ordering::SeqCst),
+        )
+    }
 }
 
 impl Sockets for Censored {
@@ -233,6 +267,7 @@ impl Sockets for Censored {
         host: &str,
         port: u16,
     ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
+        self.tcp_dials.fetch_add(1, Ordering::SeqCst);
         let drop_tcp = self.drop_tcp;
         let host = host.to_string();
         Box::pin(async move {
@@ -254,11 +289,16 @@ impl Sockets for Censored {
         _port: u16,
     ) -> Pin<Box<dyn Future<Output = io::Result<(std::net::UdpSocket, SocketAddr)>> + Send + '_>>
     {
+        self.udp_dials.fetch_add(1, Ordering::SeqCst);
         Box::pin(async {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "UDP blocked",
-            ))
+            let Some(sink) = &self.udp_sink else {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "UDP blocked",
+                ));
+            };
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            Ok((socket, sink.local_addr()?))
         })
     }
 }
@@ -269,8 +309,7 @@ async fn falls_back_to_the_other_carrier() {
     let mut line = r.line.clone();
     spawn_echo(r.tunnels);
     line.carriers = vec![Carrier::H3, Carrier::H2];
-    let udp_blocked =
-        Client::new(line.clone(), Arc::new(Censored { drop_tcp: false })).expect("client");
+    let udp_blocked = Client::new(line.clone(), Arc::new(Censored::udp_refused())).expect("client");
     let t = udp_blocked
         .connect_established()
         .await
@@ -278,7 +317,11 @@ async fn falls_back_to_the_other_carrier() {
     assert_eq!(t.carrier(), Carrier::H2);
     echo_roundtrip(t, 100_000, 1).await;
 
-    let all_blocked = Client::new(line, Arc::new(Censored { drop_tcp: true }))
+    let tcp_dropped = Censored {
+        drop_tcp: true,
+        ..Censored::udp_refused()
+    };
+    let all_blocked = Client::new(line, Arc::new(tcp_dropped))
         .expect("client")
         .with_connect_timeout(Duration::from_millis(300));
     let err = all_blocked
@@ -294,6 +337,62 @@ async fn falls_back_to_the_other_carrier() {
         text.contains("h2 carrier") && text.contains("timed out"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_that_failed_steps_aside_for_a_while() {
+    let r = relay().await;
+    let mut line = r.line.clone();
+    spawn_echo(r.tunnels);
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let net = Arc::new(Censored::udp_dropped());
+    let client = Client::new(line, net.clone())
+        .expect("client")
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_failed_carrier_wait(Duration::from_secs(2));
+
+    // The first dial waits out QUIC's silence, then takes HTTP/2.
+    let t = client.connect_established().await.expect("falls back");
+    assert_eq!(t.carrier(), Carrier::H2);
+    assert_eq!(net.dials(), (1, 1));
+    assert_eq!(client.carriers(), [Carrier::H2, Carrier::H3]);
+    let why = client.make_way(Carrier::H3).expect("h3 steps aside");
+    assert!(why.contains("trying the h2 carrier first"), "{why}");
+    assert_eq!(client.make_way(Carrier::H2), None);
+
+    // The next dials, from this client or a clone, go straight to HTTP/2.
+    for c in [client.clone(), client.clone()] {
+        let t = c.connect_established().await.expect("h2 at once");
+        assert_eq!(t.carrier(), Carrier::H2);
+        echo_roundtrip(t, 1_000, 1).await;
+    }
+    assert_eq!(net.dials(), (3, 1), "no QUIC dial while it steps aside");
+
+    // Once the wait is over, QUIC gets its turn again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(client.carriers(), [Carrier::H3, Carrier::H2]);
+    assert_eq!(client.make_way(Carrier::H3), None);
+    let t = client.connect_established().await.expect("falls back");
+    assert_eq!(t.carrier(), Carrier::H2);
+    assert_eq!(net.dials(), (4, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_carrier_failed_lately_all_are_tried_again() {
+    let r = relay().await;
+    let mut line = r.line.clone();
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let net = Arc::new(Censored::everything_dropped());
+    let client = Client::new(line, net.clone())
+        .expect("client")
+        .with_connect_timeout(Duration::from_millis(200));
+    for round in 1..=2 {
+        client.connect().await.expect_err("nothing gets through");
+        assert_eq!(net.dials(), (round, round));
+        // Neither steps aside for the other: both failed.
+        assert_eq!(client.make_way(Carrier::H3), None);
+        assert_eq!(client.make_way(Carrier::H2), None);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

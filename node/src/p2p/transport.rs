@@ -146,7 +146,14 @@ impl Directory {
             None => client,
         };
         if let Ok(mut relays) = self.relays.write() {
-            relays.insert(key, client);
+            // The same relay named again (every delivery names it) keeps
+            // its client: its TLS set-up and what it learnt about carriers.
+            let known = relays.get(&key).is_some_and(|c| {
+                c.line() == line && c.connect_timeout() == client.connect_timeout()
+            });
+            if !known {
+                relays.insert(key, client);
+            }
         }
         Ok(relay_addrs(line))
     }
@@ -321,6 +328,17 @@ impl Transport for CarrierTransport {
             self.directory.refuse_unknown(&key, carrier);
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
+        // libp2p dials a relay's carriers one by one in the line's order; a
+        // carrier that failed lately steps aside at once for one that has
+        // not, instead of costing every dial its timeout again.
+        if let Some(why) = client.make_way(carrier) {
+            tracing::debug!("not dialling {addr} now: {carrier} carrier {why}");
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{carrier} carrier {why}"),
+            );
+            return Ok(futures::future::ready(Err(e)).boxed());
+        }
         Ok(async move {
             let mut tunnel = client
                 .connect_via(carrier)
@@ -332,7 +350,10 @@ impl Transport for CarrierTransport {
             // checked on the first read instead (a refusal still fails the
             // dial, in the Noise upgrade).
             if !client.line().proxied {
-                tunnel.established().await?;
+                if let Err(e) = tunnel.established().await {
+                    client.refused(carrier);
+                    return Err(e);
+                }
             }
             Ok(tunnel.compat())
         }
@@ -549,6 +570,78 @@ mod tests {
             ]
             .map(|t| (t.to_string(), LEARNED_COMPONENT.to_string()))
         );
+    }
+
+    /// TCP to a closed port (refused at once), UDP refused outright.
+    #[derive(Debug)]
+    struct NothingListens;
+
+    impl Sockets for NothingListens {
+        fn tcp(
+            &self,
+            host: &str,
+            port: u16,
+        ) -> burrow_obfs::client::BoxFuture<'_, io::Result<tokio::net::TcpStream>> {
+            let addr = format!("{host}:{port}");
+            Box::pin(async move { tokio::net::TcpStream::connect(addr).await })
+        }
+
+        fn udp(
+            &self,
+            _host: &str,
+            _port: u16,
+        ) -> burrow_obfs::client::BoxFuture<'_, io::Result<(std::net::UdpSocket, SocketAddr)>>
+        {
+            Box::pin(async { Err(io::Error::other("UDP blocked")) })
+        }
+    }
+
+    /// A relay's carrier that failed makes way for the others on the next
+    /// dials, even when every delivery names the relay again.
+    #[tokio::test]
+    async fn a_failed_carrier_makes_way_across_dials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let line = RelayLine {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/api/v2/events".into(),
+            key: burrow_obfs::GateSecret::generate(&mut rand::rngs::OsRng).public(),
+            carriers: vec![Carrier::H2, Carrier::H3],
+            pin: None,
+            ip: None,
+            id: None,
+            proxied: false,
+        };
+        let directory = Directory::default();
+        let sockets: Arc<dyn Sockets> = Arc::new(NothingListens);
+        let addrs = directory.add(&line, sockets.clone()).expect("add");
+        let mut t = CarrierTransport::dialer(directory.clone());
+        let mut dial = |addr: &Multiaddr| {
+            let opts = DialOpts {
+                role: Endpoint::Dialer,
+                port_use: libp2p::core::transport::PortUse::New,
+            };
+            t.dial(addr.clone(), opts).expect("ours")
+        };
+        let (h2, h3) = (&addrs[0], &addrs[1]);
+
+        let err = dial(h2).await.expect_err("nothing listens");
+        assert!(!err.to_string().contains("first"), "{err}");
+        // Named again, as each delivery does: what was learnt stays.
+        directory.add(&line, sockets).expect("add again");
+        let err = dial(h2).await.expect_err("makes way");
+        assert!(
+            err.to_string()
+                .contains("h2 carrier failed 0 s ago; trying the h3 carrier first"),
+            "{err}"
+        );
+        let err = dial(h3).await.expect_err("UDP blocked");
+        assert!(err.to_string().contains("UDP blocked"), "{err}");
+        // Both failed lately: each is dialled again.
+        let err = dial(h2).await.expect_err("nothing listens");
+        assert!(!err.to_string().contains("first"), "{err}");
     }
 
     #[test]
