@@ -118,6 +118,13 @@ impl Identity {
             .key_provider
             .load_private_key(identity.key.clone_key())
             .map_err(|e| bad(format!("private key: {e}")))?;
+        if certified.algorithm() == rustls::SignatureAlgorithm::ED25519 {
+            return Err(bad(
+                "an Ed25519 key: browsers accept only ECDSA and RSA certificates, and so do \
+                 Burrow's clients, which offer what Chrome offers"
+                    .into(),
+            ));
+        }
         let ck = rustls::sign::CertifiedKey::new(identity.chain.clone(), certified);
         ck.keys_match()
             .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
@@ -249,10 +256,47 @@ pub enum Trust {
     WebRoots,
 }
 
-/// The cipher-suite order a current Chrome offers (TLS 1.3 first, AES-128 first).
+/// The signature schemes a current Chrome offers, in its order.
+const CHROME_SIGNATURE_SCHEMES: [SignatureScheme; 8] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA512,
+];
+
+/// The provider's signature verification with Chrome's schemes in Chrome's
+/// order: what a client offers in its `signature_algorithms` extension is
+/// this list (the provider's own order starts with P-384 and offers
+/// Ed25519, which Chrome does not).
+fn browser_signature_algorithms(base: WebPkiSupportedAlgorithms) -> WebPkiSupportedAlgorithms {
+    type Mapping = Vec<(
+        SignatureScheme,
+        &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
+    )>;
+    static MAPPING: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+    let mapping = MAPPING.get_or_init(|| {
+        CHROME_SIGNATURE_SCHEMES
+            .iter()
+            .filter_map(|scheme| base.mapping.iter().find(|(s, _)| s == scheme).copied())
+            .collect()
+    });
+    WebPkiSupportedAlgorithms {
+        all: base.all,
+        mapping,
+    }
+}
+
+/// A current Chrome's cipher-suite order (TLS 1.3 first, AES-128 first) and
+/// signature schemes.
 fn browser_provider() -> CryptoProvider {
     use rustls::crypto::ring::cipher_suite as cs;
     let mut p = provider::default_provider();
+    p.signature_verification_algorithms =
+        browser_signature_algorithms(p.signature_verification_algorithms);
     p.cipher_suites = vec![
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
@@ -338,5 +382,124 @@ impl ServerCertVerifier for PinVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ClientHello a client with `config` writes first, as
+    /// (cipher suites, extensions as (type, body)).
+    fn client_hello(config: Arc<ClientConfig>) -> (Vec<u16>, Vec<(u16, Vec<u8>)>) {
+        let name = ServerName::try_from("relay.example.org").expect("name");
+        let mut conn = rustls::ClientConnection::new(config, name).expect("client");
+        let mut wire = Vec::new();
+        conn.write_tls(&mut wire).expect("hello");
+        let mut r = Reader(&wire);
+        assert_eq!(r.take(1), [22], "a handshake record");
+        r.take(4); // legacy version, length
+        assert_eq!(r.take(1), [1], "a ClientHello");
+        r.take(3 + 2 + 32); // length, legacy version, random
+        let session_id = r.u8() as usize;
+        r.take(session_id);
+        let suites = r.u16() as usize;
+        let suites = r.take(suites).chunks(2).map(be16).collect();
+        let compression = r.u8() as usize;
+        r.take(compression);
+        let len = r.u16() as usize;
+        let mut exts = Reader(r.take(len));
+        let mut extensions = Vec::new();
+        while !exts.0.is_empty() {
+            let ty = exts.u16();
+            let len = exts.u16() as usize;
+            extensions.push((ty, exts.take(len).to_vec()));
+        }
+        (suites, extensions)
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> &'a [u8] {
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            head
+        }
+        fn u8(&mut self) -> u8 {
+            self.take(1)[0]
+        }
+        fn u16(&mut self) -> u16 {
+            be16(self.take(2))
+        }
+    }
+
+    fn be16(b: &[u8]) -> u16 {
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// A list in an extension body: a length prefix of `prefix` bytes, then
+    /// 16-bit values.
+    fn u16_list(body: &[u8], prefix: usize) -> Vec<u16> {
+        body[prefix..].chunks(2).map(be16).collect()
+    }
+
+    fn extension(exts: &[(u16, Vec<u8>)], ty: u16) -> &[u8] {
+        &exts
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .unwrap_or_else(|| panic!("extension {ty} missing"))
+            .1
+    }
+
+    #[test]
+    fn an_ed25519_certificate_is_refused_with_its_reason() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let params =
+            rcgen::CertificateParams::new(vec!["relay.example.org".into()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        let err = Identity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect_err("refused");
+        assert!(err.to_string().contains("an Ed25519 key"), "{err}");
+    }
+
+    #[test]
+    fn the_client_hello_has_chromes_orders_and_a_fresh_extension_order_each_time() {
+        let pin = CertPin([7; 32]);
+        for trust in [Trust::Pinned(pin), Trust::WebRoots] {
+            let config = client_config(&trust, &ALPN_TCP).expect("config");
+            let (suites, exts) = client_hello(config.clone());
+            // Chrome's, less the CBC and plain-RSA suites rustls lacks; then
+            // the renegotiation SCSV rustls always adds and Chrome does not.
+            assert_eq!(
+                suites,
+                [0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0x00ff],
+                "{trust:?}"
+            );
+            // signature_algorithms: Chrome's eight, in Chrome's order.
+            assert_eq!(
+                u16_list(extension(&exts, 13), 2),
+                [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601],
+                "{trust:?}"
+            );
+            // supported_groups: Chrome's, less X25519MLKEM768 (not in ring).
+            assert_eq!(u16_list(extension(&exts, 10), 2), [0x001d, 0x0017, 0x0018]);
+            assert_eq!(extension(&exts, 16), b"\x00\x0c\x02h2\x08http/1.1");
+
+            // The same extensions each time, in an order drawn per connection.
+            let types = |exts: &[(u16, Vec<u8>)]| exts.iter().map(|e| e.0).collect::<Vec<_>>();
+            let first = types(&exts);
+            let mut sorted_first = first.clone();
+            sorted_first.sort_unstable();
+            let mut orders = std::collections::HashSet::new();
+            for _ in 0..8 {
+                let (_, exts) = client_hello(config.clone());
+                let mut order = types(&exts);
+                orders.insert(order.clone());
+                order.sort_unstable();
+                assert_eq!(order, sorted_first);
+            }
+            assert!(orders.len() > 1, "one order in 8 hellos: {first:?}");
+        }
     }
 }
