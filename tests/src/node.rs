@@ -36,9 +36,19 @@ impl NodeProc {
 
     /// `burrow init --relay LINE EXTRA…` in a fresh directory.
     pub fn init_with(name: &str, relay: &RelayLine, extra: &[&str]) -> NodeProc {
+        Self::init_in(name, relay, tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    /// `burrow init --relay LINE EXTRA…` in `dir` (on a small disk, say).
+    pub fn init_in(
+        name: &str,
+        relay: &RelayLine,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> NodeProc {
         let node = NodeProc {
             name: name.into(),
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             daemon: None,
         };
         let line = relay.to_string();
