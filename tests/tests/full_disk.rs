@@ -8,10 +8,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burrow_tests::node::NodeProc;
-use burrow_tests::{is_root, must, RelayProc, REQUIRE_TOOLS_ENV};
+use burrow_tests::{free_port, is_root, must, relay_metric, RelayProc, REQUIRE_TOOLS_ENV};
 
 /// A tmpfs of a few MiB, unmounted on drop.
 struct SmallDisk {
@@ -72,12 +72,22 @@ impl Drop for SmallDisk {
     }
 }
 
+fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_full_disk_loses_nothing_and_says_so() {
     let Some(disk) = SmallDisk::mount(16) else {
         return;
     };
-    let relay = RelayProc::start(&[]);
+    let metrics = free_port();
+    let relay = RelayProc::start(&["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let held = || relay_metric(metrics, "burrow_relay_mailbox_messages");
     let carol = NodeProc::init("carol", &relay.line);
     let mut alice = NodeProc::init("alice", &relay.line);
     // Bob lives on the small disk.
@@ -128,15 +138,29 @@ fn a_full_disk_loses_nothing_and_says_so() {
         texts(&bob.messages("alice")),
         ["in before", "out reply before"]
     );
-    // A restart on the full disk still opens the store.
+    // Bob goes away: Alice's node leaves what he refused, and one more, in
+    // his mailbox at the relay.
     bob.kill();
+    assert_eq!(
+        bob.messages("alice").len(),
+        2,
+        "the store opens on a full disk"
+    );
+    let out = alice.ok(&["send", "bob", "while away"]);
+    assert!(out.contains("left in their mailbox"), "{out}");
+    wait_until("four messages in Bob's mailbox", || held() == 4.0);
+    // He comes back on the still-full disk: what he cannot store stays at
+    // the relay, unacknowledged.
+    bob.up();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(held(), 4.0, "kept at the relay");
     assert_eq!(bob.messages("alice").len(), 2);
 
-    // Room again: the outbox delivers, once each, in order.
+    // Room again: his node fetches the mailbox once more (it asks every 20 s)
+    // and everything arrives, once each, in order.
     disk.free();
-    bob.up();
     let got = bob.wait_messages("alice", "the messages sent while full", |m| {
-        m.iter().filter(|(d, _, _)| d == "in").count() >= 4
+        m.iter().filter(|(d, _, _)| d == "in").count() >= 5
     });
     assert_eq!(
         texts(&got),
@@ -145,14 +169,16 @@ fn a_full_disk_loses_nothing_and_says_so() {
             "out reply before",
             "in while full 1",
             "in while full 2",
-            "in while full 3"
+            "in while full 3",
+            "in while away"
         ]
     );
+    wait_until("an empty mailbox", || held() == 0.0);
     alice.wait_messages("bob", "receipts for all", |m| {
         m.iter().all(|(d, _, s)| d == "in" || s == "delivered")
     });
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(bob.messages("alice").len(), 5, "no duplicates");
+    assert_eq!(bob.messages("alice").len(), 6, "no duplicates");
     let out = bob.ok(&["contact", "add", "carol", &carol.address()]);
     assert!(out.contains("carol"), "{out}");
 }
