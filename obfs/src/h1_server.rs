@@ -23,7 +23,7 @@ use crate::front::SharedRef;
 use crate::gate::Binding;
 use crate::h1::{self, BodyReader, Parsed, Reject};
 use crate::relay_line::Carrier;
-use crate::site::{self, SiteRequest, SiteResponse, MAX_REQUEST_BODY};
+use crate::site::{self, Body, SiteRequest, SiteResponse, MAX_REQUEST_BODY};
 use crate::tunnel::Tunnel;
 use crate::upstream::ReasonPhrase;
 
@@ -135,7 +135,7 @@ pub(crate) async fn serve<S>(
         if resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()) == Some(b"close") {
             keep_alive = false;
         }
-        if write_response(&mut io, &resp, head.method == Method::HEAD, keep_alive)
+        if write_response(&mut io, resp, head.method == Method::HEAD, keep_alive)
             .await
             .is_err()
             || !keep_alive
@@ -235,7 +235,7 @@ pub(crate) async fn serve_plain<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
         match h1::parse(&buf) {
             Parsed::Head(head, _) => {
                 let resp = site::plain_http_response();
-                let _ = write_response(&mut io, &resp, head.method == Method::HEAD, false).await;
+                let _ = write_response(&mut io, resp, head.method == Method::HEAD, false).await;
                 let _ = io.shutdown().await;
                 return;
             }
@@ -257,7 +257,7 @@ async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, r: Reject) -> std::io::
         Reject::HeaderTooLarge => site::header_too_large_response(),
         other => site::error_response(other.status()),
     };
-    write_response(io, &resp, false, false).await?;
+    write_response(io, resp, false, false).await?;
     io.shutdown().await
 }
 
@@ -266,7 +266,7 @@ async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, r: Reject) -> std::io::
 /// `Connection` header in the site's position.
 async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
-    resp: &SiteResponse,
+    resp: SiteResponse,
     head_only: bool,
     keep_alive: bool,
 ) -> std::io::Result<()> {
@@ -276,7 +276,11 @@ async fn write_response<S: AsyncWrite + Unpin>(
         None => site::reason(status),
     };
     let chunked = resp.headers().contains_key(header::TRANSFER_ENCODING);
-    let mut out = Vec::with_capacity(256 + resp.body().len());
+    let in_memory = match resp.body() {
+        Body::Full(b) if !head_only => b.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(256 + in_memory);
     out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
     for (name, value) in resp.headers() {
         out.extend_from_slice(h1::wire_name(name).as_bytes());
@@ -289,20 +293,44 @@ async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only {
-        if chunked {
-            // One chunk and the last-chunk: the body is already whole.
-            if !resp.body().is_empty() {
-                out.extend_from_slice(format!("{:x}\r\n", resp.body().len()).as_bytes());
-                out.extend_from_slice(resp.body());
-                out.extend_from_slice(b"\r\n");
+    if head_only {
+        io.write_all(&out).await?;
+        return io.flush().await;
+    }
+    match resp.into_body() {
+        // In memory: head and body in one write (a chunked body, from an
+        // origin that gave no length, is already whole: one chunk and the
+        // last-chunk).
+        Body::Full(body) => {
+            if chunked {
+                if !body.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                    out.extend_from_slice(&body);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                out.extend_from_slice(&body);
             }
-            out.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            out.extend_from_slice(resp.body());
+            io.write_all(&out).await?;
+        }
+        // A large file: the head with its first piece, then piece by piece
+        // as the client takes them.
+        mut body @ Body::File(_) => {
+            while let Some(chunk) = body.next_chunk().await? {
+                if out.is_empty() {
+                    io.write_all(&chunk).await?;
+                } else {
+                    out.extend_from_slice(&chunk);
+                    io.write_all(&out).await?;
+                    out = Vec::new();
+                }
+            }
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+            }
         }
     }
-    io.write_all(&out).await?;
     io.flush().await
 }
 

@@ -21,7 +21,7 @@ use crate::coalesce::{Coalesced, Hold};
 use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
-use crate::site::MAX_REQUEST_BODY;
+use crate::site::{Body, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Drive, Tunnel, Waiting, Watched};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
@@ -303,20 +303,49 @@ async fn answer(
     };
     let (head, payload) = multiplexed(req.method(), resp);
     match respond.send_response(head, payload.is_none()) {
-        Ok(mut send) => {
-            if let Some(payload) = payload {
-                // The whole body is in memory already: handed over with the
-                // head, in the same poll, `h2` writes both (and the other
-                // answers ready by then) in one TLS write, and sends what
-                // the peer's window does not take yet as the window opens.
+        Ok(mut send) => match payload {
+            // The whole body is in memory already: handed over with the
+            // head, in the same poll, `h2` writes both (and the other
+            // answers ready by then) in one TLS write, and sends what the
+            // peer's window does not take yet as the window opens.
+            Some(Body::Full(payload)) => {
                 if let Err(e) = send.send_data(payload, true) {
                     debug!("h2 response body failed: {e}");
                 }
             }
-        }
+            Some(file @ Body::File(_)) => {
+                if let Err(e) = send_piecewise(&mut send, file).await {
+                    debug!("h2 response body failed: {e}");
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            }
+            None => {}
+        },
         Err(e) => debug!("h2 response failed: {e}"),
     }
     discard(body).await;
+}
+
+/// Sends a large body only as fast as the client's windows open, so no more
+/// than one piece of it waits in memory.
+async fn send_piecewise(
+    send: &mut h2::SendStream<Bytes>,
+    mut body: Body,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    while let Some(mut chunk) = body.next_chunk().await? {
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(granted) => granted?,
+                None => return Err("the stream closed".into()),
+            };
+            if granted > 0 {
+                send.send_data(chunk.split_to(granted.min(chunk.len())), false)?;
+            }
+        }
+    }
+    send.send_data(Bytes::new(), true)?;
+    Ok(())
 }
 
 /// Reads a whole request body for an origin, up to [`MAX_REQUEST_BODY`].

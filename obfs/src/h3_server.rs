@@ -90,8 +90,19 @@ async fn handle(
     let result = async {
         let (head, payload) = multiplexed(req.method(), resp);
         stream.send_response(head).await?;
-        if let Some(payload) = payload {
-            stream.send_data(payload).await?;
+        if let Some(mut payload) = payload {
+            // A large file goes piece by piece, each sent once QUIC takes it.
+            loop {
+                match payload.next_chunk().await {
+                    Ok(Some(chunk)) => stream.send_data(chunk).await?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!("h3 response body failed: {e}");
+                        stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                        return Ok(());
+                    }
+                }
+            }
         }
         stream.finish().await
     }

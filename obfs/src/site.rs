@@ -20,12 +20,146 @@ use http::{Method, Response, StatusCode};
 
 use crate::upstream::Upstream;
 
-/// A finished answer to one request: status, ordered headers, whole body.
-pub type SiteResponse = Response<Bytes>;
+/// A finished answer to one request: status, ordered headers, body.
+pub type SiteResponse = Response<Body>;
 
-/// Largest file served from a site directory. Bigger files get 403, as a
-/// server with a size-limited location would answer; keeps memory bounded.
-pub const MAX_FILE_SIZE: u64 = 32 * 1024 * 1024;
+/// Files larger than this are not read whole: their bytes are read from the
+/// open file piece by piece as the client takes them (nginx's `sendfile`),
+/// so a large download holds [`FILE_CHUNK`] bytes, not the file.
+pub const STREAM_FILES_OVER: u64 = 1024 * 1024;
+
+/// What a streamed file is read in.
+pub const FILE_CHUNK: usize = 128 * 1024;
+
+/// A response body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// All of it, in memory.
+    Full(Bytes),
+    /// Ranges of an open file, with the bytes between them (the parts of a
+    /// `multipart/byteranges` body), read as they are sent.
+    File(FileBody),
+}
+
+/// See [`Body::File`].
+#[derive(Debug, Clone)]
+pub struct FileBody {
+    file: std::sync::Arc<std::fs::File>,
+    pieces: std::collections::VecDeque<Piece>,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Bytes(Bytes),
+    /// Bytes `start..end` of the file.
+    Range(u64, u64),
+}
+
+impl Body {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Full(b) => b.len() as u64,
+            Body::File(f) => f
+                .pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Bytes(b) => b.len() as u64,
+                    Piece::Range(start, end) => end - start,
+                })
+                .sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next bytes to send (at most [`FILE_CHUNK`] of a file), `None`
+    /// once all are out. A file that shrank since it was opened is an
+    /// error: the connection is cut, as nginx cuts it.
+    pub async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        let f = match self {
+            Body::Full(b) if b.is_empty() => return Ok(None),
+            Body::Full(b) => return Ok(Some(std::mem::take(b))),
+            Body::File(f) => f,
+        };
+        loop {
+            match f.pieces.pop_front() {
+                None => return Ok(None),
+                Some(Piece::Bytes(b)) if b.is_empty() => continue,
+                Some(Piece::Bytes(b)) => return Ok(Some(b)),
+                Some(Piece::Range(start, end)) if start >= end => continue,
+                Some(Piece::Range(start, end)) => {
+                    let n = (end - start).min(FILE_CHUNK as u64);
+                    if start + n < end {
+                        f.pieces.push_front(Piece::Range(start + n, end));
+                    }
+                    let file = f.file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        let mut buf = vec![0u8; n as usize];
+                        file.read_exact_at(&mut buf, start)
+                            .map(|()| Bytes::from(buf))
+                    });
+                    return match read.await {
+                        Ok(Ok(chunk)) => Ok(Some(chunk)),
+                        Ok(Err(e)) => Err(std::io::Error::new(
+                            e.kind(),
+                            format!("file changed while it was sent: {e}"),
+                        )),
+                        Err(e) => Err(std::io::Error::other(e)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The whole body in memory (tests, and bodies known to be small).
+    #[cfg(test)]
+    pub(crate) async fn collect(mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Full(b)
+    }
+}
+
+/// A file's content as the site found it: read whole, or open.
+#[derive(Debug)]
+enum Content {
+    Memory(Bytes),
+    Open {
+        file: std::sync::Arc<std::fs::File>,
+        len: u64,
+    },
+}
+
+impl Content {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Memory(b) => b.len() as u64,
+            Content::Open { len, .. } => *len,
+        }
+    }
+
+    /// Bytes `start..end`.
+    fn slice(&self, start: u64, end: u64) -> Body {
+        match self {
+            Content::Memory(b) => Body::Full(b.slice(start as usize..end as usize)),
+            Content::Open { file, .. } => Body::File(FileBody {
+                file: file.clone(),
+                pieces: [Piece::Range(start, end)].into(),
+            }),
+        }
+    }
+}
 
 /// nginx's `client_max_body_size`: a longer request body gets 413.
 pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -143,7 +277,7 @@ pub enum Source {
 
 #[derive(Debug)]
 enum Lookup {
-    File { body: Bytes, mtime: SystemTime },
+    File { body: Content, mtime: SystemTime },
     Dir,
     Missing,
     Forbidden,
@@ -237,9 +371,11 @@ impl Site {
                 .forward(req.method, req.target, req.headers, req.body)
                 .await
             {
-                Ok(resp) => up.dress(resp, self.alt_svc.as_ref(), |path| {
-                    self.absolute_url(req.host, path)
-                }),
+                Ok(resp) => up
+                    .dress(resp, self.alt_svc.as_ref(), |path| {
+                        self.absolute_url(req.host, path)
+                    })
+                    .map(Body::Full),
                 Err(failure) => self.error(failure.status()),
             };
         }
@@ -279,7 +415,7 @@ impl Site {
             Source::Builtin => {
                 if let Some(body) = self.builtin.get(rel) {
                     return Lookup::File {
-                        body: Bytes::from_static(body),
+                        body: Content::Memory(Bytes::from_static(body)),
                         mtime: self.builtin_mtime,
                     };
                 }
@@ -310,13 +446,19 @@ impl Site {
                 if meta.is_dir() {
                     return Lookup::Dir;
                 }
-                if !meta.is_file() || meta.len() > MAX_FILE_SIZE {
+                if !meta.is_file() {
                     return Lookup::Forbidden;
                 }
                 let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+                if meta.len() > STREAM_FILES_OVER {
+                    return open_large(full).await;
+                }
                 let stamp = Stamp::of(&meta);
                 if let Some(body) = self.cache.get(&full, stamp) {
-                    return Lookup::File { body, mtime };
+                    return Lookup::File {
+                        body: Content::Memory(body),
+                        mtime,
+                    };
                 }
                 let read = if meta.len() <= INLINE_READ_MAX {
                     std::fs::read(&full)
@@ -327,7 +469,10 @@ impl Site {
                     Ok(body) => {
                         let body = Bytes::from(body);
                         self.cache.put(&full, stamp, SystemTime::now(), &body);
-                        Lookup::File { body, mtime }
+                        Lookup::File {
+                            body: Content::Memory(body),
+                            mtime,
+                        }
                     }
                     Err(_) => Lookup::Forbidden,
                 }
@@ -339,16 +484,16 @@ impl Site {
         &self,
         req: SiteRequest<'_>,
         rel: &str,
-        body: Bytes,
+        content: Content,
         mtime: SystemTime,
     ) -> SiteResponse {
         let secs = mtime
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let etag = format!("\"{:x}-{:x}\"", secs, body.len());
+        let len = content.len();
+        let etag = format!("\"{secs:x}-{len:x}\"");
         let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
-        let len = body.len() as u64;
 
         if not_modified(req.headers, &etag, &last_modified) {
             let mut h = base_headers();
@@ -364,17 +509,17 @@ impl Site {
             _ => RangeAnswer::Full,
         };
         let (status, body, content_range) = match range {
-            RangeAnswer::Full => (StatusCode::OK, body, None),
+            RangeAnswer::Full => (StatusCode::OK, content.slice(0, len), None),
             RangeAnswer::Parts(parts) if parts.len() == 1 => {
                 let (start, end) = parts[0];
                 (
                     StatusCode::PARTIAL_CONTENT,
-                    body.slice(start as usize..end as usize),
+                    content.slice(start, end),
                     Some(format!("bytes {start}-{}/{len}", end - 1)),
                 )
             }
             RangeAnswer::Parts(parts) => {
-                return self.multipart(rel, &body, &parts, &etag, &last_modified);
+                return self.multipart(rel, &content, &parts, &etag, &last_modified);
             }
             RangeAnswer::Unsatisfiable => {
                 let mut r = self.error(StatusCode::RANGE_NOT_SATISFIABLE);
@@ -403,7 +548,7 @@ impl Site {
     fn multipart(
         &self,
         rel: &str,
-        body: &Bytes,
+        content: &Content,
         parts: &[(u64, u64)],
         etag: &str,
         last_modified: &str,
@@ -412,32 +557,47 @@ impl Site {
             .boundaries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let boundary = format!("{boundary:020}");
-        let len = body.len();
+        let len = content.len();
         let ct = content_type(rel);
-        let mut out = Vec::new();
+        let mut pieces = std::collections::VecDeque::new();
         for &(start, end) in parts {
-            out.extend_from_slice(
-                format!(
-                    "\r\n--{boundary}\r\nContent-Type: {ct}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
-                    end - 1
-                )
-                .as_bytes(),
-            );
-            out.extend_from_slice(&body[start as usize..end as usize]);
+            pieces.push_back(Piece::Bytes(Bytes::from(format!(
+                "\r\n--{boundary}\r\nContent-Type: {ct}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+                end - 1
+            ))));
+            pieces.push_back(Piece::Range(start, end));
         }
-        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        pieces.push_back(Piece::Bytes(Bytes::from(format!("\r\n--{boundary}--\r\n"))));
+        let body = match content {
+            Content::Memory(bytes) => {
+                let mut out = Vec::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Bytes(b) => out.extend_from_slice(&b),
+                        Piece::Range(start, end) => {
+                            out.extend_from_slice(&bytes[start as usize..end as usize])
+                        }
+                    }
+                }
+                Body::Full(Bytes::from(out))
+            }
+            Content::Open { file, .. } => Body::File(FileBody {
+                file: file.clone(),
+                pieces,
+            }),
+        };
         let mut h = base_headers();
         put(
             &mut h,
             header::CONTENT_TYPE,
             &format!("multipart/byteranges; boundary={boundary}"),
         );
-        put(&mut h, header::CONTENT_LENGTH, &out.len().to_string());
+        put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
         put(&mut h, header::LAST_MODIFIED, last_modified);
         put_connection(&mut h);
         put(&mut h, header::ETAG, etag);
         self.put_alt_svc(&mut h);
-        build(StatusCode::PARTIAL_CONTENT, h, Bytes::from(out))
+        build(StatusCode::PARTIAL_CONTENT, h, body)
     }
 
     /// `path` on this site as nginx writes it in a redirect: the name the
@@ -480,6 +640,28 @@ impl Site {
         if let Some(v) = &self.alt_svc {
             h.append(HeaderName::from_static("alt-svc"), v.clone());
         }
+    }
+}
+
+/// A large file of a site directory, opened for reading in pieces; its
+/// length and time are the open file's, so the answer describes the bytes
+/// that will be sent even if the path is replaced meanwhile.
+async fn open_large(path: PathBuf) -> Lookup {
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let meta = file.metadata()?;
+        Ok::<_, std::io::Error>((file, meta))
+    })
+    .await;
+    match opened {
+        Ok(Ok((file, meta))) if meta.is_file() => Lookup::File {
+            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+            body: Content::Open {
+                file: std::sync::Arc::new(file),
+                len: meta.len(),
+            },
+        },
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => Lookup::Forbidden,
     }
 }
 
@@ -584,8 +766,8 @@ fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-fn build(status: StatusCode, headers: HeaderMap, body: Bytes) -> SiteResponse {
-    let mut r = Response::new(body);
+fn build(status: StatusCode, headers: HeaderMap, body: impl Into<Body>) -> SiteResponse {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r
@@ -804,6 +986,104 @@ mod tests {
             host: Some("example.org:8443"),
             body: b"",
         }))
+    }
+
+    /// A site directory with one large file of known bytes.
+    fn large_file_site() -> (tempfile::TempDir, Site, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let content: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+            .map(|i: u32| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(dir.path().join("big.bin"), &content).expect("write");
+        let site = Site::new(Source::Dir(dir.path().to_path_buf()), 8443, false);
+        (dir, site, content)
+    }
+
+    fn collect(body: Body) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(body.collect()).expect("body")
+    }
+
+    fn range(spec: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static(spec));
+        h
+    }
+
+    #[test]
+    fn a_large_file_is_sent_from_the_open_file_in_pieces() {
+        let (_dir, site, content) = large_file_site();
+        let r = get(&site, "/big.bin", HeaderMap::new());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[header::CONTENT_LENGTH],
+            content.len().to_string().as_str()
+        );
+        assert_eq!(r.headers()[header::ACCEPT_RANGES], "bytes");
+        assert!(matches!(r.body(), Body::File(_)), "not read whole");
+        assert_eq!(r.body().len(), content.len() as u64);
+        assert!(collect(r.into_body()) == content, "byte-exact");
+
+        let r = get(&site, "/big.bin", range("bytes=1048570-2097160"));
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            format!("bytes 1048570-2097160/{}", content.len()).as_str()
+        );
+        assert!(collect(r.into_body()) == content[1048570..=2097160]);
+
+        // Several ranges: the same multipart body a small file gets.
+        let r = get(&site, "/big.bin", range("bytes=0-4,3000000-3000004"));
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ct")
+            .to_string();
+        let boundary = ct.rsplit_once("boundary=").expect("boundary").1.to_string();
+        let declared: u64 = r.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .expect("len")
+            .parse()
+            .expect("number");
+        let body = collect(r.into_body());
+        let len = content.len();
+        let mut want = Vec::new();
+        for (start, end) in [(0, 5), (3_000_000, 3_000_005)] {
+            want.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+                    end - 1
+                )
+                .as_bytes(),
+            );
+            want.extend_from_slice(&content[start..end]);
+        }
+        want.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        assert!(body == want, "multipart body");
+        assert_eq!(declared, body.len() as u64);
+    }
+
+    #[test]
+    fn a_large_file_cut_short_while_sent_ends_the_body_with_an_error() {
+        let (dir, site, _) = large_file_site();
+        let r = get(&site, "/big.bin", HeaderMap::new());
+        // Truncated after the answer's head was decided.
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("big.bin"))
+            .expect("open")
+            .set_len(1000)
+            .expect("truncate");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let err = rt.block_on(r.into_body().collect()).expect_err("cut short");
+        assert!(
+            err.to_string().contains("file changed while it was sent"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use burrow_obfs::Identity;
 use burrow_tests::origin::Origin;
-use burrow_tests::{have_tool, run, Nginx, RelayProc};
+use burrow_tests::{have_python_module, have_tool, run, workspace, Nginx, RelayProc};
 
 fn copy_site(to: &Path) {
     let from = burrow_tests::builtin_site_dir();
@@ -206,6 +206,103 @@ fn the_front_answers_like_nginx() {
         differences.join("\n"),
         nginx.error_log()
     );
+}
+
+/// A file larger than anything the front reads whole (40 MiB): nginx
+/// streams it, and so does the front, byte-exact over HTTP/1.1, HTTP/2 and
+/// HTTP/3, with nginx's headers, ranges and HEAD, without holding it in
+/// memory.
+#[test]
+fn a_large_file_is_served_like_nginx_and_not_held_in_memory() {
+    if !have_tool("nginx") || !have_tool("curl") {
+        return;
+    }
+    let t = twins();
+    let (cert, nginx, relay) = (&t.cert, &t.nginx, &t.relay);
+    let size = 40 * 1024 * 1024 + 5;
+    let content: Vec<u8> = (0..size).map(|i: u32| (i % 253) as u8).collect();
+    std::fs::write(t._work.path().join("site/video.mp4"), &content).expect("write");
+    let ours = Target {
+        port: relay.port(),
+        cert,
+    };
+    let theirs = Target {
+        port: nginx.port,
+        cert,
+    };
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", relay.child.id()))
+            .expect("relay status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+    };
+    let before = rss();
+
+    let download = |t: &Target<'_>, proto: &str| -> (String, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+        let (ok, _, err) = run(Command::new("curl")
+            .args(["-sS", "--max-time", "60", proto, "--cacert"])
+            .arg(t.cert)
+            .args(["--resolve", &format!("example.org:{}:127.0.0.1", t.port)])
+            .arg("-D")
+            .arg(&head)
+            .arg("-o")
+            .arg(&body)
+            .arg(format!("https://example.org:{}/video.mp4", t.port)));
+        assert!(ok, "curl {proto}: {err}");
+        let head = std::fs::read_to_string(head).expect("head");
+        (normalize(&head, t.port), std::fs::read(body).expect("body"))
+    };
+    for proto in ["--http1.1", "--http2"] {
+        let (a_head, a_body) = download(&ours, proto);
+        let (b_head, b_body) = download(&theirs, proto);
+        assert_eq!(a_head, b_head, "{proto}: headers differ from nginx");
+        assert!(a_body == content, "{proto}: burrow's body is not the file");
+        assert!(b_body == content, "{proto}: nginx's body is not the file");
+    }
+    let grew = rss().saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "the relay grew by {grew} KiB serving a 40 MiB file: it was read whole"
+    );
+
+    let cases: [(&str, &[&str]); 4] = [
+        ("/video.mp4", &["-I"]),
+        ("/video.mp4", &["-H", "Range: bytes=33554430-33554440"]),
+        ("/video.mp4", &["-H", "Range: bytes=0-9,41943000-41943039"]),
+        ("/video.mp4", &["-H", "Range: bytes=-10"]),
+    ];
+    for proto in ["--http1.1", "--http2"] {
+        for (path, args) in cases {
+            let a = curl(&ours, proto, args, path);
+            let b = curl(&theirs, proto, args, path);
+            assert_eq!(a, b, "{proto} {args:?} {path}: differs from nginx");
+        }
+    }
+
+    // HTTP/3, through an independent client (nginx here has none to compare).
+    if have_python_module("aioquic") {
+        let (ok, out, err) = run(Command::new("python3")
+            .arg(workspace().join("tests/tools/h3get.py"))
+            .arg(format!("https://example.org:{}/video.mp4", relay.port()))
+            .args(["--connect", &format!("127.0.0.1:{}", relay.port())])
+            .arg("--cafile")
+            .arg(cert)
+            .args(["--timeout", "60"]));
+        assert!(ok, "aioquic: {err}");
+        let sep = out
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .expect("separator");
+        let head = String::from_utf8_lossy(&out[..sep]);
+        assert!(head.starts_with("HTTP/3 200"), "{head}");
+        assert!(head.contains(&format!("content-length: {size}")), "{head}");
+        assert!(out[sep + 2..] == content[..], "HTTP/3 body is not the file");
+    }
 }
 
 /// Reads until the server closes or stays quiet for 1.5 s; returns what

@@ -2,6 +2,7 @@
 """Fetch one URL over HTTP/3 with aioquic (an independent QUIC/HTTP/3 stack).
 
 Usage: h3get.py URL --connect IP:PORT --cafile CERT [--method GET|HEAD|POST] [--data TEXT]
+                 [--timeout SECONDS]
 
 Prints the status line, the response headers (one "name: value" per line),
 a blank line, then the body. Exits non-zero on any connection error.
@@ -29,7 +30,7 @@ class Client(QuicConnectionProtocol):
     def quic_event_received(self, event):
         for ev in self.h3.handle_event(event):
             if isinstance(ev, (HeadersReceived, DataReceived)):
-                resp = self.responses.setdefault(ev.stream_id, {"headers": [], "body": b""})
+                resp = self.responses.setdefault(ev.stream_id, {"headers": [], "body": bytearray()})
                 if isinstance(ev, HeadersReceived):
                     resp["headers"].extend(ev.headers)
                 else:
@@ -37,7 +38,7 @@ class Client(QuicConnectionProtocol):
                 if ev.stream_ended and ev.stream_id in self.waiters:
                     self.waiters.pop(ev.stream_id).set_result(resp)
 
-    async def request(self, method, url, data):
+    async def request(self, method, url, data, timeout):
         u = urlparse(url)
         sid = self._quic.get_next_available_stream_id()
         headers = [
@@ -53,7 +54,7 @@ class Client(QuicConnectionProtocol):
         fut = asyncio.get_running_loop().create_future()
         self.waiters[sid] = fut
         self.transmit()
-        return await asyncio.wait_for(fut, 10)
+        return await asyncio.wait_for(fut, timeout)
 
 
 async def main():
@@ -63,6 +64,7 @@ async def main():
     p.add_argument("--cafile", required=True)
     p.add_argument("--method", default="GET")
     p.add_argument("--data")
+    p.add_argument("--timeout", type=float, default=10)
     a = p.parse_args()
     u = urlparse(a.url)
     host, port = a.connect.rsplit(":", 1)
@@ -70,14 +72,15 @@ async def main():
     cfg.verify_mode = ssl.CERT_REQUIRED
     cfg.load_verify_locations(a.cafile)
     async with connect(host, int(port), configuration=cfg, create_protocol=Client) as client:
-        resp = await client.request(a.method, a.url, a.data)
+        resp = await client.request(a.method, a.url, a.data, a.timeout)
     status = dict(resp["headers"]).get(b":status", b"?").decode()
     out = sys.stdout.buffer
     out.write(f"HTTP/3 {status}\n".encode())
     for k, v in resp["headers"]:
         if not k.startswith(b":"):
             out.write(k + b": " + v + b"\n")
-    out.write(b"\n" + resp["body"])
+    out.write(b"\n")
+    out.write(resp["body"])
 
 
 if __name__ == "__main__":
