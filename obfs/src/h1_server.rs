@@ -314,21 +314,28 @@ async fn write_response<S: AsyncWrite + Unpin>(
             }
             io.write_all(&out).await?;
         }
-        // A large file: the head with its first piece, then piece by piece
-        // as the client takes them.
-        mut body @ Body::File(_) => {
+        // A large file or an origin's long answer: the head with the first
+        // piece, then piece by piece as the client takes them (each a chunk
+        // when the origin gave no length).
+        mut body @ (Body::File(_) | Body::Origin(_)) => {
             while let Some(chunk) = body.next_chunk().await? {
-                if out.is_empty() {
+                if chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(&chunk);
+                    out.extend_from_slice(b"\r\n");
+                } else if out.is_empty() {
                     io.write_all(&chunk).await?;
+                    continue;
                 } else {
                     out.extend_from_slice(&chunk);
-                    io.write_all(&out).await?;
-                    out = Vec::new();
                 }
-            }
-            if !out.is_empty() {
                 io.write_all(&out).await?;
+                out.clear();
             }
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            io.write_all(&out).await?;
         }
     }
     io.flush().await

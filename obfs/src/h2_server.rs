@@ -313,8 +313,8 @@ async fn answer(
                     debug!("h2 response body failed: {e}");
                 }
             }
-            Some(file @ Body::File(_)) => {
-                if let Err(e) = send_piecewise(&mut send, file).await {
+            Some(piecewise @ (Body::File(_) | Body::Origin(_))) => {
+                if let Err(e) = send_piecewise(&mut send, piecewise).await {
                     debug!("h2 response body failed: {e}");
                     send.send_reset(h2::Reason::INTERNAL_ERROR);
                 }

@@ -32,13 +32,16 @@ pub const STREAM_FILES_OVER: u64 = 1024 * 1024;
 pub const FILE_CHUNK: usize = 128 * 1024;
 
 /// A response body.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Body {
     /// All of it, in memory.
     Full(Bytes),
     /// Ranges of an open file, with the bytes between them (the parts of a
     /// `multipart/byteranges` body), read as they are sent.
     File(FileBody),
+    /// The rest of an origin's long answer, read as it is sent
+    /// (`--upstream`).
+    Origin(Box<crate::upstream::OriginBody>),
 }
 
 /// See [`Body::File`].
@@ -56,22 +59,25 @@ enum Piece {
 }
 
 impl Body {
-    pub fn len(&self) -> u64 {
+    /// Its length, unless it is an origin's answer still arriving.
+    pub fn len(&self) -> Option<u64> {
         match self {
-            Body::Full(b) => b.len() as u64,
-            Body::File(f) => f
-                .pieces
-                .iter()
-                .map(|p| match p {
-                    Piece::Bytes(b) => b.len() as u64,
-                    Piece::Range(start, end) => end - start,
-                })
-                .sum(),
+            Body::Full(b) => Some(b.len() as u64),
+            Body::File(f) => Some(
+                f.pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Bytes(b) => b.len() as u64,
+                        Piece::Range(start, end) => end - start,
+                    })
+                    .sum(),
+            ),
+            Body::Origin(_) => None,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == Some(0)
     }
 
     /// The next bytes to send (at most [`FILE_CHUNK`] of a file), `None`
@@ -82,6 +88,7 @@ impl Body {
             Body::Full(b) if b.is_empty() => return Ok(None),
             Body::Full(b) => return Ok(Some(std::mem::take(b))),
             Body::File(f) => f,
+            Body::Origin(o) => return o.next_chunk().await,
         };
         loop {
             match f.pieces.pop_front() {
@@ -371,11 +378,9 @@ impl Site {
                 .forward(req.method, req.target, req.headers, req.body)
                 .await
             {
-                Ok(resp) => up
-                    .dress(resp, self.alt_svc.as_ref(), |path| {
-                        self.absolute_url(req.host, path)
-                    })
-                    .map(Body::Full),
+                Ok(resp) => up.dress(resp, self.alt_svc.as_ref(), |path| {
+                    self.absolute_url(req.host, path)
+                }),
                 Err(failure) => self.error(failure.status()),
             };
         }
@@ -531,7 +536,11 @@ impl Site {
         };
         let mut h = base_headers();
         put(&mut h, header::CONTENT_TYPE, content_type(rel));
-        put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+        put(
+            &mut h,
+            header::CONTENT_LENGTH,
+            &body.len().unwrap_or_default().to_string(),
+        );
         put(&mut h, header::LAST_MODIFIED, &last_modified);
         put_connection(&mut h);
         put(&mut h, header::ETAG, &etag);
@@ -592,7 +601,11 @@ impl Site {
             header::CONTENT_TYPE,
             &format!("multipart/byteranges; boundary={boundary}"),
         );
-        put(&mut h, header::CONTENT_LENGTH, &body.len().to_string());
+        put(
+            &mut h,
+            header::CONTENT_LENGTH,
+            &body.len().unwrap_or_default().to_string(),
+        );
         put(&mut h, header::LAST_MODIFIED, last_modified);
         put_connection(&mut h);
         put(&mut h, header::ETAG, etag);
@@ -1023,7 +1036,7 @@ mod tests {
         );
         assert_eq!(r.headers()[header::ACCEPT_RANGES], "bytes");
         assert!(matches!(r.body(), Body::File(_)), "not read whole");
-        assert_eq!(r.body().len(), content.len() as u64);
+        assert_eq!(r.body().len(), Some(content.len() as u64));
         assert!(collect(r.into_body()) == content, "byte-exact");
 
         let r = get(&site, "/big.bin", range("bytes=1048570-2097160"));
@@ -1167,7 +1180,7 @@ mod tests {
                 "connection"
             ]
         );
-        assert_eq!(r.body().len(), 146);
+        assert_eq!(r.body().len(), Some(146));
     }
 
     #[test]
@@ -1181,7 +1194,7 @@ mod tests {
         h.insert(header::RANGE, HeaderValue::from_static("bytes=0-9"));
         let r = get(&site, "/style.css", h);
         assert_eq!(r.status(), 206);
-        assert_eq!(r.body().len(), 10);
+        assert_eq!(r.body().len(), Some(10));
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_static("bytes=99999-"));
         assert_eq!(get(&site, "/style.css", h).status(), 416);

@@ -21,8 +21,11 @@
 //! statuses `add_header` applies to. An origin that cannot be reached gets
 //! nginx's 502 page, one that does not answer in time its 504.
 //!
-//! Responses are read whole (up to [`MAX_RESPONSE`]) before they are sent,
-//! like nginx's `proxy_buffering on`, only without spilling to disk.
+//! A response body up to [`BUFFERED_RESPONSE`] is read whole before the
+//! answer goes out; a longer one (of any size) is passed on as it arrives,
+//! as fast as the client takes it, as nginx passes on what fills its proxy
+//! buffers. An origin that breaks off mid-body cuts the client's response
+//! short, as nginx does.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -32,17 +35,20 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::client::Sockets;
 use crate::error::ConfigError;
 use crate::h1::{wire_name, BodyKind, BodyReader};
+use crate::site::Body;
 
 /// Largest response head accepted from the origin (nginx's
 /// `proxy_buffer_size`, one page); bigger is a 502.
 pub const MAX_RESPONSE_HEAD: usize = 4 * 1024;
-/// Largest response body passed on; bigger is a 502.
-pub const MAX_RESPONSE: usize = 32 * 1024 * 1024;
+/// Response bodies up to this are read whole before the answer is sent;
+/// longer ones are passed on as they arrive.
+pub const BUFFERED_RESPONSE: usize = 64 * 1024;
 /// nginx's `proxy_connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx's `proxy_read_timeout` and `proxy_send_timeout`: between two reads
@@ -196,6 +202,61 @@ pub struct OriginResponse {
     /// Whether the origin framed the body with a `Content-Length`.
     pub had_length: bool,
     pub body: Bytes,
+    /// The body goes on after `body` (it is longer than
+    /// [`BUFFERED_RESPONSE`]): [`ResponseReader::more`] reads the rest.
+    pub partial: bool,
+}
+
+/// An origin's answer as read so far: its head, and its body whole or still
+/// arriving.
+#[derive(Debug)]
+pub(crate) struct Proxied {
+    resp: OriginResponse,
+    body: Body,
+}
+
+/// The rest of a long response body, read from the origin as it is sent on.
+#[derive(Debug)]
+pub struct OriginBody {
+    stream: TcpStream,
+    reader: ResponseReader,
+    /// Decoded bytes not handed out yet.
+    pending: Bytes,
+    done: bool,
+}
+
+impl OriginBody {
+    /// The next bytes of the body; `None` at its end. An origin that breaks
+    /// off, stalls for [`IO_TIMEOUT`] or sends a malformed chunk is an error.
+    pub(crate) async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        use std::io::{Error, ErrorKind};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if !self.pending.is_empty() {
+                return Ok(Some(std::mem::take(&mut self.pending)));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let n = match tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut buf)).await {
+                Ok(read) => read?,
+                Err(_) => return Err(Error::new(ErrorKind::TimedOut, "the origin stalled")),
+            };
+            if n == 0 {
+                self.reader
+                    .more_eof()
+                    .map_err(|why| Error::new(ErrorKind::UnexpectedEof, why))?;
+                self.done = true;
+                continue;
+            }
+            let (bytes, done) = self
+                .reader
+                .more(&buf[..n])
+                .map_err(|why| Error::new(ErrorKind::InvalidData, why))?;
+            self.pending = bytes;
+            self.done = done;
+        }
+    }
 }
 
 /// Why no answer could be taken from the origin.
@@ -229,14 +290,15 @@ impl Upstream {
         &self.origin
     }
 
-    /// Forwards one request and reads the whole answer.
+    /// Forwards one request and reads the answer's head and the start of
+    /// its body (all of it when it is short).
     pub(crate) async fn forward(
         &self,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<OriginResponse, ProxyFailure> {
+    ) -> Result<Proxied, ProxyFailure> {
         let connect = self.sockets.tcp(&self.origin.dial_host, self.origin.port);
         let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(s)) => s,
@@ -272,7 +334,20 @@ impl Upstream {
                 reader.feed(&buf[..n])
             };
             match done {
-                Ok(Some(resp)) => return Ok(resp),
+                Ok(Some(mut resp)) => {
+                    let first = std::mem::take(&mut resp.body);
+                    let body = if resp.partial {
+                        Body::Origin(Box::new(OriginBody {
+                            stream,
+                            reader,
+                            pending: first,
+                            done: false,
+                        }))
+                    } else {
+                        Body::Full(first)
+                    };
+                    return Ok(Proxied { resp, body });
+                }
                 Ok(None) if n == 0 => return Err(ProxyFailure::BadGateway),
                 Ok(None) => {}
                 Err(why) => {
@@ -289,10 +364,11 @@ impl Upstream {
     /// absolute URL nginx sends (`absolute_redirect on`).
     pub(crate) fn dress(
         &self,
-        resp: OriginResponse,
+        proxied: Proxied,
         alt_svc: Option<&HeaderValue>,
         absolute: impl Fn(&str) -> String,
-    ) -> http::Response<Bytes> {
+    ) -> http::Response<Body> {
+        let Proxied { resp, body } = proxied;
         let mut h = HeaderMap::with_capacity(resp.headers.len() + 6);
         h.insert(header::SERVER, HeaderValue::from_static("nginx"));
         h.insert(header::DATE, crate::site::http_date_now());
@@ -343,7 +419,7 @@ impl Upstream {
         if let Some(v) = alt_svc.filter(|_| add_header_applies(resp.status)) {
             h.append(HeaderName::from_static("alt-svc"), v.clone());
         }
-        let mut out = http::Response::new(resp.body);
+        let mut out = http::Response::new(body);
         *out.status_mut() = resp.status;
         *out.headers_mut() = h;
         out.extensions_mut().insert(ReasonPhrase(resp.reason));
@@ -408,7 +484,9 @@ fn request_bytes(
 
 /// Reads an origin's HTTP/1.x response from bytes as they arrive, without
 /// I/O: [`ResponseReader::feed`] each read, [`ResponseReader::eof`] when
-/// the origin closes. Bounded by [`MAX_RESPONSE_HEAD`] and [`MAX_RESPONSE`].
+/// the origin closes. The head is bounded by [`MAX_RESPONSE_HEAD`]; a body
+/// longer than [`BUFFERED_RESPONSE`] is handed out in parts
+/// ([`OriginResponse::partial`], then [`ResponseReader::more`]).
 #[derive(Debug)]
 pub struct ResponseReader {
     head_request: bool,
@@ -468,29 +546,51 @@ impl ResponseReader {
     /// The origin closed the connection.
     pub fn eof(&mut self) -> Result<Option<OriginResponse>, &'static str> {
         if self.head.is_some() && self.until_close {
-            return Ok(Some(self.finish()));
+            return Ok(Some(self.finish(false)));
         }
         Err("the origin closed the connection before the response was complete")
     }
 
     fn take_body(&mut self, data: &[u8]) -> Result<Option<OriginResponse>, &'static str> {
-        if self.until_close {
-            self.payload.extend_from_slice(data);
-        } else {
-            self.body
-                .feed_into(data, Some(&mut self.payload))
-                .map_err(|()| "malformed chunked body")?;
+        if self.decode(data)? {
+            return Ok(Some(self.finish(false)));
         }
-        if self.payload.len() > MAX_RESPONSE {
-            return Err("response too large");
-        }
-        if !self.until_close && self.body.done() {
-            return Ok(Some(self.finish()));
+        if self.payload.len() > BUFFERED_RESPONSE {
+            return Ok(Some(self.finish(true)));
         }
         Ok(None)
     }
 
-    fn finish(&mut self) -> OriginResponse {
+    /// Decodes body bytes into the payload; true once the body is complete.
+    fn decode(&mut self, data: &[u8]) -> Result<bool, &'static str> {
+        if self.until_close {
+            self.payload.extend_from_slice(data);
+            return Ok(false);
+        }
+        self.body
+            .feed_into(data, Some(&mut self.payload))
+            .map_err(|()| "malformed chunked body")?;
+        Ok(self.body.done())
+    }
+
+    /// After a partial response: more of the body, and whether it is
+    /// complete now.
+    pub fn more(&mut self, data: &[u8]) -> Result<(Bytes, bool), &'static str> {
+        let done = self.decode(data)?;
+        Ok((Bytes::from(std::mem::take(&mut self.payload)), done))
+    }
+
+    /// After a partial response: the origin closed. The end of a body
+    /// framed by the connection; an error for any other body.
+    pub fn more_eof(&self) -> Result<(), &'static str> {
+        if self.until_close {
+            Ok(())
+        } else {
+            Err("the origin closed the connection before the response was complete")
+        }
+    }
+
+    fn finish(&mut self, partial: bool) -> OriginResponse {
         let (status, reason, headers) = self.head.take().unwrap_or_default();
         let had_length = !self.until_close
             && headers.contains_key(header::CONTENT_LENGTH)
@@ -501,6 +601,7 @@ impl ResponseReader {
             headers,
             had_length,
             body: Bytes::from(std::mem::take(&mut self.payload)),
+            partial,
         }
     }
 }
@@ -564,9 +665,6 @@ fn body_kind(
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or("bad content length")?;
-            if n > MAX_RESPONSE as u64 {
-                return Err("response too large");
-            }
             Ok(Some(BodyKind::Length(n)))
         }
         (Some(_), Some(_)) => Err("duplicate content length"),
@@ -752,6 +850,76 @@ mod tests {
         }
     }
 
+    fn proxied(mut resp: OriginResponse) -> Proxied {
+        let body = Body::Full(std::mem::take(&mut resp.body));
+        Proxied { resp, body }
+    }
+
+    /// A long body comes out in parts: what was buffered with the head,
+    /// then the rest as it arrives, for every framing.
+    #[test]
+    fn a_long_body_is_handed_out_as_it_arrives() {
+        let long = vec![b'z'; BUFFERED_RESPONSE + 10_000];
+        let chunk_of = |data: &[u8]| {
+            let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+            c.extend_from_slice(data);
+            c.extend_from_slice(b"\r\n");
+            c
+        };
+        let framings: [(Vec<u8>, Vec<Vec<u8>>, bool); 3] = [
+            (
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    2 * long.len()
+                )
+                .into_bytes(),
+                vec![long.clone(), long.clone()],
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                vec![
+                    chunk_of(&long),
+                    [chunk_of(&long), b"0\r\n\r\n".to_vec()].concat(),
+                ],
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\n".to_vec(),
+                vec![long.clone(), long.clone()],
+                false,
+            ),
+        ];
+        for (head, parts, had_length) in framings {
+            let mut r = ResponseReader::new(false);
+            let first = [head.as_slice(), parts[0].as_slice()].concat();
+            let resp = r.feed(&first).expect("head").expect("partial answer");
+            assert!(resp.partial, "{head:?}");
+            assert_eq!(resp.had_length, had_length);
+            let mut body = resp.body.to_vec();
+            let (more, done) = r.more(&parts[1]).expect("more");
+            body.extend_from_slice(&more);
+            let until_close = head.starts_with(b"HTTP/1.0");
+            assert_eq!(done, !until_close, "{head:?}");
+            assert_eq!(r.more_eof().is_ok(), until_close, "{head:?}");
+            assert_eq!(body.len(), 2 * long.len(), "{head:?}");
+            assert!(body.iter().all(|&b| b == b'z'));
+        }
+        // A short body is still whole.
+        let r =
+            read_all(false, &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"]).expect("whole");
+        assert!(!r.partial);
+        // A broken chunk after the head has gone out is an error.
+        let mut r = ResponseReader::new(false);
+        let first = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+            &chunk_of(&long),
+        ]
+        .concat();
+        assert!(r.feed(&first).expect("head").expect("partial").partial);
+        assert!(r.more(b"zz\r\nnot hex").is_err());
+    }
+
     #[test]
     fn dressed_like_nginx() {
         let up = Upstream::new(
@@ -764,7 +932,9 @@ mod tests {
         )
         .expect("response");
         let alt = HeaderValue::from_static("h3=\":443\"; ma=86400");
-        let d = up.dress(r, Some(&alt), |p| format!("https://example.org{p}"));
+        let d = up.dress(proxied(r), Some(&alt), |p| {
+            format!("https://example.org{p}")
+        });
         let names: Vec<&str> = d.headers().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -783,7 +953,7 @@ mod tests {
         assert_eq!(d.headers()[header::LOCATION], "https://example.org/next");
 
         let r = read_all(false, &[b"HTTP/1.0 404 Nope\r\n\r\nx"]).expect("response");
-        let d = up.dress(r, Some(&alt), str::to_string);
+        let d = up.dress(proxied(r), Some(&alt), str::to_string);
         assert_eq!(d.headers()[header::TRANSFER_ENCODING], "chunked");
         assert!(!d.headers().contains_key("alt-svc"));
         assert_eq!(

@@ -56,6 +56,17 @@ impl Drop for Origin {
     }
 }
 
+/// The length of `/large` (more than any proxy's buffers hold) ...
+pub const LARGE: usize = 40 * 1024 * 1024 + 3;
+/// ... and of `/large-chunked` and `/large-close` (what `/truncated`
+/// promises, sending a third of it).
+pub const LARGE_FRAMED: usize = 3 * 1024 * 1024 + 1;
+
+/// The bytes of the long answers: the first `len` of a fixed pattern.
+pub fn large_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
 fn serve(mut conn: TcpStream, port: u16) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
@@ -128,6 +139,42 @@ fn serve(mut conn: TcpStream, port: u16) {
         "/not-modified" => b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n".to_vec(),
         "/big-header" => answer("200 OK", &[&format!("X-Big: {}", "b".repeat(5000))], "x"),
         "/garbage" => b"this is not HTTP\r\n\r\n".to_vec(),
+        // Long answers, in each framing, and one that breaks off.
+        "/large" => {
+            let body = large_body(LARGE);
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            out
+        }
+        "/large-chunked" => {
+            let mut out =
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
+            for piece in large_body(LARGE_FRAMED).chunks(40_000) {
+                out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                out.extend_from_slice(piece);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            out
+        }
+        "/large-close" => {
+            let mut out = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+            out.extend_from_slice(&large_body(LARGE_FRAMED));
+            out
+        }
+        "/truncated" => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {LARGE_FRAMED}\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend_from_slice(&large_body(LARGE_FRAMED / 3));
+            out
+        }
         "/echo" => {
             let mut seen: Vec<String> = head
                 .lines()

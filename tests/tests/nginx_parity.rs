@@ -305,6 +305,91 @@ fn a_large_file_is_served_like_nginx_and_not_held_in_memory() {
     }
 }
 
+/// `curl` to `path`, whatever its outcome: (exit code, normalized head,
+/// body bytes).
+fn fetch(t: &Target<'_>, proto: &str, path: &str) -> (i32, String, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let status = Command::new("curl")
+        .args(["-sS", "--max-time", "60", proto, "--cacert"])
+        .arg(t.cert)
+        .args(["--resolve", &format!("example.org:{}:127.0.0.1", t.port)])
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .arg(format!("https://example.org:{}{path}", t.port))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("curl");
+    let head = std::fs::read_to_string(head).unwrap_or_default();
+    (
+        status.code().unwrap_or(-1),
+        normalize(&head, t.port),
+        std::fs::read(body).unwrap_or_default(),
+    )
+}
+
+/// An origin's long answers (40 MiB with a length, 3 MiB chunked and
+/// close-delimited) pass through as nginx passes them, byte-exact and
+/// without being held whole; one that breaks off mid-body is cut short
+/// for the client as nginx cuts it.
+#[test]
+fn the_reverse_proxy_streams_long_answers_like_nginx() {
+    use burrow_tests::origin::{large_body, LARGE, LARGE_FRAMED};
+    if !have_tool("nginx") || !have_tool("curl") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_, cert, key) = shared_certificate(work.path());
+    let origin = Origin::start();
+    let nginx = Nginx::start_proxy(origin.port, &cert, &key);
+    let upstream = format!("http://127.0.0.1:{}", origin.port);
+    let relay = relay_with(&cert, &key, &["--upstream", &upstream]);
+    let ours = Target {
+        port: relay.port(),
+        cert: &cert,
+    };
+    let theirs = Target {
+        port: nginx.port,
+        cert: &cert,
+    };
+    for (path, len) in [
+        ("/large", LARGE),
+        ("/large-chunked", LARGE_FRAMED),
+        ("/large-close", LARGE_FRAMED),
+    ] {
+        let want = large_body(len);
+        for proto in ["--http1.1", "--http2"] {
+            let (a_code, a_head, a_body) = fetch(&ours, proto, path);
+            let (b_code, b_head, b_body) = fetch(&theirs, proto, path);
+            assert_eq!((a_code, &a_head), (b_code, &b_head), "{proto} {path}");
+            assert_eq!(a_code, 0, "{proto} {path}");
+            assert!(
+                a_body == want,
+                "{proto} {path}: burrow's body is not the origin's"
+            );
+            assert!(
+                b_body == want,
+                "{proto} {path}: nginx's body is not the origin's"
+            );
+        }
+    }
+    for proto in ["--http1.1", "--http2"] {
+        let (a_code, a_head, a_body) = fetch(&ours, proto, "/truncated");
+        let (b_code, b_head, b_body) = fetch(&theirs, proto, "/truncated");
+        assert_eq!(
+            (a_code, &a_head, a_body.len()),
+            (b_code, &b_head, b_body.len()),
+            "{proto} /truncated: burrow, then nginx"
+        );
+        assert_ne!(
+            a_code, 0,
+            "{proto}: a cut-short answer must fail the client"
+        );
+    }
+}
+
 /// Reads until the server closes or stays quiet for 1.5 s; returns what
 /// came back (`Date` lines blanked, the port replaced) and whether it closed.
 fn read_answer(r: &mut impl std::io::Read, port: u16) -> (String, bool) {
