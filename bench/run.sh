@@ -4,7 +4,8 @@
 #      plain quinn stream (throughput both ways, 64-byte echo round trips);
 #   2. relay memory per idle open tunnel at 1,000 tunnels, per carrier;
 #   3. static-file requests per second, the front vs nginx on the same files
-#      (h2load), alternating rounds;
+#      (h2load), alternating rounds; and (download) a large file's download
+#      speed from each over HTTP/1.1 and HTTP/2 (curl);
 #   4. messages: send -> receipt round trips through a relay over each
 #      carrier vs a plain rustls TLS echo;
 #   5. relay: bulk throughput A -> relay -> B vs one rustls TLS stream,
@@ -15,15 +16,16 @@
 #   6. firewall: one decision with 10,000 allowlist entries vs a HashSet lookup;
 #   7. dns: a relay's name through the firewall, cached and uncached, against a
 #      local DoH server, vs the decision for an address.
-# Usage: bench/run.sh [carriers|memory|rps|messages|relay|capacity|firewall|dns]...   (default: all)
+# Usage: bench/run.sh [carriers|memory|rps|download|messages|relay|capacity|firewall|dns]...   (default: all)
 # Environment: BENCH_ROUNDS, BENCH_MIB, BENCH_ECHOES (carriers; BENCH_MIB also relay),
 #              BENCH_PARTS, BENCH_USERS, BENCH_PAIRS (relay),
 #              BENCH_TUNNELS (memory, default 1000), BENCH_RPS_ROUNDS (default 9),
 #              BENCH_RPS_REPEAT (h2load runs per round and server, default 10),
+#              BENCH_DOWNLOAD_ROUNDS (default 5), BENCH_DOWNLOAD_MIB (default 256),
 #              BENCH_CAPACITY_MIB, BENCH_CAPACITY_STEP, BENCH_IDLE, BENCH_CHAT_PAIRS (capacity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps messages relay capacity firewall dns)
+what=("$@"); [ ${#what[@]} -eq 0 ] && what=(carriers memory rps download messages relay capacity firewall dns)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet -p burrow-node --bin burrow
@@ -39,6 +41,35 @@ start_relay() { # $1: data dir, rest: extra args; prints the line
   head -n1 "$dir.out"
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# nginx (one worker) and a burrow relay serving the same copy of the
+# built-in site with the same certificate; sets site, nport, ngx (nginx's
+# master), bport and bpid. $1 names the relay's data directory.
+static_servers() {
+  # nginx's worker runs as an unprivileged user: the site must be readable
+  # by it (mktemp makes the directory 0700; until this was found, nginx
+  # answered every request of the rps benchmark with a 403 and an error-log line).
+  chmod 0755 "$work"
+  site=$work/site-$1; mkdir -p "$site"; cp -a obfs/site/. "$site/"; chmod -R a+rX "$site"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$work/nginx-$1.conf" <<NGINX
+daemon off; worker_processes 1; pid $work/nginx-$1.pid; error_log $work/nginx.err;
+events {}
+http { include /etc/nginx/mime.types; default_type application/octet-stream; access_log off;
+  server_tokens off; client_body_temp_path $work/body;
+  server { listen 127.0.0.1:$nport ssl http2; ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem; root $site; add_header Alt-Svc 'h3=":$nport"; ma=86400'; } }
+NGINX
+  nginx -e "$work/nginx.err" -c "$work/nginx-$1.conf" & ngx=$!
+  local line
+  line=$(start_relay "$work/$1" --cert "$work/cert.pem" --key "$work/key.pem" --domain bench.example --site "$site")
+  bport=$(echo "$line" | sed -E 's#^burrow-relay://[^:]+:([0-9]+)/.*#\1#')
+  bpid=$(cat "$work/$1.pid")
+  sleep 0.5
+}
 
 for w in "${what[@]}"; do case $w in
 dns)
@@ -124,27 +155,7 @@ rps)
   # h2load runs per round and server: each is 10 connections of 1,000
   # requests (both servers close a connection after 1,000, as nginx does).
   repeat=${BENCH_RPS_REPEAT:-10}
-  # nginx's worker runs as an unprivileged user: the site must be readable
-  # by it (mktemp makes the directory 0700; until this was found, nginx
-  # answered every request of this benchmark with a 403 and an error-log line).
-  chmod 0755 "$work"
-  site=$work/site; mkdir -p "$site"; cp -a obfs/site/. "$site/"; chmod -R a+rX "$site"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
-    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-  nport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat >"$work/nginx.conf" <<NGINX
-daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx.err;
-events {}
-http { include /etc/nginx/mime.types; default_type application/octet-stream; access_log off;
-  server_tokens off; client_body_temp_path $work/body;
-  server { listen 127.0.0.1:$nport ssl http2; ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem; root $site; add_header Alt-Svc 'h3=":$nport"; ma=86400'; } }
-NGINX
-  nginx -e "$work/nginx.err" -c "$work/nginx.conf" & ngx=$!
-  line=$(start_relay "$work/rps" --cert "$work/cert.pem" --key "$work/key.pem" --domain bench.example --site "$site")
-  bport=$(echo "$line" | sed -E 's#^burrow-relay://[^:]+:([0-9]+)/.*#\1#')
-  sleep 0.5
+  static_servers rps
   echo "## Static files: requests per second ($repeat × h2load -n 10000 -c 10 -m 10 per round, /index.html, $rounds alternating rounds, nginx with 1 worker)"
   echo
   # CPU time (user + system, in clock ticks) of a server's processes: the
@@ -160,7 +171,6 @@ NGINX
       /^requests:/ { ok = $8 }
       END { print s, ok }'
   }
-  bpid=$(cat "$work/rps.pid")
   : >"$work/rps.txt"
   for r in $(seq "$rounds"); do
     for who in burrow nginx; do
@@ -199,6 +209,38 @@ if succeeded < asked:
     print("WARNING: some requests failed; the ratio compares servers that did not serve the same pages\n")
 PY
   kill "$(cat "$work/rps.pid")" $ngx 2>/dev/null || true
+  ;;
+download)
+  rounds=${BENCH_DOWNLOAD_ROUNDS:-5}
+  mib=${BENCH_DOWNLOAD_MIB:-256}
+  static_servers download
+  head -c "$((mib * 1024 * 1024))" /dev/urandom >"$site/big.bin"; chmod a+r "$site/big.bin"
+  echo "## A large file: download speed ($mib MiB, curl, $rounds alternating rounds, nginx with 1 worker)"
+  echo
+  # curl reports bytes per second of the body; the file is in the page
+  # cache after the first round (both servers read the same copy).
+  for r in $(seq "$rounds"); do
+    for proto in http1.1 http2; do
+      for who in burrow nginx; do
+        port=$bport; [ $who = nginx ] && port=$nport
+        speed=$(curl -sk --"$proto" -o /dev/null -w '%{speed_download}' "https://127.0.0.1:$port/big.bin")
+        echo "$who $proto $speed"
+      done
+    done
+  done >"$work/download.txt"
+  python3 - "$work/download.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+med = statistics.median
+print("| protocol | burrow MB/s per round | nginx MB/s per round | median burrow / nginx |")
+print("|---|---|---|---:|")
+for proto in ("http1.1", "http2"):
+    b = [float(s) / 1e6 for w, p, s in rows if w == "burrow" and p == proto]
+    n = [float(s) / 1e6 for w, p, s in rows if w == "nginx" and p == proto]
+    print(f"| {proto} | {', '.join(f'{x:.0f}' for x in b)} | {', '.join(f'{x:.0f}' for x in n)} | {med(b)/med(n):.2f}× |")
+print()
+PY
+  kill "$(cat "$work/download.pid")" $ngx 2>/dev/null || true
   ;;
 *) echo "unknown benchmark: $w" >&2; exit 2 ;;
 esac; done

@@ -316,26 +316,28 @@ async fn write_response<S: AsyncWrite + Unpin>(
         }
         // A large file or an origin's long answer: the head with the first
         // piece, then piece by piece as the client takes them (each a chunk
-        // when the origin gave no length).
+        // when the origin gave no length), the next piece read while one
+        // is written.
         mut body @ (Body::File(_) | Body::Origin(_)) => {
-            while let Some(chunk) = body.next_chunk().await? {
+            let mut next = body.next_chunk().await?;
+            while let Some(chunk) = next {
                 if chunked {
                     out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
                     out.extend_from_slice(&chunk);
                     out.extend_from_slice(b"\r\n");
-                } else if out.is_empty() {
-                    io.write_all(&chunk).await?;
-                    continue;
-                } else {
+                } else if !out.is_empty() {
                     out.extend_from_slice(&chunk);
                 }
-                io.write_all(&out).await?;
+                let write = if out.is_empty() { &chunk[..] } else { &out[..] };
+                let (written, read) = tokio::join!(io.write_all(write), body.next_chunk());
+                written?;
+                next = read?;
                 out.clear();
             }
             if chunked {
                 out.extend_from_slice(b"0\r\n\r\n");
+                io.write_all(&out).await?;
             }
-            io.write_all(&out).await?;
         }
     }
     io.flush().await

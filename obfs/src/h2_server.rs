@@ -21,7 +21,7 @@ use crate::coalesce::{Coalesced, Hold};
 use crate::front::{declared_length, multiplexed, tunnel_response, BodyEnd, SharedRef};
 use crate::gate::Binding;
 use crate::h2_shape::ShapedIo;
-use crate::site::{Body, MAX_REQUEST_BODY};
+use crate::site::{Body, FILE_CHUNK, MAX_REQUEST_BODY};
 use crate::tunnel::{open, Drive, Tunnel, Waiting, Watched};
 
 /// nginx's SETTINGS_INITIAL_WINDOW_SIZE.
@@ -315,6 +315,9 @@ async fn answer(
             }
             Some(piecewise @ (Body::File(_) | Body::Origin(_))) => {
                 if let Err(e) = send_piecewise(&mut send, piecewise).await {
+                    // The body broke off (an origin that went away): reset
+                    // as nginx does. `h2` drops what it still holds of the
+                    // stream's data (README, Limitations).
                     debug!("h2 response body failed: {e}");
                     send.send_reset(h2::Reason::INTERNAL_ERROR);
                 }
@@ -327,24 +330,40 @@ async fn answer(
 }
 
 /// Sends a large body only as fast as the client's windows open, so no more
-/// than one piece of it waits in memory.
+/// than two pieces of it wait in memory: while one goes out, the next is
+/// read, and capacity for it is asked for ahead.
 async fn send_piecewise(
     send: &mut h2::SendStream<Bytes>,
     mut body: Body,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    while let Some(mut chunk) = body.next_chunk().await? {
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+    let mut next = body.next_chunk().await?;
+    while let Some(chunk) = next {
+        send.reserve_capacity(chunk.len() + FILE_CHUNK);
+        let (sent, read) = tokio::join!(send_within_window(send, chunk), body.next_chunk());
+        sent?;
+        next = read?;
+    }
+    send.send_data(Bytes::new(), true)?;
+    Ok(())
+}
+
+/// Hands `chunk` to `h2` as the stream's capacity allows.
+async fn send_within_window(
+    send: &mut h2::SendStream<Bytes>,
+    mut chunk: Bytes,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    while !chunk.is_empty() {
+        let mut granted = send.capacity();
+        if granted == 0 {
+            granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(granted) => granted?,
                 None => return Err("the stream closed".into()),
             };
-            if granted > 0 {
-                send.send_data(chunk.split_to(granted.min(chunk.len())), false)?;
-            }
+        }
+        if granted > 0 {
+            send.send_data(chunk.split_to(granted.min(chunk.len())), false)?;
         }
     }
-    send.send_data(Bytes::new(), true)?;
     Ok(())
 }
 

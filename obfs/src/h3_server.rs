@@ -91,10 +91,17 @@ async fn handle(
         let (head, payload) = multiplexed(req.method(), resp);
         stream.send_response(head).await?;
         if let Some(mut payload) = payload {
-            // A large file goes piece by piece, each sent once QUIC takes it.
+            // A large body goes piece by piece, each sent once QUIC takes
+            // it, the next read meanwhile.
+            let mut next = payload.next_chunk().await;
             loop {
-                match payload.next_chunk().await {
-                    Ok(Some(chunk)) => stream.send_data(chunk).await?,
+                match next {
+                    Ok(Some(chunk)) => {
+                        let (sent, read) =
+                            tokio::join!(stream.send_data(chunk), payload.next_chunk());
+                        sent?;
+                        next = read;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         debug!("h3 response body failed: {e}");
