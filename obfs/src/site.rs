@@ -98,13 +98,29 @@ impl Body {
                 Some(Piece::Range(start, end)) if start >= end => continue,
                 Some(Piece::Range(start, end)) => {
                     let n = (end - start).min(FILE_CHUNK as u64);
+                    // What the page cache holds is read here, without
+                    // blocking (as nginx reads in its event loop); the rest
+                    // on the blocking pool.
+                    let mut buf = vec![0u8; n as usize];
+                    let cached = rustix::io::preadv2(
+                        &*f.file,
+                        &mut [std::io::IoSliceMut::new(&mut buf)],
+                        start,
+                        rustix::io::ReadWriteFlags::NOWAIT,
+                    );
+                    if let Ok(got @ 1..) = cached {
+                        if start + (got as u64) < end {
+                            f.pieces.push_front(Piece::Range(start + got as u64, end));
+                        }
+                        buf.truncate(got);
+                        return Ok(Some(Bytes::from(buf)));
+                    }
                     if start + n < end {
                         f.pieces.push_front(Piece::Range(start + n, end));
                     }
                     let file = f.file.clone();
                     let read = tokio::task::spawn_blocking(move || {
                         use std::os::unix::fs::FileExt;
-                        let mut buf = vec![0u8; n as usize];
                         file.read_exact_at(&mut buf, start)
                             .map(|()| Bytes::from(buf))
                     });
