@@ -93,6 +93,27 @@ pub fn have_python_module(module: &str) -> bool {
     found
 }
 
+/// One HTTP/3 request through aioquic (`tests/tools/h3get.py`), an
+/// independent QUIC stack: `url` is fetched from 127.0.0.1:`port`,
+/// verifying against `cafile`; `extra` are the script's options
+/// (`--method`, `--timeout`…). Returns the head (status line and headers)
+/// and the body.
+pub fn h3_get(url: &str, port: u16, cafile: &Path, extra: &[&str]) -> (String, Vec<u8>) {
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(workspace().join("tests/tools/h3get.py"))
+        .arg(url)
+        .args(["--connect", &format!("127.0.0.1:{port}"), "--cafile"])
+        .arg(cafile)
+        .args(extra));
+    assert!(ok, "aioquic {url}: {err}");
+    let sep = out
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("a blank line after the head");
+    let head = String::from_utf8_lossy(&out[..sep]).into_owned();
+    (head, out[sep + 2..].to_vec())
+}
+
 /// A `burrow relay` process; killed on drop.
 #[derive(Debug)]
 pub struct RelayProc {

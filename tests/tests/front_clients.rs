@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use burrow_tests::{builtin_site_dir, have_python_module, have_tool, run, workspace, RelayProc};
+use burrow_tests::{builtin_site_dir, h3_get, have_python_module, have_tool, run, RelayProc};
 
 fn index_html() -> Vec<u8> {
     std::fs::read(builtin_site_dir().join("index.html")).expect("built-in index.html")
@@ -152,33 +152,21 @@ fn aioquic_fetches_the_site_over_http3() {
         return;
     }
     let relay = RelayProc::start(&[]);
-    let script = workspace().join("tests/tools/h3get.py");
     let fetch = |path: &str, method: &str| {
-        run(Command::new("python3")
-            .arg(&script)
-            .arg(relay.url(path))
-            .args([
-                "--connect",
-                &format!("127.0.0.1:{}", relay.port()),
-                "--cafile",
-            ])
-            .arg(relay.cert_path())
-            .args(["--method", method]))
+        h3_get(
+            &relay.url(path),
+            relay.port(),
+            &relay.cert_path(),
+            &["--method", method],
+        )
     };
-    let (ok, out, err) = fetch("/", "GET");
-    assert!(ok, "aioquic: {err}");
-    let sep = out
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .expect("separator");
-    let head = String::from_utf8_lossy(&out[..sep]);
+    let (head, body) = fetch("/", "GET");
     assert!(head.starts_with("HTTP/3 200"), "{head}");
     assert!(head.contains("server: nginx"), "{head}");
-    assert_eq!(&out[sep + 2..], index_html().as_slice());
+    assert_eq!(body, index_html());
 
-    let (ok, out, err) = fetch("/missing.png", "GET");
-    assert!(ok, "aioquic: {err}");
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/3 404"));
+    let (head, _) = fetch("/missing.png", "GET");
+    assert!(head.starts_with("HTTP/3 404"), "{head}");
 }
 
 /// With `--upstream`, the origin's pages come out of every carrier (HTTP/3
@@ -204,28 +192,19 @@ async fn upstream_mode_serves_the_origin_on_every_carrier_and_still_tunnels() {
         }
     }
     if have_python_module("aioquic") {
-        let script = workspace().join("tests/tools/h3get.py");
-        let (ok, out, err) = run(Command::new("python3")
-            .arg(&script)
-            .arg(relay.url("/over-quic"))
-            .args([
-                "--connect",
-                &format!("127.0.0.1:{}", relay.port()),
-                "--cafile",
-            ])
-            .arg(relay.cert_path()));
-        assert!(ok, "aioquic: {err}");
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("HTTP/3 200"), "{text}");
-        assert!(text.contains("set-cookie: theme=light; Path=/"), "{text}");
-        assert!(
-            !text.contains("origin/1.0"),
-            "the origin's Server header leaks: {text}"
+        let (head, body) = h3_get(
+            &relay.url("/over-quic"),
+            relay.port(),
+            &relay.cert_path(),
+            &[],
         );
+        assert!(head.starts_with("HTTP/3 200"), "{head}");
+        assert!(head.contains("set-cookie: theme=light; Path=/"), "{head}");
         assert!(
-            text.ends_with("\n\nhello from origin /over-quic\n"),
-            "{text}"
+            !head.contains("origin/1.0"),
+            "the origin's Server header leaks: {head}"
         );
+        assert_eq!(body, b"hello from origin /over-quic\n");
     }
 
     let mut wrong = relay.line.clone();

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use burrow_obfs::Identity;
 use burrow_tests::origin::Origin;
-use burrow_tests::{have_python_module, have_tool, run, workspace, Nginx, RelayProc};
+use burrow_tests::{h3_get, have_python_module, have_tool, run, Nginx, RelayProc};
 
 fn copy_site(to: &Path) {
     let from = burrow_tests::builtin_site_dir();
@@ -95,6 +95,19 @@ fn relay_with(cert: &Path, key: &Path, extra: &[&str]) -> RelayProc {
     RelayProc::start(&args)
 }
 
+/// The front and nginx as curl targets.
+fn targets<'a>(cert: &'a Path, relay: &RelayProc, nginx: &Nginx) -> (Target<'a>, Target<'a>) {
+    let ours = Target {
+        port: relay.port(),
+        cert,
+    };
+    let theirs = Target {
+        port: nginx.port,
+        cert,
+    };
+    (ours, theirs)
+}
+
 fn twins() -> Twins {
     let work = tempfile::tempdir().expect("tempdir");
     let site = work.path().join("site");
@@ -119,15 +132,8 @@ fn the_front_answers_like_nginx() {
         return;
     }
     let t = twins();
-    let (cert, nginx, relay) = (&t.cert, &t.nginx, &t.relay);
-    let ours = Target {
-        port: relay.port(),
-        cert,
-    };
-    let theirs = Target {
-        port: nginx.port,
-        cert,
-    };
+    let nginx = &t.nginx;
+    let (ours, theirs) = targets(&t.cert, &t.relay, &t.nginx);
 
     // The ETag and Last-Modified nginx gives, for conditional requests.
     let probe = curl(&theirs, "--http2", &["-I"], "/");
@@ -218,18 +224,11 @@ fn a_large_file_is_served_like_nginx_and_not_held_in_memory() {
         return;
     }
     let t = twins();
-    let (cert, nginx, relay) = (&t.cert, &t.nginx, &t.relay);
+    let (cert, relay) = (&t.cert, &t.relay);
     let size = 40 * 1024 * 1024 + 5;
     let content: Vec<u8> = (0..size).map(|i: u32| (i % 253) as u8).collect();
     std::fs::write(t._work.path().join("site/video.mp4"), &content).expect("write");
-    let ours = Target {
-        port: relay.port(),
-        cert,
-    };
-    let theirs = Target {
-        port: nginx.port,
-        cert,
-    };
+    let (ours, theirs) = targets(&t.cert, &t.relay, &t.nginx);
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", relay.child.id()))
             .expect("relay status");
@@ -241,25 +240,11 @@ fn a_large_file_is_served_like_nginx_and_not_held_in_memory() {
     };
     let before = rss();
 
-    let download = |t: &Target<'_>, proto: &str| -> (String, Vec<u8>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (head, body) = (dir.path().join("head"), dir.path().join("body"));
-        let (ok, _, err) = run(Command::new("curl")
-            .args(["-sS", "--max-time", "60", proto, "--cacert"])
-            .arg(t.cert)
-            .args(["--resolve", &format!("example.org:{}:127.0.0.1", t.port)])
-            .arg("-D")
-            .arg(&head)
-            .arg("-o")
-            .arg(&body)
-            .arg(format!("https://example.org:{}/video.mp4", t.port)));
-        assert!(ok, "curl {proto}: {err}");
-        let head = std::fs::read_to_string(head).expect("head");
-        (normalize(&head, t.port), std::fs::read(body).expect("body"))
-    };
     for proto in ["--http1.1", "--http2"] {
-        let (a_head, a_body) = download(&ours, proto);
-        let (b_head, b_body) = download(&theirs, proto);
+        let (a_code, a_head, a_body) = fetch(&ours, proto, "/video.mp4");
+        let (b_code, b_head, b_body) = fetch(&theirs, proto, "/video.mp4");
+        assert_eq!(a_code.0, 0, "{proto}: {}", a_code.1);
+        assert_eq!(b_code.0, 0, "{proto}: {}", b_code.1);
         assert_eq!(a_head, b_head, "{proto}: headers differ from nginx");
         assert!(a_body == content, "{proto}: burrow's body is not the file");
         assert!(b_body == content, "{proto}: nginx's body is not the file");
@@ -286,22 +271,11 @@ fn a_large_file_is_served_like_nginx_and_not_held_in_memory() {
 
     // HTTP/3, through an independent client (nginx here has none to compare).
     if have_python_module("aioquic") {
-        let (ok, out, err) = run(Command::new("python3")
-            .arg(workspace().join("tests/tools/h3get.py"))
-            .arg(format!("https://example.org:{}/video.mp4", relay.port()))
-            .args(["--connect", &format!("127.0.0.1:{}", relay.port())])
-            .arg("--cafile")
-            .arg(cert)
-            .args(["--timeout", "60"]));
-        assert!(ok, "aioquic: {err}");
-        let sep = out
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .expect("separator");
-        let head = String::from_utf8_lossy(&out[..sep]);
+        let url = format!("https://example.org:{}/video.mp4", relay.port());
+        let (head, body) = h3_get(&url, relay.port(), cert, &["--timeout", "60"]);
         assert!(head.starts_with("HTTP/3 200"), "{head}");
         assert!(head.contains(&format!("content-length: {size}")), "{head}");
-        assert!(out[sep + 2..] == content[..], "HTTP/3 body is not the file");
+        assert!(body == content, "HTTP/3 body is not the file");
     }
 }
 
@@ -340,20 +314,8 @@ fn the_reverse_proxy_streams_long_answers_like_nginx() {
     if !have_tool("nginx") || !have_tool("curl") {
         return;
     }
-    let work = tempfile::tempdir().expect("tempdir");
-    let (_, cert, key) = shared_certificate(work.path());
-    let origin = Origin::start();
-    let nginx = Nginx::start_proxy(origin.port, &cert, &key);
-    let upstream = format!("http://127.0.0.1:{}", origin.port);
-    let relay = relay_with(&cert, &key, &["--upstream", &upstream]);
-    let ours = Target {
-        port: relay.port(),
-        cert: &cert,
-    };
-    let theirs = Target {
-        port: nginx.port,
-        cert: &cert,
-    };
+    let t = ProxyTwins::start();
+    let (ours, theirs) = targets(&t.cert, &t.relay, &t.nginx);
     for (path, len) in [
         ("/large", LARGE),
         ("/large-chunked", LARGE_FRAMED),
@@ -559,6 +521,34 @@ fn malformed_http11_is_answered_like_nginx() {
     );
 }
 
+/// An origin, nginx's `proxy_pass` to it and `burrow relay --upstream` to
+/// it, with the same certificate.
+struct ProxyTwins {
+    work: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    origin: Origin,
+    nginx: Nginx,
+    relay: RelayProc,
+}
+
+impl ProxyTwins {
+    fn start() -> ProxyTwins {
+        let work = tempfile::tempdir().expect("tempdir");
+        let (_, cert, key) = shared_certificate(work.path());
+        let origin = Origin::start();
+        let upstream = format!("http://127.0.0.1:{}", origin.port);
+        let nginx = Nginx::start_proxy(origin.port, &cert, &key);
+        let relay = relay_with(&cert, &key, &["--upstream", &upstream]);
+        ProxyTwins {
+            work,
+            cert,
+            origin,
+            nginx,
+            relay,
+        }
+    }
+}
+
 /// `burrow relay --upstream` next to nginx's `proxy_pass` to the same
 /// origin: the same answers (status, reason, headers and their order, body)
 /// and the same request reaching the origin, for ordinary pages, odd
@@ -568,23 +558,13 @@ fn the_reverse_proxy_answers_like_nginx_proxy_pass() {
     if !have_tool("nginx") || !have_tool("curl") {
         return;
     }
-    let work = tempfile::tempdir().expect("tempdir");
-    let (_, cert, key) = shared_certificate(work.path());
-    let big_body = work.path().join("big");
+    let mut t = ProxyTwins::start();
+    let big_body = t.work.path().join("big");
     std::fs::write(&big_body, vec![b'x'; 1536 * 1024]).expect("write");
     let big_arg = format!("@{}", big_body.display());
-    let mut origin = Origin::start();
-    let upstream = format!("http://127.0.0.1:{}", origin.port);
-    let nginx = Nginx::start_proxy(origin.port, &cert, &key);
-    let relay = relay_with(&cert, &key, &["--upstream", &upstream]);
-    let ours = Target {
-        port: relay.port(),
-        cert: &cert,
-    };
-    let theirs = Target {
-        port: nginx.port,
-        cert: &cert,
-    };
+    let (relay, nginx) = (&t.relay, &t.nginx);
+    // Borrowed field by field, so that the origin can be stopped below.
+    let (ours, theirs) = targets(&t.cert, relay, nginx);
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("/", vec![]),
         ("/?page=2", vec![]),
@@ -624,7 +604,7 @@ fn the_reverse_proxy_answers_like_nginx_proxy_pass() {
         compare(path, args);
     }
     // A dead origin: nginx's 502 page from both.
-    origin.stop();
+    t.origin.stop();
     compare("/", &[]);
     assert!(
         differences.is_empty(),
