@@ -583,6 +583,7 @@ mod tests {
             port: u16,
         ) -> burrow_obfs::client::BoxFuture<'_, io::Result<tokio::net::TcpStream>> {
             let addr = format!("{host}:{port}");
+            // egress-check: allowed: a unit test dialling a closed port on loopback.
             Box::pin(async move { tokio::net::TcpStream::connect(addr).await })
         }
 
