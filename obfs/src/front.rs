@@ -52,6 +52,10 @@ pub struct Limits {
     /// Requests one HTTP/1.1 or HTTP/2 connection without a tunnel serves
     /// before the server closes it (nginx's `keepalive_requests`, 1000).
     pub keepalive_requests: u32,
+    /// Longest a site response may wait for the client to take more of it
+    /// (nginx's `send_timeout`, 60 s, between two writes): then the
+    /// HTTP/1.1 connection is closed, or the HTTP/2 or HTTP/3 stream reset.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             quic_idle_timeout: Duration::from_secs(75),
             keepalive_timeout: Duration::from_secs(75),
             keepalive_requests: 1000,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -41,9 +41,13 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (keepalive_timeout, keepalive_requests) = {
+    let (keepalive_timeout, keepalive_requests, send_timeout) = {
         let limits = shared.limits();
-        (limits.keepalive_timeout, limits.keepalive_requests)
+        (
+            limits.keepalive_timeout,
+            limits.keepalive_requests,
+            limits.send_timeout,
+        )
     };
     let mut buf = BytesMut::with_capacity(4096);
     let mut served = 0u32;
@@ -135,9 +139,15 @@ pub(crate) async fn serve<S>(
         if resp.headers().get(header::CONNECTION).map(|v| v.as_bytes()) == Some(b"close") {
             keep_alive = false;
         }
-        if write_response(&mut io, resp, head.method == Method::HEAD, keep_alive)
-            .await
-            .is_err()
+        if write_response(
+            &mut io,
+            resp,
+            head.method == Method::HEAD,
+            keep_alive,
+            send_timeout,
+        )
+        .await
+        .is_err()
             || !keep_alive
         {
             let _ = io.shutdown().await;
@@ -235,7 +245,14 @@ pub(crate) async fn serve_plain<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
         match h1::parse(&buf) {
             Parsed::Head(head, _) => {
                 let resp = site::plain_http_response();
-                let _ = write_response(&mut io, resp, head.method == Method::HEAD, false).await;
+                let _ = write_response(
+                    &mut io,
+                    resp,
+                    head.method == Method::HEAD,
+                    false,
+                    SEND_TIMEOUT,
+                )
+                .await;
                 let _ = io.shutdown().await;
                 return;
             }
@@ -257,7 +274,7 @@ async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, r: Reject) -> std::io::
         Reject::HeaderTooLarge => site::header_too_large_response(),
         other => site::error_response(other.status()),
     };
-    write_response(io, resp, false, false).await?;
+    write_response(io, resp, false, false, SEND_TIMEOUT).await?;
     io.shutdown().await
 }
 
@@ -269,7 +286,12 @@ async fn write_response<S: AsyncWrite + Unpin>(
     resp: SiteResponse,
     head_only: bool,
     keep_alive: bool,
+    send_timeout: Duration,
 ) -> std::io::Result<()> {
+    let mut io = Timed {
+        io,
+        timeout: send_timeout,
+    };
     let status = resp.status();
     let reason = match resp.extensions().get::<ReasonPhrase>() {
         Some(ReasonPhrase(r)) => r.as_str(),
@@ -341,6 +363,49 @@ async fn write_response<S: AsyncWrite + Unpin>(
         }
     }
     io.flush().await
+}
+
+/// nginx's `send_timeout`, for answers given before a site is known
+/// (plain HTTP to the TLS port, requests refused while parsing).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes that fail with `TimedOut` when the client takes nothing for
+/// `timeout` (between two writes, as nginx's `send_timeout`).
+struct Timed<'a, S> {
+    io: &'a mut S,
+    timeout: Duration,
+}
+
+impl<S: AsyncWrite + Unpin> Timed<'_, S> {
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.within(|io| io.write_all(data)).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let io = &mut *self.io;
+        match tokio::time::timeout(self.timeout, io.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    async fn within<'b, F, Fut>(&'b mut self, op: F) -> std::io::Result<()>
+    where
+        F: FnOnce(&'b mut S) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>>,
+    {
+        match tokio::time::timeout(self.timeout, op(&mut *self.io)).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client took nothing within the send timeout",
+    )
 }
 
 #[cfg(test)]

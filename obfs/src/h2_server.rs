@@ -314,7 +314,8 @@ async fn answer(
                 }
             }
             Some(piecewise @ (Body::File(_) | Body::Origin(_))) => {
-                if let Err(e) = send_piecewise(&mut send, piecewise).await {
+                let send_timeout = shared.limits().send_timeout;
+                if let Err(e) = send_piecewise(&mut send, piecewise, send_timeout).await {
                     // The body broke off (an origin that went away): reset
                     // as nginx does. `h2` drops what it still holds of the
                     // stream's data (README, Limitations).
@@ -335,11 +336,15 @@ async fn answer(
 async fn send_piecewise(
     send: &mut h2::SendStream<Bytes>,
     mut body: Body,
+    send_timeout: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut next = body.next_chunk().await?;
     while let Some(chunk) = next {
         send.reserve_capacity(chunk.len() + FILE_CHUNK);
-        let (sent, read) = tokio::join!(send_within_window(send, chunk), body.next_chunk());
+        let (sent, read) = tokio::join!(
+            send_within_window(send, chunk, send_timeout),
+            body.next_chunk()
+        );
         sent?;
         next = read?;
     }
@@ -347,17 +352,21 @@ async fn send_piecewise(
     Ok(())
 }
 
-/// Hands `chunk` to `h2` as the stream's capacity allows.
+/// Hands `chunk` to `h2` as the stream's capacity allows, waiting at most
+/// `send_timeout` for the client to open its window.
 async fn send_within_window(
     send: &mut h2::SendStream<Bytes>,
     mut chunk: Bytes,
+    send_timeout: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     while !chunk.is_empty() {
         let mut granted = send.capacity();
         if granted == 0 {
-            granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(granted) => granted?,
-                None => return Err("the stream closed".into()),
+            let capacity = std::future::poll_fn(|cx| send.poll_capacity(cx));
+            granted = match tokio::time::timeout(send_timeout, capacity).await {
+                Ok(Some(granted)) => granted?,
+                Ok(None) => return Err("the stream closed".into()),
+                Err(_) => return Err("the client took nothing within the send timeout".into()),
             };
         }
         if granted > 0 {

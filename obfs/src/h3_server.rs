@@ -93,13 +93,23 @@ async fn handle(
         if let Some(mut payload) = payload {
             // A large body goes piece by piece, each sent once QUIC takes
             // it, the next read meanwhile.
+            let send_timeout = shared.limits().send_timeout;
             let mut next = payload.next_chunk().await;
             loop {
                 match next {
                     Ok(Some(chunk)) => {
-                        let (sent, read) =
-                            tokio::join!(stream.send_data(chunk), payload.next_chunk());
-                        sent?;
+                        let send = tokio::time::timeout(send_timeout, stream.send_data(chunk));
+                        let (sent, read) = tokio::join!(send, payload.next_chunk());
+                        match sent {
+                            Ok(sent) => sent?,
+                            Err(_) => {
+                                debug!(
+                                    "h3 response: the client took nothing within the send timeout"
+                                );
+                                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                                return Ok(());
+                            }
+                        }
                         next = read;
                     }
                     Ok(None) => break,
