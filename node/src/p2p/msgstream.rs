@@ -582,6 +582,8 @@ struct Connection {
 
 pub struct Behaviour {
     timeout: Duration,
+    /// The timeout on connections that do not go through a relay.
+    direct_timeout: Duration,
     next_id: u64,
     connected: HashMap<PeerId, Vec<Connection>>,
     /// Messages for peers being dialled.
@@ -605,12 +607,23 @@ impl Behaviour {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
+            direct_timeout: timeout,
             next_id: 0,
             connected: HashMap::new(),
             waiting: HashMap::new(),
             addresses: PeerAddresses::default(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A shorter timeout on connections straight to the contact (their own
+    /// front, or a punched hole): a contact gone without closing the
+    /// connection (a killed process on QUIC, a laptop put to sleep) is given
+    /// up on sooner, and the message tries the relay. The reply on such a
+    /// path takes one round trip plus the contact's write to disk.
+    pub fn with_direct_timeout(mut self, timeout: Duration) -> Self {
+        self.direct_timeout = timeout;
+        self
     }
 
     /// Sends `envelope` to `peer` on a connection already open (one of
@@ -653,8 +666,19 @@ impl Behaviour {
         });
     }
 
-    fn new_handler(&mut self, peer: PeerId, id: ConnectionId, addr: Option<Multiaddr>) -> Handler {
-        let mut handler = Handler::new(self.timeout);
+    fn new_handler(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        addr: Option<Multiaddr>,
+        relayed: bool,
+    ) -> Handler {
+        let timeout = if relayed {
+            self.timeout
+        } else {
+            self.direct_timeout
+        };
+        let mut handler = Handler::new(timeout);
         let mut conn = Connection {
             id,
             remote_address: addr,
@@ -703,10 +727,11 @@ impl NetworkBehaviour for Behaviour {
         &mut self,
         connection_id: ConnectionId,
         peer: PeerId,
-        _local_addr: &Multiaddr,
-        _remote_addr: &Multiaddr,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.new_handler(peer, connection_id, None))
+        let relayed = through_relay(local_addr) || through_relay(remote_addr);
+        Ok(self.new_handler(peer, connection_id, None, relayed))
     }
 
     fn handle_pending_outbound_connection(
@@ -738,7 +763,7 @@ impl NetworkBehaviour for Behaviour {
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.new_handler(peer, connection_id, Some(addr.clone())))
+        Ok(self.new_handler(peer, connection_id, Some(addr.clone()), through_relay(addr)))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -831,6 +856,12 @@ impl NetworkBehaviour for Behaviour {
             None => Poll::Pending,
         }
     }
+}
+
+/// Whether a connection's address goes through a relay's circuit.
+fn through_relay(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
 }
 
 #[cfg(test)]
@@ -992,6 +1023,34 @@ mod tests {
             3,
             "the third went out on a fresh stream"
         );
+    }
+
+    #[tokio::test]
+    async fn a_direct_connection_gives_up_on_a_silent_contact_sooner() {
+        let (b_id, b_addr, b) = swarm(Behaviour::new(Duration::from_secs(10))).await;
+        let mut seen = answer(b, true);
+        let behaviour =
+            Behaviour::new(Duration::from_secs(60)).with_direct_timeout(Duration::from_millis(300));
+        let (_, _, mut a) = swarm(behaviour).await;
+        a.add_peer_address(b_id, b_addr);
+        let id = a.behaviour_mut().send_request(&b_id, message("hello"));
+        let failed = tokio::time::timeout(Duration::from_secs(10), next_failure(&mut a))
+            .await
+            .expect("the direct timeout, not the relayed one, applies");
+        assert_eq!(failed, (id, Failure::Timeout));
+        assert_eq!(seen.recv().await, Some(()), "it did arrive");
+    }
+
+    #[test]
+    fn circuit_addresses_are_told_from_direct_ones() {
+        let relay = PeerId::random();
+        let direct: Multiaddr = "/ip4/203.0.113.7/udp/443/quic-v1".parse().expect("addr");
+        let circuit: Multiaddr =
+            format!("/ip4/203.0.113.7/tcp/443/tls/http/p2p/{relay}/p2p-circuit")
+                .parse()
+                .expect("addr");
+        assert!(!through_relay(&direct));
+        assert!(through_relay(&circuit));
     }
 
     /// Writes raw bytes as a "request" on the message protocol and reads

@@ -26,6 +26,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection (a live one answers in milliseconds; a silent one is dropped
 /// and the next attempt dials afresh).
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same on a connection straight to the contact (no relay in between):
+/// one round trip and the contact's write to disk.
+pub const DIRECT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a punch request may wait for the contact's answer.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,7 +110,8 @@ pub fn build_with_bucket_size(
 ) -> io::Result<Swarm<NodeBehaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let (transport, relay_client) = transport(keypair, carriers);
-    let messages = super::msgstream::Behaviour::new(MESSAGE_TIMEOUT);
+    let messages = super::msgstream::Behaviour::new(MESSAGE_TIMEOUT)
+        .with_direct_timeout(DIRECT_MESSAGE_TIMEOUT);
     let mailbox = request_response::Behaviour::with_codec(
         request_response::cbor::codec::Codec::default()
             .set_request_size_maximum(128 * 1024)
