@@ -378,27 +378,21 @@ struct Timed<'a, S> {
 
 impl<S: AsyncWrite + Unpin> Timed<'_, S> {
     async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.within(|io| io.write_all(data)).await
+        within(self.timeout, self.io.write_all(data)).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let io = &mut *self.io;
-        match tokio::time::timeout(self.timeout, io.flush()).await {
-            Ok(r) => r,
-            Err(_) => Err(timed_out()),
-        }
+        within(self.timeout, self.io.flush()).await
     }
+}
 
-    async fn within<'b, F, Fut>(&'b mut self, op: F) -> std::io::Result<()>
-    where
-        F: FnOnce(&'b mut S) -> Fut,
-        Fut: std::future::Future<Output = std::io::Result<()>>,
-    {
-        match tokio::time::timeout(self.timeout, op(&mut *self.io)).await {
-            Ok(r) => r,
-            Err(_) => Err(timed_out()),
-        }
-    }
+async fn within(
+    timeout: Duration,
+    op: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, op)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 fn timed_out() -> std::io::Error {

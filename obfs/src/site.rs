@@ -25,7 +25,8 @@ pub type SiteResponse = Response<Body>;
 
 /// Files larger than this are not read whole: their bytes are read from the
 /// open file piece by piece as the client takes them (nginx's `sendfile`),
-/// so a large download holds [`FILE_CHUNK`] bytes, not the file.
+/// so a large download holds two pieces of [`FILE_CHUNK`] (the one going
+/// out and the next), not the file.
 pub const STREAM_FILES_OVER: u64 = 1024 * 1024;
 
 /// What a streamed file is read in.
@@ -45,13 +46,13 @@ pub enum Body {
 }
 
 /// See [`Body::File`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FileBody {
     file: std::sync::Arc<std::fs::File>,
     pieces: std::collections::VecDeque<Piece>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Piece {
     Bytes(Bytes),
     /// Bytes `start..end` of the file.
@@ -137,7 +138,7 @@ impl Body {
         }
     }
 
-    /// The whole body in memory (tests, and bodies known to be small).
+    /// The whole body in memory, for tests.
     #[cfg(test)]
     pub(crate) async fn collect(mut self) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -470,10 +471,10 @@ impl Site {
                 if !meta.is_file() {
                     return Lookup::Forbidden;
                 }
-                let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
                 if meta.len() > STREAM_FILES_OVER {
                     return open_large(full).await;
                 }
+                let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
                 let stamp = Stamp::of(&meta);
                 if let Some(body) = self.cache.get(&full, stamp) {
                     return Lookup::File {

@@ -223,6 +223,9 @@ pub struct OriginBody {
     /// Decoded bytes not handed out yet.
     pending: Bytes,
     done: bool,
+    /// What the origin's bytes are read into (the one the head was read
+    /// with).
+    buf: Vec<u8>,
 }
 
 impl OriginBody {
@@ -230,7 +233,6 @@ impl OriginBody {
     /// off, stalls for [`IO_TIMEOUT`] or sends a malformed chunk is an error.
     pub(crate) async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
         use std::io::{Error, ErrorKind};
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             if !self.pending.is_empty() {
                 return Ok(Some(std::mem::take(&mut self.pending)));
@@ -238,7 +240,7 @@ impl OriginBody {
             if self.done {
                 return Ok(None);
             }
-            let n = match tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut buf)).await {
+            let n = match tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut self.buf)).await {
                 Ok(read) => read?,
                 Err(_) => return Err(Error::new(ErrorKind::TimedOut, "the origin stalled")),
             };
@@ -251,7 +253,7 @@ impl OriginBody {
             }
             let (bytes, done) = self
                 .reader
-                .more(&buf[..n])
+                .more(&self.buf[..n])
                 .map_err(|why| Error::new(ErrorKind::InvalidData, why))?;
             self.pending = bytes;
             self.done = done;
@@ -342,6 +344,7 @@ impl Upstream {
                             reader,
                             pending: first,
                             done: false,
+                            buf,
                         }))
                     } else {
                         Body::Full(first)
