@@ -290,13 +290,25 @@ fn browser_signature_algorithms(base: WebPkiSupportedAlgorithms) -> WebPkiSuppor
     }
 }
 
-/// A current Chrome's cipher-suite order (TLS 1.3 first, AES-128 first) and
-/// signature schemes.
+/// A current Chrome's cipher-suite order (TLS 1.3 first, AES-128 first),
+/// signature schemes and key-exchange groups: the post-quantum hybrid
+/// X25519MLKEM768 first (from aws-lc-rs; ring has no ML-KEM), then X25519,
+/// P-256 and P-384. Like Chrome, the hello carries two key shares, the
+/// hybrid's and X25519's (rustls adds the hybrid's classical half), so a
+/// server without ML-KEM (nginx on OpenSSL 3.0, the relay's own front)
+/// picks X25519 without a retry.
 fn browser_provider() -> CryptoProvider {
     use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::crypto::ring::kx_group;
     let mut p = provider::default_provider();
     p.signature_verification_algorithms =
         browser_signature_algorithms(p.signature_verification_algorithms);
+    p.kx_groups = vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+        kx_group::X25519,
+        kx_group::SECP256R1,
+        kx_group::SECP384R1,
+    ];
     p.cipher_suites = vec![
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
@@ -387,6 +399,8 @@ impl ServerCertVerifier for PinVerifier {
 
 #[cfg(test)]
 mod tests {
+    use rustls::{HandshakeKind, NamedGroup};
+
     use super::*;
 
     /// The ClientHello a client with `config` writes first, as
@@ -444,12 +458,83 @@ mod tests {
         body[prefix..].chunks(2).map(be16).collect()
     }
 
+    /// The key_share extension's entries as (group, key length).
+    fn key_shares(body: &[u8]) -> Vec<(u16, usize)> {
+        let mut r = Reader(body);
+        let len = r.u16() as usize;
+        let mut r = Reader(r.take(len));
+        let mut shares = Vec::new();
+        while !r.0.is_empty() {
+            let group = r.u16();
+            let len = r.u16() as usize;
+            r.take(len);
+            shares.push((group, len));
+        }
+        shares
+    }
+
     fn extension(exts: &[(u16, Vec<u8>)], ty: u16) -> &[u8] {
         &exts
             .iter()
             .find(|(t, _)| *t == ty)
             .unwrap_or_else(|| panic!("extension {ty} missing"))
             .1
+    }
+
+    /// Completes a handshake in memory; returns the key-exchange group both
+    /// sides settled on and the kind of handshake (a HelloRetryRequest
+    /// would have cost a round trip).
+    fn handshake(
+        client: Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+    ) -> (NamedGroup, HandshakeKind) {
+        let name = ServerName::try_from("relay.example.org").expect("name");
+        let mut c = rustls::ClientConnection::new(client, name).expect("client");
+        let mut s = rustls::ServerConnection::new(server).expect("server");
+        while c.is_handshaking() || s.is_handshaking() {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).expect("client writes");
+            s.read_tls(&mut wire.as_slice()).expect("server reads");
+            s.process_new_packets().expect("server accepts");
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).expect("server writes");
+            c.read_tls(&mut wire.as_slice()).expect("client reads");
+            c.process_new_packets().expect("client accepts");
+        }
+        let group = c.negotiated_key_exchange_group().expect("group").name();
+        assert_eq!(
+            s.negotiated_key_exchange_group().expect("group").name(),
+            group
+        );
+        (group, c.handshake_kind().expect("kind"))
+    }
+
+    #[test]
+    fn the_hybrid_key_share_completes_with_a_post_quantum_server_and_x25519_with_ours() {
+        let (identity, _, _) = Identity::self_signed("relay.example.org").expect("identity");
+        let client = client_config(&Trust::Pinned(identity.pin().expect("pin")), &ALPN_TCP)
+            .expect("client config");
+
+        // A server that has ML-KEM (aws-lc-rs, X25519MLKEM768 first) takes the hybrid.
+        let pq = ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Certificates::new(&identity).expect("certificates"));
+        assert_eq!(
+            handshake(client.clone(), Arc::new(pq)),
+            (NamedGroup::X25519MLKEM768, HandshakeKind::Full)
+        );
+
+        // The relay's front (ring: no ML-KEM) takes the second share, X25519,
+        // in the first round trip, as nginx on OpenSSL 3.0 does with Chrome.
+        let ours = identity.server_config_tcp().expect("server config");
+        assert_eq!(
+            handshake(client, ours),
+            (NamedGroup::X25519, HandshakeKind::Full)
+        );
     }
 
     #[test]
@@ -482,8 +567,17 @@ mod tests {
                 [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601],
                 "{trust:?}"
             );
-            // supported_groups: Chrome's, less X25519MLKEM768 (not in ring).
-            assert_eq!(u16_list(extension(&exts, 10), 2), [0x001d, 0x0017, 0x0018]);
+            // supported_groups: Chrome's (less its GREASE value).
+            assert_eq!(
+                u16_list(extension(&exts, 10), 2),
+                [0x11ec, 0x001d, 0x0017, 0x0018]
+            );
+            // key_share: Chrome's two, the hybrid's (an ML-KEM-768
+            // encapsulation key, 1184 bytes, then an X25519 key) and X25519's.
+            assert_eq!(
+                key_shares(extension(&exts, 51)),
+                [(0x11ec, 1216), (0x001d, 32)]
+            );
             assert_eq!(extension(&exts, 16), b"\x00\x0c\x02h2\x08http/1.1");
 
             // The same extensions each time, in an order drawn per connection.
