@@ -113,16 +113,18 @@ impl Dialer {
             .clone()
     }
 
-    /// Sets the resolver names are resolved with. Its own endpoint must be
-    /// on the policy ([`ResolverSpec::entries`]) or every query is refused.
-    /// `tls` carries the trust for DoH/DoT (web roots or the spec's pin).
+    /// Sets the resolvers names are resolved with, asked in this order.
+    /// Their own endpoints must be on the policy ([`ResolverList::entries`])
+    /// or their queries are refused. Each comes with the client config for
+    /// its DoH/DoT (web roots or the spec's pin).
+    ///
+    /// [`ResolverList::entries`]: crate::ResolverList::entries
     pub fn set_resolver(
         &self,
-        spec: ResolverSpec,
-        tls: Option<rustls::ClientConfig>,
+        resolvers: Vec<(ResolverSpec, Option<rustls::ClientConfig>)>,
         limits: ResolverLimits,
     ) -> Result<(), ResolveError> {
-        let resolver = Resolver::new(spec, tls, limits, self.gate.clone())?;
+        let resolver = Resolver::new(resolvers, limits, self.gate.clone())?;
         *self
             .resolver
             .write()

@@ -24,5 +24,7 @@ pub use audit::{Audit, Record, Verdict};
 pub use dialer::Dialer;
 pub use error::{Error, TargetError};
 pub use policy::{Approved, Denied, DenyReason, Entry, EntrySource, Policy};
-pub use resolver::{ResolveError, Resolver, ResolverLimits, ResolverSpec, DEFAULT_RESOLVER};
+pub use resolver::{
+    ResolveError, Resolver, ResolverLimits, ResolverList, ResolverSpec, DEFAULT_RESOLVER,
+};
 pub use target::{Host, Name, Proto, Target};

@@ -2,18 +2,25 @@
 //!
 //! A [`ResolverSpec`] names one resolver by IP address: DNS over HTTPS
 //! (the default) or DNS over TLS, or — only when the user turns it on —
-//! the system's plaintext resolvers. The resolver's own endpoint is put on
-//! the allowlist like any other ([`ResolverSpec::entries`]), and hickory's
-//! sockets are opened through the same gate as every other dial
-//! ([`GuardedRuntime`]), so even the resolver cannot reach anything else.
-//! Answers are cached by hickory within their TTL.
+//! the system's plaintext resolvers. A [`ResolverList`] is one or more of
+//! them, asked in order: a resolver that cannot be reached (blocked,
+//! down, a certificate that does not verify) hands the question to the
+//! next, and is asked after the others for a while
+//! ([`ResolverLimits::failed_wait`]), so a blocked resolver costs its
+//! timeout once rather than at every lookup. An answer, "no such name"
+//! included, is final: the next resolver is not asked to contradict it.
+//! Each resolver's own endpoint is put on the allowlist like any other
+//! ([`ResolverList::entries`]), and hickory's sockets are opened through
+//! the same gate as every other dial ([`GuardedRuntime`]), so even the
+//! resolver cannot reach anything else. Answers are cached by hickory
+//! within their TTL.
 //!
-//! Spec syntax (what `--resolver` takes):
+//! Spec syntax (what `--resolver` takes; several separated by commas):
 //!
 //! ```text
 //! https://NAME-OR-IP[:PORT][/PATH][?ip=ADDRESS][&pin=SHA256-BASE64URL]   DoH (port 443, /dns-query)
 //! tls://NAME-OR-IP[:PORT][?ip=ADDRESS][&pin=…]                        DoT (port 853)
-//! system                                                             /etc/resolv.conf, plaintext
+//! system                                                             /etc/resolv.conf, plaintext (alone)
 //! ```
 //!
 //! The resolver is always reached by IP address (there is nothing to
@@ -25,8 +32,8 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -41,8 +48,11 @@ use crate::dialer::Gate;
 use crate::policy::{Entry, EntrySource};
 use crate::target::{canonical_ip, Name, Proto, Target};
 
-/// The resolver used when none is configured: Quad9 over HTTPS.
-pub const DEFAULT_RESOLVER: &str = "https://dns.quad9.net/dns-query?ip=9.9.9.9";
+/// The resolvers used when none is configured: Quad9 over HTTPS, and
+/// Cloudflare's when Quad9 cannot be reached (two operators, two address
+/// ranges: a censor blocking one rarely blocks both at once).
+pub const DEFAULT_RESOLVER: &str =
+    "https://dns.quad9.net/dns-query?ip=9.9.9.9, https://cloudflare-dns.com/dns-query?ip=1.1.1.1";
 
 /// The component resolver sockets are logged under.
 pub const RESOLVER_COMPONENT: &str = "resolver";
@@ -176,6 +186,15 @@ impl ResolverSpec {
         !matches!(self, Self::System)
     }
 
+    /// Where queries go: the kind and the address (`None`: the system's).
+    fn endpoint(&self) -> Option<(bool, SocketAddr)> {
+        match self {
+            Self::Https { addr, .. } => Some((true, *addr)),
+            Self::Tls { addr, .. } => Some((false, *addr)),
+            Self::System => None,
+        }
+    }
+
     /// The allowlist entries the resolver needs, each with its reason.
     pub fn entries(&self) -> Result<Vec<Entry>, ResolveError> {
         let entry = |addr: SocketAddr, proto, reason: String| {
@@ -250,6 +269,78 @@ impl fmt::Display for ResolverSpec {
             }
             Self::System => f.write_str("system"),
         }
+    }
+}
+
+/// One or more resolvers, asked in this order (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverList(Vec<ResolverSpec>);
+
+impl ResolverList {
+    /// Specs separated by commas. `system` stands alone: as a fallback it
+    /// would send in plaintext what the encrypted resolvers were there to
+    /// hide.
+    pub fn parse(list: &str) -> Result<Self, SpecError> {
+        let bad = |reason: &str| SpecError {
+            spec: list.to_string(),
+            reason: reason.to_string(),
+        };
+        let items: Vec<&str> = list.split(',').map(str::trim).collect();
+        if items.len() > 1 && items.iter().any(|i| i.is_empty()) {
+            return Err(bad("an empty entry in the list"));
+        }
+        let specs = items
+            .into_iter()
+            .map(ResolverSpec::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if specs.len() > 1 && specs.contains(&ResolverSpec::System) {
+            return Err(bad(
+                "system (plaintext) cannot be combined with encrypted resolvers",
+            ));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|s| s.endpoint() == spec.endpoint()) {
+                return Err(bad(&format!("{spec} is listed twice")));
+            }
+        }
+        Ok(Self(specs))
+    }
+
+    /// The resolvers, in the order they are asked.
+    pub fn specs(&self) -> &[ResolverSpec] {
+        &self.0
+    }
+
+    /// Whether queries are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.0.iter().all(ResolverSpec::is_encrypted)
+    }
+
+    /// The allowlist entries every resolver in the list needs.
+    pub fn entries(&self) -> Result<Vec<Entry>, ResolveError> {
+        let mut entries = Vec::new();
+        for spec in &self.0 {
+            entries.extend(spec.entries()?);
+        }
+        Ok(entries)
+    }
+}
+
+impl From<ResolverSpec> for ResolverList {
+    fn from(spec: ResolverSpec) -> Self {
+        Self(vec![spec])
+    }
+}
+
+impl fmt::Display for ResolverList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, spec) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{spec}")?;
+        }
+        Ok(())
     }
 }
 
@@ -363,17 +454,22 @@ impl RuntimeProvider for GuardedRuntime {
     }
 }
 
-/// A caching resolver for one [`ResolverSpec`].
+/// A caching resolver over a [`ResolverList`]: each resolver in it with its
+/// own hickory instance (its own trust and cache), asked in order.
 #[derive(Clone)]
 pub struct Resolver {
-    spec: ResolverSpec,
-    inner: Arc<Hickory<GuardedRuntime>>,
+    list: ResolverList,
+    each: Arc<[Hickory<GuardedRuntime>]>,
+    /// When each resolver last failed to answer (`None`: it did not, or
+    /// answered since).
+    failed: Arc<Mutex<Vec<Option<Instant>>>>,
+    failed_wait: Duration,
 }
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resolver")
-            .field("spec", &self.spec.to_string())
+            .field("list", &self.list.to_string())
             .finish()
     }
 }
@@ -381,14 +477,17 @@ impl fmt::Debug for Resolver {
 /// Resolver limits, each with its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResolverLimits {
-    /// Cached answers (hickory's cache, by name and type).
+    /// Cached answers (hickory's cache, by name and type), per resolver.
     pub cache_entries: u64,
-    /// Time allowed for one query.
+    /// Time allowed for one query to one resolver.
     pub timeout: Duration,
     /// Longest time an answer is kept, whatever its TTL.
     pub max_ttl: Duration,
     /// How long "no such name" or "no address of this family" is kept.
     pub negative_ttl: Duration,
+    /// How long a resolver that could not be reached is asked only after
+    /// the others.
+    pub failed_wait: Duration,
 }
 
 impl Default for ResolverLimits {
@@ -398,103 +497,158 @@ impl Default for ResolverLimits {
             timeout: Duration::from_secs(5),
             max_ttl: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
+            failed_wait: Duration::from_secs(5 * 60),
         }
     }
 }
 
 impl Resolver {
-    /// `tls` is the client config for DoH/DoT (the caller decides the
-    /// trust: web roots, or the spec's pin); its sockets come from `gate`.
+    /// Each resolver with the client config for its DoH/DoT (the caller
+    /// decides the trust: web roots, or the spec's pin); their sockets come
+    /// from `gate`.
     pub(crate) fn new(
-        spec: ResolverSpec,
-        tls: Option<rustls::ClientConfig>,
+        resolvers: Vec<(ResolverSpec, Option<rustls::ClientConfig>)>,
         limits: ResolverLimits,
         gate: Gate,
     ) -> Result<Self, ResolveError> {
-        let servers = match &spec {
-            ResolverSpec::Https {
-                addr,
-                tls_name,
-                path,
-                ..
-            } => {
-                let mut ns = NameServerConfig::https(
-                    addr.ip(),
-                    tls_name.as_str().into(),
-                    Some(path.as_str().into()),
-                );
-                ns.connections.iter_mut().for_each(|c| c.port = addr.port());
-                vec![ns]
-            }
-            ResolverSpec::Tls { addr, tls_name, .. } => {
-                let mut ns = NameServerConfig::tls(addr.ip(), tls_name.as_str().into());
-                ns.connections.iter_mut().for_each(|c| c.port = addr.port());
-                vec![ns]
-            }
-            ResolverSpec::System => system_servers()?
-                .into_iter()
-                .map(NameServerConfig::udp_and_tcp)
-                .collect(),
-        };
-        let runtime = GuardedRuntime {
-            inner: TokioRuntimeProvider::new(),
-            gate,
-        };
-        let mut builder =
-            Hickory::builder_with_config(ResolverConfig::from_name_servers(servers), runtime);
-        {
-            let opts = builder.options_mut();
-            opts.use_hosts_file = ResolveHosts::Never;
-            opts.cache_size = limits.cache_entries;
-            opts.timeout = limits.timeout;
-            opts.attempts = 1;
-            opts.positive_max_ttl = Some(limits.max_ttl);
-            // A and AAAA asked together, IPv4 first (most censored networks
-            // are IPv4-only); a name without one of them is remembered for
-            // a while even when the answer carries no SOA, so a cached
-            // lookup sends nothing at all.
-            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-            opts.negative_min_ttl = Some(limits.negative_ttl);
-            opts.negative_max_ttl = Some(limits.negative_ttl.max(Duration::from_secs(60)));
-            opts.ndots = 0;
-        }
-        if let Some(tls) = tls {
-            builder = builder.with_tls_config(tls);
-        }
-        let inner = builder
-            .build()
+        let specs: Vec<ResolverSpec> = resolvers.iter().map(|(s, _)| s.clone()).collect();
+        let list = ResolverList::parse(&ResolverList(specs).to_string())
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        let each = resolvers
+            .into_iter()
+            .map(|(spec, tls)| one(&spec, tls, &limits, gate.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            spec,
-            inner: Arc::new(inner),
+            failed: Arc::new(Mutex::new(vec![None; each.len()])),
+            list,
+            each: each.into(),
+            failed_wait: limits.failed_wait,
         })
     }
 
-    pub fn spec(&self) -> &ResolverSpec {
-        &self.spec
+    pub fn list(&self) -> &ResolverList {
+        &self.list
     }
 
     /// The addresses of `name`, following CNAME chains, from the cache
-    /// while the answer's TTL lasts.
+    /// while the answer's TTL lasts. Resolvers are asked in order, those
+    /// that failed lately last; the first answer is final.
     pub async fn lookup(&self, name: &Name) -> Result<Vec<IpAddr>, ResolveError> {
         // The trailing dot makes the name absolute: no search domains.
         let fqdn = format!("{}.", name.as_str());
-        let answer =
-            self.inner
-                .lookup_ip(fqdn.as_str())
-                .await
-                .map_err(|e| ResolveError::Lookup {
-                    name: name.as_str().to_string(),
-                    reason: e.to_string(),
-                })?;
-        let ips: Vec<IpAddr> = answer.iter().map(canonical_ip).collect();
-        if ips.is_empty() {
-            return Err(ResolveError::NoAddress {
-                name: name.as_str().to_string(),
-            });
+        let lookup_error = |reason: String| ResolveError::Lookup {
+            name: name.as_str().to_string(),
+            reason,
+        };
+        let mut unreachable = Vec::new();
+        for i in self.order() {
+            let spec = &self.list.0[i];
+            match self.each[i].lookup_ip(fqdn.as_str()).await {
+                Ok(answer) => {
+                    self.mark(i, false);
+                    let ips: Vec<IpAddr> = answer.iter().map(canonical_ip).collect();
+                    if ips.is_empty() {
+                        return Err(ResolveError::NoAddress {
+                            name: name.as_str().to_string(),
+                        });
+                    }
+                    return Ok(ips);
+                }
+                Err(e) if e.is_no_records_found() => {
+                    self.mark(i, false);
+                    return Err(lookup_error(e.to_string()));
+                }
+                Err(e) => {
+                    self.mark(i, true);
+                    if self.each.len() > 1 {
+                        tracing::warn!(
+                            "resolver {spec} could not be reached ({e}); asked after the others for {:?}",
+                            self.failed_wait
+                        );
+                        unreachable.push(format!("{spec}: {e}"));
+                    } else {
+                        unreachable.push(e.to_string());
+                    }
+                }
+            }
         }
-        Ok(ips)
+        Err(lookup_error(unreachable.join("; ")))
     }
+
+    /// Indices in the order to ask: the list's order, but resolvers that
+    /// failed within `failed_wait` after the others.
+    fn order(&self) -> Vec<usize> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let lately = |i: &usize| failed[*i].is_some_and(|t| t.elapsed() < self.failed_wait);
+        let (last, first): (Vec<usize>, Vec<usize>) = (0..failed.len()).partition(lately);
+        first.into_iter().chain(last).collect()
+    }
+
+    fn mark(&self, i: usize, failed: bool) {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)[i] = failed.then(Instant::now);
+    }
+}
+
+/// One resolver's hickory instance.
+fn one(
+    spec: &ResolverSpec,
+    tls: Option<rustls::ClientConfig>,
+    limits: &ResolverLimits,
+    gate: Gate,
+) -> Result<Hickory<GuardedRuntime>, ResolveError> {
+    let servers = match spec {
+        ResolverSpec::Https {
+            addr,
+            tls_name,
+            path,
+            ..
+        } => {
+            let mut ns = NameServerConfig::https(
+                addr.ip(),
+                tls_name.as_str().into(),
+                Some(path.as_str().into()),
+            );
+            ns.connections.iter_mut().for_each(|c| c.port = addr.port());
+            vec![ns]
+        }
+        ResolverSpec::Tls { addr, tls_name, .. } => {
+            let mut ns = NameServerConfig::tls(addr.ip(), tls_name.as_str().into());
+            ns.connections.iter_mut().for_each(|c| c.port = addr.port());
+            vec![ns]
+        }
+        ResolverSpec::System => system_servers()?
+            .into_iter()
+            .map(NameServerConfig::udp_and_tcp)
+            .collect(),
+    };
+    let runtime = GuardedRuntime {
+        inner: TokioRuntimeProvider::new(),
+        gate,
+    };
+    let mut builder =
+        Hickory::builder_with_config(ResolverConfig::from_name_servers(servers), runtime);
+    {
+        let opts = builder.options_mut();
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.cache_size = limits.cache_entries;
+        opts.timeout = limits.timeout;
+        opts.attempts = 1;
+        opts.positive_max_ttl = Some(limits.max_ttl);
+        // A and AAAA asked together, IPv4 first (most censored networks
+        // are IPv4-only); a name without one of them is remembered for
+        // a while even when the answer carries no SOA, so a cached
+        // lookup sends nothing at all.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.negative_min_ttl = Some(limits.negative_ttl);
+        opts.negative_max_ttl = Some(limits.negative_ttl.max(Duration::from_secs(60)));
+        opts.ndots = 0;
+    }
+    if let Some(tls) = tls {
+        builder = builder.with_tls_config(tls);
+    }
+    builder
+        .build()
+        .map_err(|e| ResolveError::Setup(e.to_string()))
 }
 
 #[cfg(test)]
@@ -569,6 +723,59 @@ mod tests {
             .entries()
             .expect("entries");
         assert_eq!((dot[0].port, dot[0].proto), (853, Proto::Tcp));
+    }
+
+    #[test]
+    fn lists_read_in_order_and_print_back() {
+        let list = ResolverList::parse(DEFAULT_RESOLVER).expect("default");
+        assert_eq!(list.specs().len(), 2);
+        assert_eq!(list.to_string(), DEFAULT_RESOLVER);
+        let ips: Vec<String> = list
+            .entries()
+            .expect("entries")
+            .iter()
+            .map(|e| e.host.to_string())
+            .collect();
+        assert_eq!(
+            ips,
+            ["9.9.9.9", "1.1.1.1"],
+            "both on the allowlist, in order"
+        );
+
+        let list = ResolverList::parse(" tls://1.1.1.1 ,https://9.9.9.9,tls://[2620:fe::fe]")
+            .expect("three");
+        assert_eq!(
+            list.to_string(),
+            "tls://1.1.1.1, https://9.9.9.9/dns-query, tls://[2620:fe::fe]"
+        );
+        assert_eq!(ResolverList::parse(&list.to_string()), Ok(list.clone()));
+        assert!(list.is_encrypted());
+        // One spec is a list of one.
+        assert_eq!(
+            ResolverList::parse("system"),
+            Ok(ResolverList::from(ResolverSpec::System))
+        );
+        // The same address by another kind is another resolver.
+        assert!(ResolverList::parse("tls://1.1.1.1, https://1.1.1.1").is_ok());
+    }
+
+    #[test]
+    fn bad_lists_say_why() {
+        for (input, why) in [
+            ("tls://1.1.1.1, system", "cannot be combined"),
+            ("system, tls://1.1.1.1", "cannot be combined"),
+            ("tls://1.1.1.1,", "an empty entry"),
+            ("tls://1.1.1.1,,https://9.9.9.9", "an empty entry"),
+            ("tls://1.1.1.1, tls://1.1.1.1:853", "listed twice"),
+            (
+                "https://9.9.9.9, https://dns.quad9.net/x?ip=9.9.9.9",
+                "listed twice",
+            ),
+            ("tls://1.1.1.1, http://9.9.9.9", "expected https://"),
+        ] {
+            let err = ResolverList::parse(input).expect_err(input);
+            assert!(err.to_string().contains(why), "{input}: {err}");
+        }
     }
 
     #[test]

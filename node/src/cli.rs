@@ -35,9 +35,10 @@ enum Command {
         /// Your home relay: the line `burrow relay address` prints.
         #[arg(long, value_name = "LINE")]
         relay: String,
-        /// Encrypted DNS resolver for relays given by name (default: Quad9
-        /// over HTTPS). See `burrow firewall set --help`.
-        #[arg(long, value_name = "SPEC")]
+        /// Encrypted DNS resolvers for relays given by name, asked in order
+        /// (default: Quad9, then Cloudflare, over HTTPS). See `burrow
+        /// firewall set --help`.
+        #[arg(long, value_name = "SPEC[,SPEC…]")]
         resolver: Option<String>,
         /// Let the node reach loopback, private and link-local addresses.
         #[arg(long)]
@@ -128,11 +129,14 @@ enum FirewallSub {
     },
     /// Change the firewall's settings (with the node stopped).
     Set {
-        /// The resolver names are looked up with, by IP address, encrypted:
+        /// The resolvers names are looked up with, by IP address, encrypted:
         /// https://IP[:PORT][/PATH], https://NAME[/PATH]?ip=IP (certificate
         /// checked for NAME), tls://IP[:PORT]; add &pin=SHA256 to pin a
-        /// certificate. "system" uses /etc/resolv.conf in plaintext.
-        #[arg(long, value_name = "SPEC")]
+        /// certificate. Several, separated by commas, are asked in order:
+        /// one that cannot be reached hands over to the next (and is asked
+        /// last for 5 minutes). "system" (alone) uses /etc/resolv.conf in
+        /// plaintext.
+        #[arg(long, value_name = "SPEC[,SPEC…]")]
         resolver: Option<String>,
         /// Whether loopback, private and link-local addresses may be reached.
         #[arg(long, value_name = "allow|deny")]
@@ -295,11 +299,12 @@ pub struct RelayArgs {
     /// Messages the mailbox keeps for one offline user [default: 1000].
     #[arg(long, value_name = "N")]
     pub mailbox_per_user: Option<usize>,
-    /// Encrypted DNS resolver for the relay's own outbound names (an
+    /// Encrypted DNS resolvers for the relay's own outbound names (an
     /// --upstream given by name): https://IP/dns-query, tls://IP, or
-    /// https://NAME/PATH?ip=IP; "system" for plaintext /etc/resolv.conf
-    /// [default: Quad9 over HTTPS].
-    #[arg(long, value_name = "SPEC")]
+    /// https://NAME/PATH?ip=IP, several separated by commas and asked in
+    /// order; "system" for plaintext /etc/resolv.conf [default: Quad9, then
+    /// Cloudflare, over HTTPS].
+    #[arg(long, value_name = "SPEC[,SPEC…]")]
     pub resolver: Option<String>,
     /// Let the relay's own outbound connections reach loopback, private and
     /// link-local addresses even when a name resolves there.

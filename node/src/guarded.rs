@@ -10,8 +10,8 @@ use crate::store::Contact;
 use burrow_firewall::policy::is_local;
 use burrow_firewall::target::canonical_ip;
 use burrow_firewall::{
-    Audit, Dialer, Entry, EntrySource, Host, Name, Policy, Proto, ResolverLimits, ResolverSpec,
-    Target,
+    Audit, Dialer, Entry, EntrySource, Host, Name, Policy, Proto, ResolverLimits, ResolverList,
+    ResolverSpec, Target,
 };
 use burrow_obfs::client::{BoxFuture, Sockets};
 use burrow_obfs::tls::{client_config, CertPin, Trust};
@@ -96,7 +96,7 @@ pub fn relay_entries(line: &RelayLine, source: EntrySource) -> io::Result<Vec<En
 /// What the node's firewall is built from, besides its relays.
 #[derive(Debug, Clone)]
 pub struct FirewallSettings {
-    pub resolver: ResolverSpec,
+    pub resolver: ResolverList,
     /// Loopback, private and link-local destinations allowed at all.
     pub allow_local: bool,
     /// Approvals are logged, not only refusals.
@@ -111,7 +111,7 @@ impl FirewallSettings {
             .resolver()?
             .unwrap_or_else(|| burrow_firewall::DEFAULT_RESOLVER.to_string());
         Ok(Self {
-            resolver: ResolverSpec::parse(&spec)?,
+            resolver: ResolverList::parse(&spec)?,
             allow_local: store.allow_local_networks()?,
             log_approvals: store.log_approvals()?,
         })
@@ -166,24 +166,37 @@ pub fn node_policy<'a>(
     Ok(Policy::new(entries, local))
 }
 
-/// Gives `dialer` the resolver `spec` names, trusting its certificate by
-/// the spec's pin or else the web roots.
-pub fn set_resolver(dialer: &Dialer, spec: &ResolverSpec) -> anyhow::Result<()> {
-    let tls = match spec {
-        ResolverSpec::System => None,
-        ResolverSpec::Https { .. } | ResolverSpec::Tls { .. } => {
-            let trust = match spec.pin() {
-                Some(pin) => Trust::Pinned(CertPin(pin)),
-                None => Trust::WebRoots,
-            };
-            let alpn: &[&[u8]] = match spec {
-                ResolverSpec::Https { .. } => &[b"h2"],
-                _ => &[],
-            };
-            Some((*client_config(&trust, alpn)?).clone())
-        }
-    };
-    dialer.set_resolver(spec.clone(), tls, ResolverLimits::default())?;
+/// Gives `dialer` the resolvers `list` names, in its order, trusting each
+/// one's certificate by its pin or else the web roots.
+pub fn set_resolver(dialer: &Dialer, list: &ResolverList) -> anyhow::Result<()> {
+    set_resolver_with(dialer, list, ResolverLimits::default())
+}
+
+/// [`set_resolver`] with limits other than the defaults.
+pub fn set_resolver_with(
+    dialer: &Dialer,
+    list: &ResolverList,
+    limits: ResolverLimits,
+) -> anyhow::Result<()> {
+    let mut resolvers = Vec::new();
+    for spec in list.specs() {
+        let tls = match spec {
+            ResolverSpec::System => None,
+            ResolverSpec::Https { .. } | ResolverSpec::Tls { .. } => {
+                let trust = match spec.pin() {
+                    Some(pin) => Trust::Pinned(CertPin(pin)),
+                    None => Trust::WebRoots,
+                };
+                let alpn: &[&[u8]] = match spec {
+                    ResolverSpec::Https { .. } => &[b"h2"],
+                    _ => &[],
+                };
+                Some((*client_config(&trust, alpn)?).clone())
+            }
+        };
+        resolvers.push((spec.clone(), tls));
+    }
+    dialer.set_resolver(resolvers, limits)?;
     Ok(())
 }
 

@@ -75,7 +75,7 @@ impl FirewallChoice {
     /// Checks the choice and saves it in the store.
     pub fn apply(&self, store: &Store) -> Result<()> {
         if let Some(spec) = &self.resolver {
-            let spec = burrow_firewall::ResolverSpec::parse(spec)?;
+            let spec = burrow_firewall::ResolverList::parse(spec)?;
             // Reading the system resolvers now tells a broken setup at once.
             spec.entries()?;
             store.set_resolver(&spec.to_string())?;
@@ -110,7 +110,7 @@ pub fn init_with(
 ) -> Result<Address> {
     RelayRef::new(relay.clone()).map_err(|e| anyhow::anyhow!("--relay: {e}"))?;
     if let Some(spec) = &firewall.resolver {
-        burrow_firewall::ResolverSpec::parse(spec)
+        burrow_firewall::ResolverList::parse(spec)
             .map_err(|e| anyhow::anyhow!("--resolver: {e}"))?;
     }
     if paths.keystore().exists() {

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use burrow_firewall::{
-    Audit, Dialer, Entry, EntrySource, Host, Policy, Proto, ResolverSpec, Target,
+    Audit, Dialer, Entry, EntrySource, Host, Policy, Proto, ResolverList, Target,
 };
 use burrow_obfs::relay_line::validate_path;
 use burrow_obfs::{
@@ -240,7 +240,7 @@ pub fn print_address(data_dir: &Path, ip: Option<IpAddr>, qr: bool) -> Result<()
 /// exactly that origin and the resolver (the local network only if the
 /// origin is there or the operator allowed it), so the proxy can reach
 /// nothing else; a name is resolved over the encrypted resolver.
-fn upstream(url: &str, spec: &ResolverSpec, allow_local: bool) -> Result<Upstream> {
+fn upstream(url: &str, spec: &ResolverList, allow_local: bool) -> Result<Upstream> {
     let origin = Origin::parse(url).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     let host = Host::parse(origin.dial_host()).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
     let local =

@@ -4,7 +4,7 @@
 //! Three steps, as everywhere in Burrow: the file is read into [`RawConfig`]
 //! (serde; an unknown key anywhere is an error that names it), merged with
 //! the flags, then checked and turned into [`RelayConfig`], whose fields
-//! are typed values (`SocketAddr`, `PeerId`, [`ResolverSpec`], enums).
+//! are typed values (`SocketAddr`, `PeerId`, [`ResolverList`], enums).
 //! Mutually exclusive settings are a [`ConfigError::Conflict`] naming both.
 //! A commented example is `contrib/relay.toml`.
 
@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use burrow_firewall::ResolverSpec;
+use burrow_firewall::ResolverList;
 use burrow_obfs::gate::ReplayLimits;
 use burrow_obfs::{BackendAddr, Carrier};
 use burrow_relay::{MailboxLimits, RelayLimits};
@@ -403,7 +403,7 @@ pub struct RelayConfig {
     pub site: SiteChoice,
     /// `None`: anyone with the line; `Some`: only these users.
     pub allow_users: Option<Vec<PeerId>>,
-    pub resolver: ResolverSpec,
+    pub resolver: ResolverList,
     pub allow_local_networks: bool,
     /// `Some`: behind a web server; `listen` and `tls` are then unused.
     pub proxy: Option<ProxyChoice>,
@@ -667,7 +667,7 @@ impl RelayConfig {
                     .collect::<Result<_, _>>()?,
             ),
         };
-        let resolver = ResolverSpec::parse(
+        let resolver = ResolverList::parse(
             raw.firewall
                 .resolver
                 .as_deref()

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use burrow_firewall::{
-    Audit, Dialer, Entry, EntrySource, Host, Name, Policy, Proto, ResolverSpec, Target,
+    Audit, Dialer, Entry, EntrySource, Host, Name, Policy, Proto, ResolverList, Target,
 };
 use burrow_tests::doh::{Answer, DnsServer};
 
@@ -48,7 +48,7 @@ fn main() {
         .build()
         .expect("runtime");
     let dns = DnsServer::start(LOOPBACK);
-    let spec = ResolverSpec::parse(&dns.doh_spec()).expect("spec");
+    let spec = ResolverList::parse(&dns.doh_spec()).expect("spec");
     let mut entries = spec.entries().expect("entries");
     dns.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 3600);
     entries.push(Entry::new(

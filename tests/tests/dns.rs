@@ -1,15 +1,16 @@
 //! Encrypted DNS through the firewall, against the local DoH/DoT server:
 //! names resolve only over the configured resolver, answers are cached
 //! within their TTL, CNAME chains are followed, a name resolving into the
-//! local network is refused, and a name that is not allowed is never even
-//! asked about.
+//! local network is refused, a name that is not allowed is never even
+//! asked about, and a resolver that cannot be reached hands over to the
+//! next one in the list.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use burrow_firewall::{
-    Audit, DenyReason, Dialer, Entry, EntrySource, Error, Host, Name, Policy, Proto, ResolverSpec,
-    Target, Verdict,
+    Audit, DenyReason, Dialer, Entry, EntrySource, Error, Host, Name, Policy, Proto,
+    ResolverLimits, ResolverList, Target, Verdict,
 };
 use burrow_tests::doh::{Answer, DnsServer};
 
@@ -22,7 +23,18 @@ fn name(host: &str, port: u16, proto: Proto) -> Target {
 /// A dialer allowing `names` on `port` (TCP and UDP) and the resolver
 /// `spec`, local networks as `allow_local` says.
 fn dialer(spec: &str, names: &[&str], port: u16, allow_local: bool) -> Dialer {
-    let spec = ResolverSpec::parse(spec).expect("spec");
+    dialer_with(spec, names, port, allow_local, ResolverLimits::default())
+}
+
+/// [`dialer`] with resolver limits of the test's choosing.
+fn dialer_with(
+    spec: &str,
+    names: &[&str],
+    port: u16,
+    allow_local: bool,
+    limits: ResolverLimits,
+) -> Dialer {
+    let spec = ResolverList::parse(spec).expect("spec");
     let mut entries = spec.entries().expect("resolver entries");
     for n in names {
         for proto in [Proto::Tcp, Proto::Udp] {
@@ -34,7 +46,7 @@ fn dialer(spec: &str, names: &[&str], port: u16, allow_local: bool) -> Dialer {
         }
     }
     let dialer = Dialer::new(Policy::new(entries, allow_local), Audit::new(1000, true));
-    burrow_node::guarded::set_resolver(&dialer, &spec).expect("resolver");
+    burrow_node::guarded::set_resolver_with(&dialer, &spec, limits).expect("resolver");
     dialer
 }
 
@@ -207,6 +219,159 @@ async fn a_name_resolving_into_the_local_network_is_refused() {
     assert!(dns.asked("mapped.test", "A") + dns.asked("mapped.test", "AAAA") >= 1);
 }
 
+/// How many sockets the resolver component opened to `addr`.
+fn resolver_dials(d: &Dialer, addr: SocketAddr) -> usize {
+    d.audit()
+        .records()
+        .filter(|r| r.component == "resolver" && r.target == Target::addr(addr, Proto::Tcp))
+        .count()
+}
+
+/// A DoH spec like `dns`'s (same name and pin) for another address.
+fn spec_at(dns: &DnsServer, addr: SocketAddr) -> String {
+    dns.doh_spec().replace(
+        &format!(":{}/", dns.doh.port()),
+        &format!(":{}/", addr.port()),
+    )
+}
+
+#[tokio::test]
+async fn a_resolver_that_cannot_be_reached_hands_over_to_the_next() {
+    let dns = DnsServer::start(LOOPBACK);
+    let (_l, port) = listener().await;
+    dns.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    dns.set("other.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    dns.set("third.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    // First in the list: a port nothing listens on (connection refused).
+    let dead = {
+        let l = std::net::TcpListener::bind((LOOPBACK, 0)).expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let list = format!("{}, {}", spec_at(&dns, dead), dns.doh_spec());
+    let limits = ResolverLimits {
+        failed_wait: Duration::from_secs(2),
+        ..ResolverLimits::default()
+    };
+    let d = dialer_with(
+        &list,
+        &["relay.test", "other.test", "third.test"],
+        port,
+        true,
+        limits,
+    );
+
+    let t = name("relay.test", port, Proto::Udp);
+    let (_, addr) = d.udp_for("test", &t).await.expect("the second answers");
+    assert_eq!(addr.ip(), LOOPBACK);
+    // (hickory asks A and AAAA at once, each on a connection attempt)
+    let tried = resolver_dials(&d, dead);
+    assert!(tried >= 1, "the first was tried");
+    assert_eq!(dns.asked("relay.test", "A"), 1);
+
+    // While it is in disgrace the dead one is asked last: a new name goes
+    // straight to the second.
+    d.udp_for("test", &name("other.test", port, Proto::Udp))
+        .await
+        .expect("second again");
+    assert_eq!(resolver_dials(&d, dead), tried, "not tried again so soon");
+
+    // After the wait it comes first again (and still fails over).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    d.udp_for("test", &name("third.test", port, Proto::Udp))
+        .await
+        .expect("after the wait");
+    assert!(resolver_dials(&d, dead) > tried, "asked first again");
+}
+
+#[tokio::test]
+async fn a_silent_resolver_costs_its_timeout_once() {
+    let dns = DnsServer::start(LOOPBACK);
+    let (_l, port) = listener().await;
+    dns.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    dns.set("other.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    // First in the list: accepts the connection and never says a word.
+    let silent = tokio::net::TcpListener::bind((LOOPBACK, 0))
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let list = format!("{}, {}", spec_at(&dns, silent_addr), dns.doh_spec());
+    let limits = ResolverLimits {
+        timeout: Duration::from_millis(800),
+        ..ResolverLimits::default()
+    };
+    let d = dialer_with(&list, &["relay.test", "other.test"], port, true, limits);
+
+    let started = std::time::Instant::now();
+    d.udp_for("test", &name("relay.test", port, Proto::Udp))
+        .await
+        .expect("the second answers");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the first was waited for: {:?}",
+        started.elapsed()
+    );
+    let tried = resolver_dials(&d, silent_addr);
+    let started = std::time::Instant::now();
+    d.udp_for("test", &name("other.test", port, Proto::Udp))
+        .await
+        .expect("second again");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "the silent one is not waited for again: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(resolver_dials(&d, silent_addr), tried);
+    held.abort();
+}
+
+#[tokio::test]
+async fn an_answer_is_final_even_no_such_name() {
+    let first = DnsServer::start(LOOPBACK);
+    let second = DnsServer::start(LOOPBACK);
+    let (_l, port) = listener().await;
+    // Only the second knows the name; the first says it does not exist.
+    second.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    let list = format!("{}, {}", first.doh_spec(), second.doh_spec());
+    let d = dialer(&list, &["relay.test"], port, true);
+    let err = d
+        .udp_for("test", &name("relay.test", port, Proto::Udp))
+        .await
+        .expect_err("no such name");
+    assert!(matches!(err, Error::Resolve(_)), "{err}");
+    assert!(first.asked("relay.test", "A") >= 1);
+    assert_eq!(
+        second.total_asked(),
+        0,
+        "the second was not asked to differ"
+    );
+
+    // Both unreachable: the error names each with its reason.
+    let dead: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind((LOOPBACK, 0))
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+        })
+        .collect();
+    let list = format!("{}, {}", spec_at(&first, dead[0]), spec_at(&first, dead[1]));
+    let d = dialer(&list, &["relay.test"], port, true);
+    let err = d
+        .udp_for("test", &name("relay.test", port, Proto::Udp))
+        .await
+        .expect_err("nobody answers");
+    let text = err.to_string();
+    for a in &dead {
+        assert!(text.contains(&format!(":{}/dns-query", a.port())), "{text}");
+    }
+}
+
 /// A dialer that allows relay.test on `port` and nothing else: no resolver
 /// entry, and no resolver until one is set.
 fn relay_only(port: u16) -> Dialer {
@@ -253,7 +418,7 @@ async fn resolver_failures_are_clear_errors() {
 
     // The resolver's address missing from the allowlist: its own socket is
     // refused and logged under the resolver component.
-    let spec = ResolverSpec::parse(&dns.doh_spec()).expect("spec");
+    let spec = ResolverList::parse(&dns.doh_spec()).expect("spec");
     let d = relay_only(port);
     burrow_node::guarded::set_resolver(&d, &spec).expect("resolver");
     let err = d

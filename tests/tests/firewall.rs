@@ -44,14 +44,16 @@ fn the_user_sees_what_is_allowed_what_was_refused_and_why() {
             "{list}"
         );
     }
-    assert!(
-        has("9.9.9.9:443/tcp", "DNS resolver"),
-        "the default resolver: {list}"
-    );
+    for resolver in ["9.9.9.9:443/tcp", "1.1.1.1:443/tcp"] {
+        assert!(
+            has(resolver, "DNS resolver"),
+            "the default resolvers, Quad9 then Cloudflare: {list}"
+        );
+    }
     assert_eq!(
         entries.len(),
-        7,
-        "home, bob's and carol's relay, the resolver: {list}"
+        8,
+        "home, bob's and carol's relay, the two resolvers: {list}"
     );
     let text = alice.ok(&["firewall", "list"]);
     assert!(text.contains("home relay"), "{text}");
@@ -157,6 +159,18 @@ fn firewall_settings_are_checked_stored_and_shown() {
             vec!["--resolver", "https://dns.example/dns-query"],
             "by IP address",
         ),
+        (
+            vec!["--resolver", "tls://1.1.1.1, system"],
+            "cannot be combined",
+        ),
+        (
+            vec!["--resolver", "tls://1.1.1.1,,tls://9.9.9.9"],
+            "an empty entry",
+        ),
+        (
+            vec!["--resolver", "tls://1.1.1.1, tls://1.1.1.1:853"],
+            "listed twice",
+        ),
         (vec![], "nothing to set"),
     ] {
         let mut all = vec!["firewall", "set"];
@@ -174,14 +188,14 @@ fn firewall_settings_are_checked_stored_and_shown() {
         "firewall",
         "set",
         "--resolver",
-        "https://dns.quad9.net/dns-query?ip=149.112.112.112",
+        "https://dns.quad9.net/dns-query?ip=149.112.112.112 , tls://[2620:fe::fe]",
         "--local-networks",
         "allow",
         "--log-approvals",
         "on",
     ]);
     assert!(
-        out.contains("https://dns.quad9.net/dns-query?ip=149.112.112.112"),
+        out.contains("https://dns.quad9.net/dns-query?ip=149.112.112.112, tls://[2620:fe::fe]"),
         "{out}"
     );
     assert!(out.contains("Local networks: allowed"), "{out}");
@@ -194,6 +208,7 @@ fn firewall_settings_are_checked_stored_and_shown() {
         .filter_map(|e| e["endpoint"].as_str())
         .collect();
     assert!(endpoints.contains(&"149.112.112.112:443/tcp"), "{list}");
+    assert!(endpoints.contains(&"[2620:fe::fe]:853/tcp"), "{list}");
     assert!(
         !endpoints.contains(&"1.1.1.1:853/tcp"),
         "the old resolver is gone: {list}"
