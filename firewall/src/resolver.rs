@@ -460,11 +460,17 @@ impl RuntimeProvider for GuardedRuntime {
 pub struct Resolver {
     list: ResolverList,
     each: Arc<[Hickory<GuardedRuntime>]>,
-    /// When each resolver last failed to answer (`None`: it did not, or
+    /// Each resolver's last failure to answer (`None`: it did not, or
     /// answered since).
-    failed: Arc<Mutex<Vec<Option<Instant>>>>,
+    failed: Arc<Mutex<Vec<Option<Failure>>>>,
     failed_wait: Duration,
 }
+
+/// When a resolver last failed to answer, and how many times in a row.
+type Failure = (Instant, u32);
+
+/// The longest a resolver that keeps failing waits behind the others.
+pub const FAILED_RESOLVER_MAX_WAIT: Duration = Duration::from_secs(3600);
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -486,7 +492,8 @@ pub struct ResolverLimits {
     /// How long "no such name" or "no address of this family" is kept.
     pub negative_ttl: Duration,
     /// How long a resolver that could not be reached is asked only after
-    /// the others.
+    /// the others; doubled for each failure in a row, up to
+    /// [`FAILED_RESOLVER_MAX_WAIT`].
     pub failed_wait: Duration,
 }
 
@@ -562,8 +569,8 @@ impl Resolver {
                     self.mark(i, true);
                     if self.each.len() > 1 {
                         tracing::warn!(
-                            "resolver {spec} could not be reached ({e}); asked after the others for {:?}",
-                            self.failed_wait
+                            "resolver {spec} could not be reached ({e}); asked after the others for {} s",
+                            self.wait_for(i).as_secs()
                         );
                         unreachable.push(format!("{spec}: {e}"));
                     } else {
@@ -575,18 +582,37 @@ impl Resolver {
         Err(lookup_error(unreachable.join("; ")))
     }
 
-    /// Indices in the order to ask: the list's order, but resolvers that
-    /// failed within `failed_wait` after the others.
+    /// Indices in the order to ask: the list's order, but resolvers still
+    /// waiting out a failure after the others.
     fn order(&self) -> Vec<usize> {
         let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        let lately = |i: &usize| failed[*i].is_some_and(|t| t.elapsed() < self.failed_wait);
+        let lately = |i: &usize| {
+            failed[*i].is_some_and(|(at, n)| at.elapsed() < wait_after(self.failed_wait, n))
+        };
         let (last, first): (Vec<usize>, Vec<usize>) = (0..failed.len()).partition(lately);
         first.into_iter().chain(last).collect()
     }
 
-    fn mark(&self, i: usize, failed: bool) {
-        self.failed.lock().unwrap_or_else(PoisonError::into_inner)[i] = failed.then(Instant::now);
+    /// How long resolver `i` waits behind the others after its last failure.
+    fn wait_for(&self, i: usize) -> Duration {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed[i].map_or(Duration::ZERO, |(_, n)| wait_after(self.failed_wait, n))
     }
+
+    fn mark(&self, i: usize, failed: bool) {
+        let mut all = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let in_a_row = all[i].map_or(0, |(_, n)| n);
+        all[i] = failed.then(|| (Instant::now(), in_a_row.saturating_add(1)));
+    }
+}
+
+/// The wait after `in_a_row` failures: `first`, doubled for each one after
+/// the first, at most [`FAILED_RESOLVER_MAX_WAIT`] (or `first`, if longer).
+fn wait_after(first: Duration, in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    first
+        .saturating_mul(1 << doublings)
+        .min(FAILED_RESOLVER_MAX_WAIT.max(first))
 }
 
 /// One resolver's hickory instance.
@@ -776,6 +802,16 @@ mod tests {
             let err = ResolverList::parse(input).expect_err(input);
             assert!(err.to_string().contains(why), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn a_resolver_failing_again_waits_twice_as_long_up_to_an_hour() {
+        let first = Duration::from_secs(300);
+        let waits: Vec<u64> = [1, 2, 3, 4, 5, 40]
+            .map(|n| wait_after(first, n).as_secs() / 60)
+            .to_vec();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(wait_after(Duration::from_secs(7200), 3).as_secs(), 7200);
     }
 
     #[test]

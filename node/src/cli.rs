@@ -134,7 +134,8 @@ enum FirewallSub {
         /// checked for NAME), tls://IP[:PORT]; add &pin=SHA256 to pin a
         /// certificate. Several, separated by commas, are asked in order:
         /// one that cannot be reached hands over to the next (and is asked
-        /// last for 5 minutes). "system" (alone) uses /etc/resolv.conf in
+        /// last for 5 minutes, doubling while it keeps failing, at most an
+        /// hour). "system" (alone) uses /etc/resolv.conf in
         /// plaintext.
         #[arg(long, value_name = "SPEC[,SPEC…]")]
         resolver: Option<String>,

@@ -95,15 +95,28 @@ pub struct Client {
 /// How long a carrier that failed is tried only after the relay's other
 /// carriers. A censor's block lasts: without this, every dial would wait
 /// out a black-holed carrier's timeout (10 s) before reaching one that
-/// works.
+/// works. Each failure in a row doubles the wait (as a browser does with a
+/// broken QUIC), up to [`FAILED_CARRIER_MAX_WAIT`]; a success ends it.
 pub const FAILED_CARRIER_WAIT: Duration = Duration::from_secs(300);
 
-/// When each carrier of one relay last failed to connect, for
-/// [`FAILED_CARRIER_WAIT`].
+/// The longest a failed carrier waits behind the others: an hour, so a
+/// carrier blocked on one network is back in its place soon after the user
+/// moved to another (a punching node needs its QUIC).
+pub const FAILED_CARRIER_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// When each carrier of one relay last failed to connect, and how many
+/// times in a row, for [`FAILED_CARRIER_WAIT`].
 #[derive(Debug)]
 struct CarrierFailures {
     wait: Duration,
-    last: Mutex<Vec<(Carrier, Instant)>>,
+    last: Mutex<Vec<Failure>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    carrier: Carrier,
+    at: Instant,
+    in_a_row: u32,
 }
 
 impl CarrierFailures {
@@ -114,20 +127,33 @@ impl CarrierFailures {
         }
     }
 
-    /// How long ago `carrier` failed, if that is within the wait.
+    /// How long a carrier that failed `in_a_row` times waits.
+    fn wait_after(&self, in_a_row: u32) -> Duration {
+        let doublings = in_a_row.saturating_sub(1).min(16);
+        self.wait
+            .saturating_mul(1 << doublings)
+            .min(FAILED_CARRIER_MAX_WAIT.max(self.wait))
+    }
+
+    /// How long ago `carrier` failed, if that is within its wait.
     fn recent(&self, carrier: Carrier) -> Option<Duration> {
         let last = self.last.lock().ok()?;
-        let (_, at) = last.iter().find(|(c, _)| *c == carrier)?;
-        Some(at.elapsed()).filter(|ago| *ago < self.wait)
+        let f = last.iter().find(|f| f.carrier == carrier)?;
+        Some(f.at.elapsed()).filter(|ago| *ago < self.wait_after(f.in_a_row))
     }
 
     fn record(&self, carrier: Carrier, ok: bool) {
         let Ok(mut last) = self.last.lock() else {
             return;
         };
-        last.retain(|(c, _)| *c != carrier);
+        let before = last.iter().position(|f| f.carrier == carrier);
+        let in_a_row = before.map_or(0, |i| last.swap_remove(i).in_a_row);
         if !ok {
-            last.push((carrier, Instant::now()));
+            last.push(Failure {
+                carrier,
+                at: Instant::now(),
+                in_a_row: in_a_row.saturating_add(1),
+            });
         }
     }
 }
@@ -166,8 +192,8 @@ impl Client {
         })
     }
 
-    /// How long a failed carrier goes to the back of the line (by default
-    /// [`FAILED_CARRIER_WAIT`]).
+    /// How long a failed carrier first goes to the back of the line (by
+    /// default [`FAILED_CARRIER_WAIT`]; doubled for each failure in a row).
     pub fn with_failed_carrier_wait(mut self, wait: Duration) -> Self {
         self.failures = Arc::new(CarrierFailures::new(wait));
         self
@@ -196,8 +222,8 @@ impl Client {
     }
 
     /// The relay's carriers in the order they are tried: the line's, except
-    /// that those which failed within the last [`FAILED_CARRIER_WAIT`] come
-    /// last.
+    /// that those which failed lately (within [`FAILED_CARRIER_WAIT`],
+    /// doubled for each failure in a row) come last.
     pub fn carriers(&self) -> Vec<Carrier> {
         let mut carriers = self.line.carriers.clone();
         carriers.sort_by_key(|&c| self.failures.recent(c).is_some());
@@ -779,5 +805,55 @@ impl tunnel::Drive for ClientConn {
 
     fn backlogged(&self) -> bool {
         self.waiting.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_a_row(f: &CarrierFailures, carrier: Carrier) -> u32 {
+        let last = f.last.lock().expect("lock");
+        last.iter()
+            .find(|x| x.carrier == carrier)
+            .map_or(0, |x| x.in_a_row)
+    }
+
+    #[test]
+    fn each_failure_in_a_row_doubles_the_wait_and_a_success_ends_it() {
+        let f = CarrierFailures::new(FAILED_CARRIER_WAIT);
+        let minutes = |n: u32| Duration::from_secs(u64::from(n) * 60);
+        assert_eq!(f.wait_after(1), minutes(5));
+        assert_eq!(f.wait_after(2), minutes(10));
+        assert_eq!(f.wait_after(3), minutes(20));
+        assert_eq!(f.wait_after(4), minutes(40));
+        assert_eq!(f.wait_after(5), minutes(60), "capped at an hour");
+        assert_eq!(f.wait_after(u32::MAX), minutes(60));
+
+        f.record(Carrier::H3, false);
+        f.record(Carrier::H3, false);
+        f.record(Carrier::H2, false);
+        assert_eq!(in_a_row(&f, Carrier::H3), 2);
+        assert_eq!(in_a_row(&f, Carrier::H2), 1);
+        assert!(f.recent(Carrier::H3).is_some());
+        // A success ends the run: the next failure starts again at 5 minutes.
+        f.record(Carrier::H3, true);
+        assert!(f.recent(Carrier::H3).is_none());
+        assert_eq!(in_a_row(&f, Carrier::H3), 0);
+        f.record(Carrier::H3, false);
+        assert_eq!(in_a_row(&f, Carrier::H3), 1);
+        assert_eq!(in_a_row(&f, Carrier::H2), 1, "each carrier on its own");
+    }
+
+    #[test]
+    fn a_failure_after_the_wait_still_counts_in_the_row() {
+        let f = CarrierFailures::new(Duration::ZERO);
+        f.record(Carrier::H3, false);
+        assert!(
+            f.recent(Carrier::H3).is_none(),
+            "a zero wait is over at once"
+        );
+        f.record(Carrier::H3, false);
+        assert_eq!(in_a_row(&f, Carrier::H3), 2);
     }
 }
