@@ -12,7 +12,7 @@ use burrow_node::p2p::driver::{
 use burrow_node::p2p::proto::{Envelope, Reply};
 use burrow_node::p2p::swarm;
 use burrow_node::p2p::transport::{CarrierTransport, Directory};
-use burrow_obfs::Carrier;
+use burrow_obfs::{BoxFuture, Carrier, Sockets};
 use burrow_relay::proto::MailboxItem;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -55,9 +55,14 @@ struct User {
 }
 
 fn user(home: &RelayRef) -> User {
+    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "test").expect("sockets"));
+    user_on(home, sockets)
+}
+
+/// A user whose network is `sockets`.
+fn user_on(home: &RelayRef, sockets: Arc<dyn Sockets>) -> User {
     let keypair = Keypair::generate_ed25519();
     let directory = Directory::default();
-    let sockets = Arc::new(GuardedSockets::for_relay(&home.line, "test").expect("sockets"));
     let swarm = swarm::build(&keypair, CarrierTransport::dialer(directory.clone())).expect("swarm");
     let (tx, seen) = mpsc::unbounded_channel();
     let (driver, handle) = Driver::new(swarm, directory, sockets, home.clone(), Recorder(tx));
@@ -87,6 +92,31 @@ impl User {
                 return;
             }
         }
+    }
+}
+
+/// A network where a censor silently drops every UDP datagram: QUIC never
+/// hears back. TCP passes (through the firewall, as a node's does).
+#[derive(Debug)]
+struct UdpDropped {
+    tcp: GuardedSockets,
+    sink: std::net::UdpSocket,
+}
+
+impl Sockets for UdpDropped {
+    fn tcp(&self, host: &str, port: u16) -> BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
+        self.tcp.tcp(host, port)
+    }
+
+    fn udp(
+        &self,
+        _host: &str,
+        _port: u16,
+    ) -> BoxFuture<'_, std::io::Result<(std::net::UdpSocket, std::net::SocketAddr)>> {
+        Box::pin(async {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            Ok((socket, self.sink.local_addr()?))
+        })
     }
 }
 
@@ -153,6 +183,38 @@ async fn messages_both_ways_through_the_relay_over_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_both_ways_through_the_relay_over_http3() {
     both_ways(Carrier::H3).await;
+}
+
+/// The home relay's line lists QUIC first and a censor drops UDP: the node
+/// starts HTTP/2 after QUIC's head start instead of waiting out QUIC's 10 s
+/// timeout (libp2p dials both carriers, the transport holds HTTP/2 back
+/// until its turn), and messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_udp_is_dropped_gets_through_over_http2_after_a_head_start() {
+    let relay = relay(vec![Carrier::H3, Carrier::H2]).await;
+    let home = RelayRef::new(relay.line.clone()).expect("relay ref");
+    let censored = Arc::new(UdpDropped {
+        tcp: GuardedSockets::for_relay(&home.line, "test").expect("sockets"),
+        sink: std::net::UdpSocket::bind("127.0.0.1:0").expect("sink"),
+    });
+    let started = std::time::Instant::now();
+    let mut alice = user_on(&home, censored);
+    alice.until_online().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "online after QUIC's head start, not its 10 s timeout: {:?}",
+        started.elapsed()
+    );
+    let mut bob = user(&home);
+    bob.until_online().await;
+    let reply = bob
+        .handle
+        .deliver(alice.id(), Route::Relay(home.clone()), message(1, "hi"))
+        .await
+        .expect("delivered to the censored user");
+    assert_eq!(reply, Reply::Received);
+    let stats = relay.stats.lock().expect("stats").clone();
+    assert_eq!(stats.reservations, 2, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,10 @@
 //! The client side: dial a relay over HTTP/2-on-TLS, HTTP/3-on-QUIC or a
-//! WebSocket on HTTP/1.1-on-TLS and open a tunnel, trying the next carrier
-//! when one fails.
+//! WebSocket on HTTP/1.1-on-TLS and open a tunnel. The relay's carriers
+//! are tried in turn, each with a head start ([`CARRIER_HEAD_START`]): the
+//! next one is started when the one before it failed or is still not
+//! through after its head start, and the first through wins, as a browser
+//! races TCP against QUIC. A carrier a censor silently drops costs the head
+//! start, not its whole timeout.
 //!
 //! The request looks like a current browser's `fetch()` POST with a
 //! streaming body; the gate value rides in a cookie. The tunnel is returned
@@ -90,7 +94,15 @@ pub struct Client {
     quic: Option<quinn::Endpoint>,
     /// Which carriers failed lately; shared by the clones of this client.
     failures: Arc<CarrierFailures>,
+    head_start: Duration,
 }
+
+/// How long a carrier has to get through before the relay's next carrier
+/// is started alongside it. A tunnel takes two or three round trips, so a
+/// working carrier is through well within this on any path under about
+/// 300 ms; a silently blocked one (QUIC dropped, TCP black-holed) costs
+/// this instead of its 10 s timeout.
+pub const CARRIER_HEAD_START: Duration = Duration::from_secs(1);
 
 /// How long a carrier that failed is tried only after the relay's other
 /// carriers. A censor's block lasts: without this, every dial would wait
@@ -110,6 +122,9 @@ pub const FAILED_CARRIER_MAX_WAIT: Duration = Duration::from_secs(3600);
 struct CarrierFailures {
     wait: Duration,
     last: Mutex<Vec<Failure>>,
+    /// Woken at each failure: a carrier waiting its turn starts at once
+    /// when every carrier ahead of it has failed.
+    failed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +139,16 @@ impl CarrierFailures {
         Self {
             wait,
             last: Mutex::new(Vec::new()),
+            failed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether `carrier` failed at `since` or later.
+    fn failed_since(&self, carrier: Carrier, since: Instant) -> bool {
+        let Ok(last) = self.last.lock() else {
+            return false;
+        };
+        last.iter().any(|f| f.carrier == carrier && f.at >= since)
     }
 
     /// How long a carrier that failed `in_a_row` times waits.
@@ -154,6 +178,31 @@ impl CarrierFailures {
                 at: Instant::now(),
                 in_a_row: in_a_row.saturating_add(1),
             });
+            drop(last);
+            self.failed.notify_waiters();
+        }
+    }
+}
+
+/// A dial dropped unfinished after its head start counts as a failure of
+/// its carrier: another carrier overtook it (or the caller gave up on it),
+/// so the next dial starts with the one that got through.
+struct Unfinished<'a> {
+    client: &'a Client,
+    carrier: Carrier,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.started.elapsed() >= self.client.head_start {
+            debug!(
+                "{} carrier not through after {:?}: overtaken",
+                self.carrier,
+                self.started.elapsed()
+            );
+            self.client.failures.record(self.carrier, false);
         }
     }
 }
@@ -189,7 +238,15 @@ impl Client {
             connect_timeout: Duration::from_secs(10),
             quic: None,
             failures: Arc::new(CarrierFailures::new(FAILED_CARRIER_WAIT)),
+            head_start: CARRIER_HEAD_START,
         })
+    }
+
+    /// How long each carrier has before the next is started alongside it
+    /// (by default [`CARRIER_HEAD_START`]).
+    pub fn with_head_start(mut self, head_start: Duration) -> Self {
+        self.head_start = head_start;
+        self
     }
 
     /// How long a failed carrier first goes to the back of the line (by
@@ -253,36 +310,89 @@ impl Client {
         self.failures.record(carrier, false);
     }
 
-    /// Opens a tunnel over the relay's carriers in the order of
-    /// [`Client::carriers`]; if one fails to connect, the next is tried.
-    pub async fn connect(&self) -> Result<Tunnel, Error> {
-        self.connect_carriers(&self.carriers()).await
+    /// Waits until it is `carrier`'s turn among the relay's carriers, for
+    /// a dialer that starts a dial per carrier at once (libp2p does, with a
+    /// dial concurrency above one, and drops the others when one is
+    /// through): the first of [`Client::carriers`] goes at once, the n-th
+    /// after n head starts, or as soon as every carrier ahead of it has
+    /// failed since this call.
+    pub async fn wait_turn(&self, carrier: Carrier) {
+        let order = self.carriers();
+        let ahead = order.iter().take_while(|&&c| c != carrier).copied();
+        self.wait_behind(&ahead.collect::<Vec<_>>(), Instant::now())
+            .await;
     }
 
-    /// Like [`Client::connect`], but waits for the relay's acceptance so a
-    /// refused carrier (e.g. a middlebox answering in its place) also falls
-    /// back.
-    pub async fn connect_established(&self) -> Result<Tunnel, Error> {
-        let mut errors = Vec::new();
-        for carrier in self.carriers() {
-            match self.connect_via(carrier).await {
-                Ok(mut t) => match t.established().await {
-                    Ok(()) => return Ok(t),
-                    Err(e) => {
-                        self.refused(carrier);
-                        errors.push(Error::dial(carrier.name(), e));
-                    }
-                },
-                Err(e) => errors.push(e),
+    async fn wait_behind(&self, ahead: &[Carrier], since: Instant) {
+        let Ok(n) = u32::try_from(ahead.len()) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(since) + self.head_start * n;
+        loop {
+            // Registered before the check, so a failure in between wakes it.
+            let failed = self.failures.failed.notified();
+            tokio::pin!(failed);
+            failed.as_mut().enable();
+            if ahead.iter().all(|&c| self.failures.failed_since(c, since)) {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = failed => {}
             }
         }
-        Err(Error::AllCarriersFailed(errors))
     }
 
-    async fn connect_carriers(&self, carriers: &[Carrier]) -> Result<Tunnel, Error> {
+    /// Opens a tunnel over the relay's carriers in the order of
+    /// [`Client::carriers`], each with its head start; the first through
+    /// wins.
+    pub async fn connect(&self) -> Result<Tunnel, Error> {
+        self.race(|carrier| self.connect_via(carrier)).await
+    }
+
+    /// Like [`Client::connect`], but a carrier is through only once the
+    /// relay accepted the tunnel, so a refused carrier (e.g. a middlebox
+    /// answering in its place) also hands over to the next.
+    pub async fn connect_established(&self) -> Result<Tunnel, Error> {
+        self.race(|carrier| async move {
+            let mut t = self.connect_via(carrier).await?;
+            match t.established().await {
+                Ok(()) => Ok(t),
+                Err(e) => {
+                    self.refused(carrier);
+                    Err(Error::dial(carrier.name(), e))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` for each carrier in turn, each after its head start
+    /// (or once those ahead of it failed), and returns the first tunnel;
+    /// the attempts still under way are dropped.
+    async fn race<'a, F, Fut>(&'a self, attempt: F) -> Result<Tunnel, Error>
+    where
+        F: Fn(Carrier) -> Fut,
+        Fut: Future<Output = Result<Tunnel, Error>> + 'a,
+    {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let order = self.carriers();
+        let since = Instant::now();
+        let mut attempts: FuturesUnordered<_> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &carrier)| {
+                let run = attempt(carrier);
+                let ahead = &order[..i];
+                async move {
+                    self.wait_behind(ahead, since).await;
+                    (carrier, run.await)
+                }
+            })
+            .collect();
         let mut errors = Vec::new();
-        for &carrier in carriers {
-            match self.connect_via(carrier).await {
+        while let Some((carrier, result)) = attempts.next().await {
+            match result {
                 Ok(t) => return Ok(t),
                 Err(e) => {
                     debug!("{carrier} carrier failed: {e}");
@@ -297,6 +407,12 @@ impl Client {
     /// for [`Client::carriers`]).
     pub async fn connect_via(&self, carrier: Carrier) -> Result<Tunnel, Error> {
         let (host, port) = self.target()?;
+        let mut unfinished = Unfinished {
+            client: self,
+            carrier,
+            started: Instant::now(),
+            finished: false,
+        };
         let fut = async {
             match carrier {
                 Carrier::H2 => self.connect_h2(&host, port).await,
@@ -308,6 +424,7 @@ impl Client {
             Ok(r) => r,
             Err(_) => Err(Error::dial(carrier.name(), "timed out")),
         };
+        unfinished.finished = true;
         self.failures.record(carrier, result.is_ok());
         result
     }

@@ -32,7 +32,7 @@ pub mod tunnel;
 pub mod upstream;
 
 pub use backend::{Backend, BackendAddr, BackendConfig};
-pub use client::{Client, Sockets};
+pub use client::{BoxFuture, Client, Sockets};
 pub use error::{ConfigError, Error};
 pub use front::{Front, FrontConfig, FrontSnapshot, FrontStats, Limits, QuicFront, Tunnels};
 pub use gate::{Gate, GatePublic, GateSecret};

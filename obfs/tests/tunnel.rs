@@ -230,11 +230,20 @@ struct Censored {
     /// Where datagrams vanish: a socket that never answers. `None` refuses
     /// UDP outright.
     udp_sink: Option<std::net::UdpSocket>,
+    /// No censor at all on UDP: datagrams reach the relay.
+    udp_open: bool,
     tcp_dials: AtomicUsize,
     udp_dials: AtomicUsize,
 }
 
 impl Censored {
+    fn open() -> Self {
+        Self {
+            udp_open: true,
+            ..Self::default()
+        }
+    }
+
     fn udp_refused() -> Self {
         Self::default()
     }
@@ -285,12 +294,20 @@ impl Sockets for Censored {
     #[allow(clippy::type_complexity)]
     fn udp(
         &self,
-        _host: &str,
-        _port: u16,
+        host: &str,
+        port: u16,
     ) -> Pin<Box<dyn Future<Output = io::Result<(std::net::UdpSocket, SocketAddr)>> + Send + '_>>
     {
         self.udp_dials.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async {
+        let host = host.to_string();
+        Box::pin(async move {
+            if self.udp_open {
+                let ip: std::net::IpAddr = host
+                    .parse()
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                return Ok((socket, SocketAddr::new(ip, port)));
+            }
             let Some(sink) = &self.udp_sink else {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -375,6 +392,93 @@ async fn a_carrier_that_failed_steps_aside_for_a_while() {
     let t = client.connect_established().await.expect("falls back");
     assert_eq!(t.carrier(), Carrier::H2);
     assert_eq!(net.dials(), (4, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_carrier_costs_its_head_start_not_its_timeout() {
+    let r = relay().await;
+    let mut line = r.line.clone();
+    spawn_echo(r.tunnels);
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let net = Arc::new(Censored::udp_dropped());
+    // QUIC would wait a minute for an answer that never comes.
+    let client = Client::new(line, net.clone())
+        .expect("client")
+        .with_connect_timeout(Duration::from_secs(60))
+        .with_head_start(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let t = client.connect_established().await.expect("h2 overtakes");
+    assert_eq!(t.carrier(), Carrier::H2);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "HTTP/2 started after QUIC's head start, not its timeout: {:?}",
+        started.elapsed()
+    );
+    echo_roundtrip(t, 10_000, 1).await;
+    assert_eq!(net.dials(), (1, 1));
+
+    // The overtaken carrier steps aside, as a failed one does.
+    assert_eq!(client.carriers(), [Carrier::H2, Carrier::H3]);
+    let t = client.connect_established().await.expect("h2 at once");
+    assert_eq!(t.carrier(), Carrier::H2);
+    assert_eq!(net.dials(), (2, 1), "no QUIC dial while it steps aside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_through_within_its_head_start_is_the_only_one_dialled() {
+    let r = relay().await;
+    spawn_echo(r.tunnels);
+    for (first, dials) in [(Carrier::H3, (0, 1)), (Carrier::H2, (1, 0))] {
+        let mut line = r.line.clone();
+        line.carriers = vec![first, Carrier::H2, Carrier::H3];
+        line.carriers.dedup();
+        let net = Arc::new(Censored::open());
+        let client = Client::new(line, net.clone())
+            .expect("client")
+            .with_head_start(Duration::from_secs(30));
+        let t = client.connect_established().await.expect("through");
+        assert_eq!(t.carrier(), first);
+        echo_roundtrip(t, 1_000, 1).await;
+        assert_eq!(
+            net.dials(),
+            dials,
+            "{first}: only the first carrier was dialled"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_waits_its_turn_unless_those_ahead_fail() {
+    // A dialer that starts every carrier at once (as libp2p does) and
+    // holds each back with `wait_turn`.
+    let r = relay().await;
+    let mut line = r.line.clone();
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let turn = |client: Client, carrier| async move {
+        let started = std::time::Instant::now();
+        client.wait_turn(carrier).await;
+        started.elapsed()
+    };
+
+    // QUIC refused at once: HTTP/2 need not wait out the head start.
+    let refused = Client::new(line.clone(), Arc::new(Censored::udp_refused()))
+        .expect("client")
+        .with_head_start(Duration::from_secs(30));
+    let h2 = tokio::spawn(turn(refused.clone(), Carrier::H2));
+    assert!(turn(refused.clone(), Carrier::H3).await < Duration::from_secs(5));
+    refused
+        .connect_via(Carrier::H3)
+        .await
+        .expect_err("UDP refused");
+    let waited = h2.await.expect("h2");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+
+    // QUIC silent: HTTP/2 goes after the head start.
+    let silent = Client::new(line, Arc::new(Censored::udp_dropped()))
+        .expect("client")
+        .with_head_start(Duration::from_millis(200));
+    let waited = turn(silent, Carrier::H2).await;
+    assert!(waited >= Duration::from_millis(190), "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -644,8 +644,14 @@ impl Behaviour {
             }
             None => {
                 self.waiting.entry(*peer).or_default().push((id, envelope));
+                // A contact's addresses are circuits through its relay, one
+                // per carrier: tried one at a time, since each would open a
+                // circuit of its own (the relay connection under them
+                // races its carriers already).
                 self.events.push_back(ToSwarm::Dial {
-                    opts: DialOpts::peer_id(*peer).build(),
+                    opts: DialOpts::peer_id(*peer)
+                        .override_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+                        .build(),
                 });
             }
         }

@@ -78,19 +78,28 @@ pub fn transport(
     (transport, relay_client)
 }
 
+/// Addresses a dial holds open at once: every carrier of one relay (h2,
+/// h3, ws).
+pub const CARRIERS_AT_ONCE: std::num::NonZeroU8 = match std::num::NonZeroU8::new(3) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
 /// Swarm settings for a node.
 pub fn config() -> libp2p::swarm::Config {
     // V1Lazy: a new stream's protocol is proposed and used at once instead
     // of waiting a round trip for the answer (it matters most through a
     // relay circuit, where each round trip crosses two tunnels).
     //
-    // One address at a time: a relay's carriers are tried in its line's
-    // order, as a browser would, instead of opening TCP and QUIC
-    // connections at once and dropping the losers.
+    // A relay's (or a contact's front's) carriers are dialled at once,
+    // and the transport holds each back until its turn (obfs's carrier
+    // head start): the first goes at once, the next only if the first is
+    // not through within its head start, as a browser races TCP against
+    // QUIC. Circuits are dialled one at a time instead (msgstream).
     libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(Duration::from_secs(60))
         .with_substream_upgrade_protocol_override(Version::V1Lazy)
-        .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+        .with_dial_concurrency_factor(CARRIERS_AT_ONCE)
 }
 
 /// A swarm for a node that never listens except through relay circuits.

@@ -328,9 +328,11 @@ impl Transport for CarrierTransport {
             self.directory.refuse_unknown(&key, carrier);
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        // libp2p dials a relay's carriers one by one in the line's order; a
+        // libp2p dials a relay's carriers at once (swarm::config); a
         // carrier that failed lately steps aside at once for one that has
-        // not, instead of costing every dial its timeout again.
+        // not, instead of costing every dial its timeout again, and the
+        // others wait their turn: each carrier has a head start over the
+        // next, which libp2p drops unstarted when one is through.
         if let Some(why) = client.make_way(carrier) {
             tracing::debug!("not dialling {addr} now: {carrier} carrier {why}");
             let e = io::Error::new(
@@ -340,6 +342,7 @@ impl Transport for CarrierTransport {
             return Ok(futures::future::ready(Err(e)).boxed());
         }
         Ok(async move {
+            client.wait_turn(carrier).await;
             let mut tunnel = client
                 .connect_via(carrier)
                 .await
