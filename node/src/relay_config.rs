@@ -183,8 +183,40 @@ pub struct RawUsers {
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawFirewall {
+    /// One spec, several separated by commas, or a list of specs: kept as
+    /// the comma-separated text `--resolver` takes.
+    #[serde(default, deserialize_with = "specs")]
     pub resolver: Option<String>,
     pub allow_local_networks: Option<bool>,
+}
+
+/// `resolver = "SPEC, SPEC"` or `resolver = ["SPEC", "SPEC"]`, as one
+/// comma-separated string.
+fn specs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Specs;
+    impl<'de> serde::de::Visitor<'de> for Specs {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a resolver spec (several separated by commas) or a list of specs")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(spec) = seq.next_element::<String>()? {
+                all.push(spec);
+            }
+            if all.is_empty() {
+                return Err(serde::de::Error::custom("an empty list of resolvers"));
+            }
+            Ok(Some(all.join(", ")))
+        }
+    }
+    d.deserialize_any(Specs)
 }
 
 impl RawConfig {
@@ -728,7 +760,7 @@ upstream = "http://127.0.0.1:8080"
 allow = ["{user}"]
 mailbox_per_user = 50
 [firewall]
-resolver = "tls://1.1.1.1"
+resolver = ["tls://1.1.1.1", "https://dns.quad9.net/dns-query?ip=9.9.9.9"]
 allow_local_networks = true
 "#
         ))
@@ -745,7 +777,10 @@ allow_local_networks = true
         assert_eq!(c.site, SiteChoice::Upstream("http://127.0.0.1:8080".into()));
         assert_eq!(c.allow_users, Some(vec![user]));
         assert_eq!(c.limits.mailbox.per_recipient, 50);
-        assert_eq!(c.resolver.to_string(), "tls://1.1.1.1");
+        assert_eq!(
+            c.resolver.to_string(),
+            "tls://1.1.1.1, https://dns.quad9.net/dns-query?ip=9.9.9.9"
+        );
         assert!(c.allow_local_networks);
     }
 
@@ -894,6 +929,12 @@ mailbox_total_mib = 64
             ("[users]\nallow = [\"nobody\"]", &["users.allow", "nobody"]),
             ("[users]\nmailbox_per_user = 0", &["users.mailbox_per_user"]),
             ("[firewall]\nresolver = \"udp://x\"", &["firewall.resolver"]),
+            ("[firewall]\nresolver = []", &["resolver = []", "an empty list"]),
+            ("[firewall]\nresolver = 5", &["resolver = 5", "list of specs"]),
+            (
+                "[firewall]\nresolver = [\"tls://1.1.1.1\", \"system\"]",
+                &["firewall.resolver", "cannot be combined"],
+            ),
             ("listen = 443", &["listen"]),
             ("[metrics]\nlisten = \"0.0.0.0:9100\"", &["metrics.listen", "--metrics"]),
             ("[metrics]\nlisten = \"9100\"", &["metrics.listen"]),
