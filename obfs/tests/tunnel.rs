@@ -356,12 +356,19 @@ async fn falls_back_to_the_other_carrier() {
     );
 }
 
+/// A relay that echoes its tunnels, and its line with QUIC first (a
+/// punching node's order); the sender keeps it running.
+async fn quic_first_echo() -> (RelayLine, watch::Sender<bool>) {
+    let r = relay().await;
+    spawn_echo(r.tunnels);
+    let mut line = r.line;
+    line.carriers = vec![Carrier::H3, Carrier::H2];
+    (line, r._stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_carrier_that_failed_steps_aside_for_a_while() {
-    let r = relay().await;
-    let mut line = r.line.clone();
-    spawn_echo(r.tunnels);
-    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let (line, _relay) = quic_first_echo().await;
     let net = Arc::new(Censored::udp_dropped());
     let client = Client::new(line, net.clone())
         .expect("client")
@@ -396,10 +403,7 @@ async fn a_carrier_that_failed_steps_aside_for_a_while() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dropped_carrier_costs_its_head_start_not_its_timeout() {
-    let r = relay().await;
-    let mut line = r.line.clone();
-    spawn_echo(r.tunnels);
-    line.carriers = vec![Carrier::H3, Carrier::H2];
+    let (line, _relay) = quic_first_echo().await;
     let net = Arc::new(Censored::udp_dropped());
     // QUIC would wait a minute for an answer that never comes.
     let client = Client::new(line, net.clone())

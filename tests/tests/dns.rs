@@ -227,6 +227,16 @@ fn resolver_dials(d: &Dialer, addr: SocketAddr) -> usize {
         .count()
 }
 
+/// A DNS server answering loopback for `names`, and a listener there.
+async fn dns_knowing(names: &[&str]) -> (DnsServer, tokio::net::TcpListener, u16) {
+    let dns = DnsServer::start(LOOPBACK);
+    for n in names {
+        dns.set(n, Answer::Addrs(vec![LOOPBACK]), 300);
+    }
+    let (l, port) = listener().await;
+    (dns, l, port)
+}
+
 /// A DoH spec like `dns`'s (same name and pin) for another address.
 fn spec_at(dns: &DnsServer, addr: SocketAddr) -> String {
     dns.doh_spec().replace(
@@ -237,11 +247,7 @@ fn spec_at(dns: &DnsServer, addr: SocketAddr) -> String {
 
 #[tokio::test]
 async fn a_resolver_that_cannot_be_reached_hands_over_to_the_next() {
-    let dns = DnsServer::start(LOOPBACK);
-    let (_l, port) = listener().await;
-    dns.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 300);
-    dns.set("other.test", Answer::Addrs(vec![LOOPBACK]), 300);
-    dns.set("third.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    let (dns, _l, port) = dns_knowing(&["relay.test", "other.test", "third.test"]).await;
     // First in the list: a port nothing listens on (connection refused).
     let dead = {
         let l = std::net::TcpListener::bind((LOOPBACK, 0)).expect("bind");
@@ -285,10 +291,7 @@ async fn a_resolver_that_cannot_be_reached_hands_over_to_the_next() {
 
 #[tokio::test]
 async fn a_silent_resolver_costs_its_timeout_once() {
-    let dns = DnsServer::start(LOOPBACK);
-    let (_l, port) = listener().await;
-    dns.set("relay.test", Answer::Addrs(vec![LOOPBACK]), 300);
-    dns.set("other.test", Answer::Addrs(vec![LOOPBACK]), 300);
+    let (dns, _l, port) = dns_knowing(&["relay.test", "other.test"]).await;
     // First in the list: accepts the connection and never says a word.
     let silent = tokio::net::TcpListener::bind((LOOPBACK, 0))
         .await
