@@ -438,7 +438,18 @@ pub async fn firewall_list(data_dir: &Path, password: &PasswordSource, out: Outp
         if entries.iter().any(|e| e.reason.contains("plaintext DNS")) {
             println!("Names are resolved with the system's plaintext DNS (turned on explicitly).");
         } else {
-            println!("Names are resolved only over encrypted DNS (the resolver above).");
+            let resolvers = entries
+                .iter()
+                .filter(|e| e.source == "DNS resolver")
+                .count();
+            if resolvers > 1 {
+                println!(
+                    "Names are resolved only over encrypted DNS (the resolvers above, asked in \
+                     that order)."
+                );
+            } else {
+                println!("Names are resolved only over encrypted DNS (the resolver above).");
+            }
         }
     }
     Ok(())

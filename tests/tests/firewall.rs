@@ -57,6 +57,10 @@ fn the_user_sees_what_is_allowed_what_was_refused_and_why() {
     );
     let text = alice.ok(&["firewall", "list"]);
     assert!(text.contains("home relay"), "{text}");
+    assert!(
+        text.contains("the resolvers above, asked in that order"),
+        "{text}"
+    );
 
     let check = |alice: &burrow_tests::node::NodeProc, target: &str, extra: &[&str]| {
         let mut args = vec!["firewall", "check", target, "--json"];
