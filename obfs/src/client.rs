@@ -278,6 +278,11 @@ impl Client {
         self.connect_timeout
     }
 
+    /// How long each carrier has before the next is started alongside it.
+    pub fn head_start(&self) -> Duration {
+        self.head_start
+    }
+
     /// The relay's carriers in the order they are tried: the line's, except
     /// that those which failed lately (within [`FAILED_CARRIER_WAIT`],
     /// doubled for each failure in a row) come last.

@@ -142,7 +142,9 @@ impl Directory {
             port: line.port,
         };
         let client = match &self.quic {
-            Some(endpoint) => client.with_quic_endpoint(endpoint.clone()),
+            Some(endpoint) => client
+                .with_quic_endpoint(endpoint.clone())
+                .with_head_start(PUNCH_HEAD_START),
             None => client,
         };
         if let Ok(mut relays) = self.relays.write() {
@@ -162,6 +164,15 @@ impl Directory {
         self.relays.read().ok()?.get(key).cloned()
     }
 }
+
+/// Each carrier's head start at a node that punches holes (its QUIC
+/// endpoint is the Directory's). Such a node needs its home relay
+/// connection on QUIC, from the socket contacts punch toward: with the
+/// usual second, one lost Initial packet (QUIC retransmits it after about
+/// a second) would let HTTP/2 win, and the node would not punch for as
+/// long as that connection lasts. A censor who drops UDP costs it this
+/// instead.
+pub const PUNCH_HEAD_START: Duration = Duration::from_secs(3);
 
 /// The multiaddrs of a relay line, one per carrier.
 pub fn relay_addrs(line: &RelayLine) -> Vec<Multiaddr> {
@@ -598,6 +609,41 @@ mod tests {
         {
             Box::pin(async { Err(io::Error::other("UDP blocked")) })
         }
+    }
+
+    /// A node that punches gives each carrier the longer head start, so its
+    /// relay connection stays on QUIC when an Initial packet is lost.
+    #[tokio::test]
+    async fn a_punching_node_gives_quic_a_longer_head_start() {
+        let line = RelayLine {
+            host: "127.0.0.1".into(),
+            port: 9,
+            path: "/api/v2/events".into(),
+            key: burrow_obfs::GateSecret::generate(&mut rand::rngs::OsRng).public(),
+            carriers: vec![Carrier::H3, Carrier::H2],
+            pin: None,
+            ip: None,
+            id: None,
+            proxied: false,
+        };
+        let key = Endpointish {
+            host: line.host.clone(),
+            port: line.port,
+        };
+        let sockets: Arc<dyn Sockets> = Arc::new(NothingListens);
+        let plain = Directory::default();
+        plain.add(&line, sockets.clone()).expect("add");
+        let client = plain.client(&key).expect("client");
+        assert_eq!(client.head_start(), burrow_obfs::client::CARRIER_HEAD_START);
+
+        let local = "127.0.0.1:0".parse().expect("addr");
+        // egress-check: allowed: a unit test's endpoint on loopback; it dials nothing.
+        let endpoint = quinn::Endpoint::client(local).expect("endpoint");
+        let punching = Directory::default().with_quic_endpoint(endpoint);
+        punching.add(&line, sockets).expect("add");
+        let client = punching.client(&key).expect("client");
+        assert_eq!(client.head_start(), PUNCH_HEAD_START);
+        assert!(PUNCH_HEAD_START > burrow_obfs::client::CARRIER_HEAD_START);
     }
 
     /// A relay's carrier that failed makes way for the others on the next
