@@ -332,7 +332,12 @@ impl Client {
         let Ok(n) = u32::try_from(ahead.len()) else {
             return;
         };
-        let deadline = tokio::time::Instant::from_std(since) + self.head_start * n;
+        // (At most a day: a head start set absurdly long must not overflow.)
+        let wait = self
+            .head_start
+            .saturating_mul(n)
+            .min(Duration::from_secs(86_400));
+        let deadline = tokio::time::Instant::from_std(since) + wait;
         loop {
             // Registered before the check, so a failure in between wakes it.
             let failed = self.failures.failed.notified();
