@@ -120,6 +120,55 @@ impl Sockets for UdpDropped {
     }
 }
 
+/// The firewall's sockets, counting the dials.
+#[derive(Debug)]
+struct Counting {
+    inner: GuardedSockets,
+    dials: std::sync::atomic::AtomicUsize,
+}
+
+impl Sockets for Counting {
+    fn tcp(&self, host: &str, port: u16) -> BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
+        self.dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.tcp(host, port)
+    }
+
+    fn udp(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> BoxFuture<'_, std::io::Result<(std::net::UdpSocket, std::net::SocketAddr)>> {
+        self.dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.udp(host, port)
+    }
+}
+
+/// libp2p lists the relay's address twice when a node comes online (from
+/// the reservation and from the address book) and dials a relay's
+/// addresses at once: still one connection per node, over each carrier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_coming_online_opens_one_connection_to_its_relay() {
+    for carrier in [Carrier::H2, Carrier::H3] {
+        let relay = relay(vec![carrier]).await;
+        let home = RelayRef::new(relay.line.clone()).expect("relay ref");
+        let sockets = Arc::new(Counting {
+            inner: GuardedSockets::for_relay(&home.line, "test").expect("sockets"),
+            dials: Default::default(),
+        });
+        let mut alice = user_on(&home, sockets.clone());
+        alice.until_online().await;
+        // Time for a second dial to show, had it been let through.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sockets.dials.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{carrier}: one dial"
+        );
+        let stats = relay.stats.lock().expect("stats").clone();
+        assert_eq!(stats.connections, 1, "{carrier}: {stats:?}");
+    }
+}
+
 fn message(n: u8, text: &str) -> Envelope {
     Envelope::Message {
         id: [n; 16],

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -95,7 +95,25 @@ pub struct Client {
     /// Which carriers failed lately; shared by the clones of this client.
     failures: Arc<CarrierFailures>,
     head_start: Duration,
+    /// One dial per carrier at a time (see [`Client::dial_alone`]); shared
+    /// by the clones of this client.
+    dialing: Arc<[DialSlot; 3]>,
 }
+
+/// A carrier's place for one dial at a time, and when the last dial
+/// through it got through.
+#[derive(Debug, Default)]
+struct DialSlot {
+    turn: tokio::sync::Mutex<()>,
+    through: Mutex<Option<Instant>>,
+}
+
+/// How long a dial waits, after the dial before it over the same carrier
+/// got through, before opening a connection of its own: the time libp2p
+/// takes to finish setting up the first connection (Noise and yamux, a
+/// round trip or two) and drop this dial if it was the same address listed
+/// twice.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a carrier has to get through before the relay's next carrier
 /// is started alongside it. A tunnel takes two or three round trips, so a
@@ -239,6 +257,7 @@ impl Client {
             quic: None,
             failures: Arc::new(CarrierFailures::new(FAILED_CARRIER_WAIT)),
             head_start: CARRIER_HEAD_START,
+            dialing: Arc::default(),
         })
     }
 
@@ -313,6 +332,42 @@ impl Client {
     /// accept it (for dialers that check acceptance themselves).
     pub fn refused(&self, carrier: Carrier) {
         self.failures.record(carrier, false);
+    }
+
+    /// Waits until no other dial over `carrier` to this relay is under way,
+    /// and holds that place until the returned guard is dropped. libp2p may
+    /// list one address twice in a dial (it removes duplicates before it
+    /// adds each address's `/p2p/` part) and, dialling addresses at once,
+    /// would open two connections over one carrier and drop one. With this
+    /// the second waits; if the first got through (the dialer calls
+    /// [`Client::got_through`]) it waits [`DUPLICATE_GRACE`] more, in which
+    /// a duplicate is dropped unstarted; if the first failed it goes.
+    pub async fn dial_alone(&self, carrier: Carrier) -> tokio::sync::MutexGuard<'_, ()> {
+        let slot = self.slot(carrier);
+        let turn = slot.turn.lock().await;
+        let through = *slot.through.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(left) = through.and_then(|at| DUPLICATE_GRACE.checked_sub(at.elapsed())) {
+            tokio::time::sleep(left).await;
+        }
+        turn
+    }
+
+    /// Notes that a dial over `carrier` got through (see
+    /// [`Client::dial_alone`]).
+    pub fn got_through(&self, carrier: Carrier) {
+        *self
+            .slot(carrier)
+            .through
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    fn slot(&self, carrier: Carrier) -> &DialSlot {
+        &self.dialing[match carrier {
+            Carrier::H2 => 0,
+            Carrier::H3 => 1,
+            Carrier::Ws => 2,
+        }]
     }
 
     /// Waits until it is `carrier`'s turn among the relay's carriers, for

@@ -353,6 +353,17 @@ impl Transport for CarrierTransport {
             return Ok(futures::future::ready(Err(e)).boxed());
         }
         Ok(async move {
+            // One dial over a carrier at a time: libp2p may list an address
+            // twice, and would open two connections to drop one.
+            let _alone = client.dial_alone(carrier).await;
+            // After waiting for a dial over the same carrier that failed,
+            // make way now if another carrier has not failed.
+            if let Some(why) = client.make_way(carrier) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("{carrier} carrier {why}"),
+                ));
+            }
             client.wait_turn(carrier).await;
             let mut tunnel = client
                 .connect_via(carrier)
@@ -369,6 +380,7 @@ impl Transport for CarrierTransport {
                     return Err(e);
                 }
             }
+            client.got_through(carrier);
             Ok(tunnel.compat())
         }
         .boxed())
