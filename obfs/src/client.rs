@@ -336,8 +336,8 @@ impl Client {
 
     /// Waits until no other dial over `carrier` to this relay is under way,
     /// and holds that place until the returned guard is dropped. libp2p may
-    /// list one address twice in a dial (it removes duplicates before it
-    /// adds each address's `/p2p/` part) and, dialling addresses at once,
+    /// list one address twice in a dial (the same address from two
+    /// sources) and, dialling addresses at once,
     /// would open two connections over one carrier and drop one. With this
     /// the second waits; if the first got through (the dialer calls
     /// [`Client::got_through`]) it waits [`DUPLICATE_GRACE`] more, in which
