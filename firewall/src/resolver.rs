@@ -293,14 +293,21 @@ impl ResolverList {
             .into_iter()
             .map(ResolverSpec::parse)
             .collect::<Result<Vec<_>, _>>()?;
+        Self::new(specs).map_err(|reason| bad(&reason))
+    }
+
+    /// Specs already read, checked as a list: at least one, `system`
+    /// alone, none twice.
+    fn new(specs: Vec<ResolverSpec>) -> Result<Self, String> {
+        if specs.is_empty() {
+            return Err("no resolver in the list".into());
+        }
         if specs.len() > 1 && specs.contains(&ResolverSpec::System) {
-            return Err(bad(
-                "system (plaintext) cannot be combined with encrypted resolvers",
-            ));
+            return Err("system (plaintext) cannot be combined with encrypted resolvers".into());
         }
         for (i, spec) in specs.iter().enumerate() {
             if specs[..i].iter().any(|s| s.endpoint() == spec.endpoint()) {
-                return Err(bad(&format!("{spec} is listed twice")));
+                return Err(format!("{spec} is listed twice"));
             }
         }
         Ok(Self(specs))
@@ -518,9 +525,8 @@ impl Resolver {
         limits: ResolverLimits,
         gate: Gate,
     ) -> Result<Self, ResolveError> {
-        let specs: Vec<ResolverSpec> = resolvers.iter().map(|(s, _)| s.clone()).collect();
-        let list = ResolverList::parse(&ResolverList(specs).to_string())
-            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        let specs = resolvers.iter().map(|(s, _)| s.clone()).collect();
+        let list = ResolverList::new(specs).map_err(ResolveError::Setup)?;
         let each = resolvers
             .into_iter()
             .map(|(spec, tls)| one(&spec, tls, &limits, gate.clone()))

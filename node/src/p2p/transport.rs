@@ -623,21 +623,26 @@ mod tests {
         }
     }
 
-    /// A node that punches gives each carrier the longer head start, so its
-    /// relay connection stays on QUIC when an Initial packet is lost.
-    #[tokio::test]
-    async fn a_punching_node_gives_quic_a_longer_head_start() {
-        let line = RelayLine {
+    /// A relay line to `port` on loopback with a fresh key.
+    fn loopback_line(port: u16, carriers: Vec<Carrier>) -> RelayLine {
+        RelayLine {
             host: "127.0.0.1".into(),
-            port: 9,
+            port,
             path: "/api/v2/events".into(),
             key: burrow_obfs::GateSecret::generate(&mut rand::rngs::OsRng).public(),
-            carriers: vec![Carrier::H3, Carrier::H2],
+            carriers,
             pin: None,
             ip: None,
             id: None,
             proxied: false,
-        };
+        }
+    }
+
+    /// A node that punches gives each carrier the longer head start, so its
+    /// relay connection stays on QUIC when an Initial packet is lost.
+    #[tokio::test]
+    async fn a_punching_node_gives_quic_a_longer_head_start() {
+        let line = loopback_line(9, vec![Carrier::H3, Carrier::H2]);
         let key = Endpointish {
             host: line.host.clone(),
             port: line.port,
@@ -665,17 +670,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = closed.local_addr().expect("addr").port();
         drop(closed);
-        let line = RelayLine {
-            host: "127.0.0.1".into(),
-            port,
-            path: "/api/v2/events".into(),
-            key: burrow_obfs::GateSecret::generate(&mut rand::rngs::OsRng).public(),
-            carriers: vec![Carrier::H2, Carrier::H3],
-            pin: None,
-            ip: None,
-            id: None,
-            proxied: false,
-        };
+        let line = loopback_line(port, vec![Carrier::H2, Carrier::H3]);
         let directory = Directory::default();
         let sockets: Arc<dyn Sockets> = Arc::new(NothingListens);
         let addrs = directory.add(&line, sockets.clone()).expect("add");
